@@ -1,0 +1,1 @@
+"""Driver for the compiled CUDA extension (``xtf_kernels._C``), built from csrc/ by setup.py."""

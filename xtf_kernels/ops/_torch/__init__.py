@@ -1,0 +1,1 @@
+"""Pure-PyTorch backend: runs on any device torch runs on, CPU included."""

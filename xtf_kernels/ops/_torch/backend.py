@@ -1,0 +1,15 @@
+"""The torch backend: the shared chunked driver with the PyTorch row math."""
+
+from __future__ import annotations
+
+from ..engine import RowKernel
+from ..engine import chunked_head_pass
+from .row_pass import extra_row_buffers
+from .row_pass import row_pass
+
+ROW_KERNEL = RowKernel(run=row_pass, extra_buffers=extra_row_buffers)
+
+
+def head_pass(hidden, weight, bias, targets, spec, **kwargs):
+    """See :func:`xtf_kernels.ops.engine.chunked_head_pass`."""
+    return chunked_head_pass(ROW_KERNEL, hidden, weight, bias, targets, spec, **kwargs)

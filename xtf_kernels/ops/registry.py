@@ -1,0 +1,113 @@
+"""The one place that lists backends. Adding a backend is one entry in ``_BACKENDS``.
+
+A backend is a module exposing
+
+    head_pass(hidden, weight, bias, targets, spec, **kwargs) -> HeadPassResult
+        (the contract of :func:`xtf_kernels.ops.engine.chunked_head_pass`; rows already compacted)
+
+and optionally
+
+    influence_delta(base, ref, targets, spec, chunk_size) -> (M,) fp32 logp_ref - logp_base
+        (a fused two-model pass; without it two ``head_pass`` calls are made).
+
+``availability(device)`` returns None when the backend can run on that device, else one sentence saying
+what is missing and how to get it; ``resolve_backend`` turns that sentence into a
+:class:`~xtf_kernels.errors.BackendUnavailableError`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Callable
+
+import torch
+
+from ..errors import BackendUnavailableError
+
+
+def _torch_available(device: torch.device) -> str | None:
+    return None
+
+
+def _triton_available(device: torch.device) -> str | None:
+    if importlib.util.find_spec("triton") is None:
+        return "the 'triton' package is not installed; `pip install 'xtf_kernels[triton]'` (Linux only)"
+    if device.type == "cuda":
+        return None
+    # TRITON_INTERPRET=1 runs Triton kernels on CPU tensors, one program at a time (tests only).
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        return None
+    return (
+        f"Triton kernels need a CUDA device (got {device.type}); on CPU they run only under "
+        "TRITON_INTERPRET=1, which is for tests"
+    )
+
+
+def _cuda_available(device: torch.device) -> str | None:
+    if device.type != "cuda":
+        return f"the CUDA extension needs CUDA tensors (got {device.type})"
+    from ._cuda.extension import extension_unavailable_reason
+
+    return extension_unavailable_reason()
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    module: str
+    availability: Callable[[torch.device], str | None]
+
+    def load(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+
+_BACKENDS: dict[str, Backend] = {
+    backend.name: backend
+    for backend in (
+        Backend("torch", "xtf_kernels.ops._torch.backend", _torch_available),
+        Backend("triton", "xtf_kernels.ops._triton.backend", _triton_available),
+        Backend("cuda", "xtf_kernels.ops._cuda.backend", _cuda_available),
+    )
+}
+
+# backend="auto" tries these in order for the device type and takes the first available one.
+_AUTO_ORDER: dict[str, tuple[str, ...]] = {
+    "cuda": ("triton", "cuda", "torch"),
+}
+_AUTO_DEFAULT: tuple[str, ...] = ("torch",)
+
+BACKEND_NAMES: tuple[str, ...] = ("auto", *_BACKENDS)
+
+
+def check_backend_name(backend: str) -> None:
+    """Raise ValueError naming the argument if ``backend`` is not a known name."""
+    if not isinstance(backend, str) or backend not in BACKEND_NAMES:
+        raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {backend!r}")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend name for ``backend`` on ``device``; raises if it cannot run there."""
+    check_backend_name(backend)
+    if backend == "auto":
+        for name in _AUTO_ORDER.get(device.type, _AUTO_DEFAULT):
+            if _BACKENDS[name].availability(device) is None:
+                return name
+        return "torch"
+    reason = _BACKENDS[backend].availability(device)
+    if reason is not None:
+        raise BackendUnavailableError(backend, reason)
+    return backend
+
+
+def get_backend(name: str) -> ModuleType:
+    """The implementation module of a concrete (already resolved) backend."""
+    return _BACKENDS[name].load()
+
+
+def availability_report(device: torch.device) -> dict[str, str | None]:
+    """{backend name: None if available on ``device`` else the reason}, for ``xtf env``."""
+    return {name: backend.availability(device) for name, backend in _BACKENDS.items()}
