@@ -149,7 +149,9 @@ def token_logprobs(
 
 def _unpack_model(name: str, model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     if not isinstance(model, (tuple, list)) or len(model) not in (2, 3):
-        raise TypeError(f"{name} must be a (hidden, weight) or (hidden, weight, bias) tuple, got {type(model).__name__}")
+        raise TypeError(
+            f"{name} must be a (hidden, weight) or (hidden, weight, bias) tuple, got {type(model).__name__}"
+        )
     hidden, weight, *rest = model
     bias = rest[0] if rest else None
     v.check_head(hidden, weight, bias, prefix=f"{name} ")

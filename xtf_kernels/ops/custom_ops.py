@@ -257,7 +257,9 @@ def _(hidden, weight, bias, targets, row_weights, lse, entropy, grad_loss, grad_
       grad_lse, ignore_index, softcap, inv_temperature, label_smoothing, z_loss, need_grad_hidden,
       need_grad_weight, need_grad_bias, backend, chunk_size):
     grad_hidden = torch.empty_like(hidden) if need_grad_hidden else _empty(hidden)
-    grad_weight = weight.new_empty(weight.shape, dtype=torch.float32) if need_grad_weight else _empty(weight, torch.float32)
+    grad_weight = (
+        weight.new_empty(weight.shape, dtype=torch.float32) if need_grad_weight else _empty(weight, torch.float32)
+    )
     grad_bias = (
         weight.new_empty((weight.shape[0],), dtype=torch.float32) if need_grad_bias else _empty(weight, torch.float32)
     )

@@ -12,7 +12,7 @@ in the loop: the number of rows is known on the host before it starts.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
