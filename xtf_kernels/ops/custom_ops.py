@@ -191,8 +191,10 @@ def _lce_backward(ctx, grad_loss, _grad_lse, _grad_h, _grad_w, _grad_b):
         g_loss = grad_loss.to(torch.float32)
         if token_weights is not None:
             g_loss = g_loss * token_weights
+        # Passing g_loss as the row weights compacts away every row whose upstream gradient is 0 too
+        # (e.g. RHO-1's unselected tokens), so the recompute costs only the rows that get a gradient.
         d_hidden, d_weight, d_bias = head_backward_op(
-            hidden, weight, bias, targets, token_weights, lse, None, g_loss, None, None, None,
+            hidden, weight, bias, targets, g_loss, lse, None, g_loss, None, None, None,
             ignore_index, softcap, 1.0, label_smoothing, z_loss, need_h, need_w, need_b, backend, chunk_size,
         )
         d_hidden = d_hidden if need_h else None
