@@ -330,8 +330,8 @@ class StreamingTopK:
                 if seen != total:
                     raise ValueError(f"chunks changed between passes: {total} valid entries, then {seen}")
             # Walk the bins from the best (highest key) down to the one holding the need-th best key.
-            above = torch.flip(torch.cumsum(torch.flip(hist, [0]), 0), [0]) - hist  # entries in better bins
-            digit = int(((above < need) & (above + hist >= need)).nonzero()[0, 0])
+            above = np.cumsum(hist[::-1])[::-1] - hist  # entries in better bins
+            digit = int(np.flatnonzero((above < need) & (above + hist >= need))[0])
             need -= int(above[digit])
             top = prefix is None
             prefix = digit - (1 << (digits - 1)) if top else (prefix << digits) + digit
@@ -341,7 +341,7 @@ class StreamingTopK:
                 return TopKThreshold(_key_to_value(key, width), need, keep, total, self.largest)
 
     def _histogram_pass(self, open_stream, prefix: int | None, level: int | None):
-        """One pass over the stream: (valid entries, key width, histogram of the next digit).
+        """One pass over the stream: (valid entries, key width, int64 numpy histogram of the next digit).
 
         First pass (``prefix`` None): every valid key, digit = its top bits. Later passes: only keys whose
         bits above ``level`` equal ``prefix``, digit = the next bits below ``level``.
@@ -367,12 +367,13 @@ class StreamingTopK:
             else:
                 selected = keys[valid & ((keys >> level) == prefix)]
                 digit = (selected >> (level - digits)) & ((1 << digits) - 1)
-            hist += torch.bincount(digit, minlength=hist.numel()).to(hist.device)
+            # index_add_ of ones, not bincount(minlength=2**16), which zero-fills a fresh histogram per chunk
+            hist.index_add_(0, digit.to(hist.device), torch.ones_like(digit, device=hist.device))
         if width is None:
             return 0, 32, None
         if nan_count is not None and int(nan_count):
             raise ValueError(f"chunks hold {int(nan_count)} NaN score(s) at valid positions; mask them out")
-        return int(total), width, hist.cpu()
+        return int(total), width, hist.cpu().numpy()
 
     def masks(self, chunks: ChunkSource) -> Iterator[torch.Tensor]:
         """Computes the threshold, then yields one bool mask per chunk (one more pass)."""
