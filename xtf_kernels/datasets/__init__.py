@@ -30,10 +30,12 @@ from .evaluation import parse_answer
 from .samples import IGNORE_INDEX
 from .samples import Batch
 from .samples import SampleSource
+from .samples import SFTCollator
 from .samples import TokenizedSample
 from .samples import as_source
 from .samples import batches
 from .samples import collate
+from .samples import samples_to_records
 from .tiny_models import tiny_causal_lm
 from .tokenizer import ArithmeticTokenizer
 
@@ -43,6 +45,7 @@ __all__ = [
     "ArithmeticSFT",
     "ArithmeticTokenizer",
     "Batch",
+    "SFTCollator",
     "SampleSource",
     "TokenizedSample",
     "arithmetic_tokenizer",
@@ -54,5 +57,6 @@ __all__ = [
     "make_arithmetic_sft",
     "make_problems",
     "parse_answer",
+    "samples_to_records",
     "tiny_causal_lm",
 ]

@@ -265,3 +265,23 @@ def batches(samples: Iterable[TokenizedSample], batch_size: int, *, max_tokens: 
         width = new_width
     if group:
         yield group
+
+
+def samples_to_records(samples: Iterable[TokenizedSample]) -> list[dict]:
+    """``[{"input_ids": [...], "labels": [...]}]``: a ``train_dataset`` for a transformers ``Trainer``
+    (with :class:`SFTCollator` as its ``data_collator``)."""
+    return [{"input_ids": s.input_ids.tolist(), "labels": s.labels.tolist()} for s in samples]
+
+
+class SFTCollator:
+    """``data_collator`` for records with ``input_ids`` and ``labels``: right-pads them into
+    ``{"input_ids", "attention_mask", "labels"}`` (B, L) int64 tensors (pad id / 0 / -100 in padding)."""
+
+    def __init__(self, pad_token_id: int = 0):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
+        samples = [sample_from_record({"input_ids": f["input_ids"], "labels": f["labels"]}, where=f"feature {i}")
+                   for i, f in enumerate(features)]
+        batch = collate(samples, self.pad_token_id)
+        return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "labels": batch.labels}

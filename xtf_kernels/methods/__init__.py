@@ -1,0 +1,67 @@
+"""Token-scoring methods: XTF, Token Cleaning (fixed and self-evolving) and RHO-1 (methods.md).
+
+- :class:`XTFScorer` / :class:`XTFConfig`: the three attributes RI, KN, TR and their union rule.
+- :class:`TokenCleaningScorer` / :class:`TokenCleaningConfig`, :func:`token_cleaning` (fixed model),
+  :func:`self_evolving_cleaning` (n parts, user-supplied training callback).
+- :func:`rho1_loss` / :class:`Rho1Loss`: the selective loss of RHO-1 (:mod:`xtf_kernels.methods.rho1`).
+- :func:`score_samples` / :func:`filter_samples`: score and mask data in memory; the streaming, resumable
+  version is :func:`xtf_kernels.pipeline.score_dataset`.
+- :func:`finetune`: a plain SFT loop on tokenised samples with the fused loss.
+
+Scores are fp32 per token, aligned with ``input_ids``, NaN where not scored; ``dropped_by`` bit i set means
+rule ``rule_names[i]`` dropped the token.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .base import BatchScores
+from .base import GlobalTopK
+from .base import SampleScores
+from .base import TokenScorer
+from .base import filter_samples
+from .base import score_samples
+from .finetune import causal_lm_loss
+from .finetune import finetune
+from .token_cleaning import SelfEvolvingResult
+from .token_cleaning import TokenCleaningConfig
+from .token_cleaning import TokenCleaningScorer
+from .token_cleaning import self_evolving_cleaning
+from .token_cleaning import split_parts
+from .token_cleaning import token_cleaning
+from .xtf import XTFConfig
+from .xtf import XTFScorer
+from .xtf import task_relevance
+
+_RHO1 = ("rho1_loss", "Rho1Loss")
+
+__all__ = [
+    "BatchScores",
+    "GlobalTopK",
+    "SampleScores",
+    "SelfEvolvingResult",
+    "TokenCleaningConfig",
+    "TokenCleaningScorer",
+    "TokenScorer",
+    "XTFConfig",
+    "XTFScorer",
+    "causal_lm_loss",
+    "filter_samples",
+    "finetune",
+    "score_samples",
+    "self_evolving_cleaning",
+    "split_parts",
+    "task_relevance",
+    "token_cleaning",
+    *_RHO1,
+]
+
+
+def __getattr__(name: str):
+    # RHO-1 is re-exported on first access, so this package imports without its module's dependencies.
+    if name in _RHO1:
+        value = getattr(importlib.import_module(".rho1", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
