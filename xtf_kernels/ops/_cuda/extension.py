@@ -1,9 +1,22 @@
-"""Loads the compiled extension lazily and says why it cannot be used when it is missing."""
+"""Loads the compiled extension lazily and says why it cannot be used when it is missing.
+
+``xtf_kernels._C`` is built from csrc/ by setup.py. It links the CUDA runtime statically and not the
+driver, so it imports on any Linux machine; whether its kernels can run is a per-device question (the
+driver must support the runtime it was built with, and it must hold machine code or PTX for the GPU's
+architecture), answered once per device by :func:`extension_unavailable_reason`.
+"""
 
 from __future__ import annotations
 
 import functools
 import importlib
+
+import torch
+
+_HOW_TO_BUILD = (
+    "reinstall on a machine with nvcc: `XTF_BUILD_CUDA=1 pip install .`, or install a CUDA wheel built by "
+    "csrc/build_wheels.sh"
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -11,17 +24,44 @@ def _load():
     try:
         return importlib.import_module("xtf_kernels._C"), None
     except ImportError as exc:
-        return None, (
-            "the compiled extension xtf_kernels._C is not built in this install "
-            f"({exc}); reinstall on a machine with nvcc: `XTF_BUILD_CUDA=1 pip install .` "
-            "or install a CUDA wheel (README, 'Wheels for GPU clusters')"
+        return None, f"the compiled extension xtf_kernels._C is not built in this install ({exc}); {_HOW_TO_BUILD}"
+
+
+def _cuda_version(encoded: int) -> str:
+    """13000 -> "13.0" (the runtime's encoding: 1000 * major + 10 * minor)."""
+    return f"{encoded // 1000}.{encoded % 1000 // 10}"
+
+
+@functools.cache
+def _device_reason(index: int) -> str | None:
+    module = extension()
+    with torch.cuda.device(index):
+        error = module.current_device_support()
+    if not error:
+        return None
+    runtime, driver = module.cuda_runtime_version(), module.cuda_driver_version()
+    if driver < runtime:
+        return (
+            f"the NVIDIA driver supports CUDA {_cuda_version(driver)} but xtf_kernels._C was built with CUDA "
+            f"{_cuda_version(runtime)} ({error}); update the driver, or build the extension with a CUDA "
+            f"toolkit no newer than {_cuda_version(driver)}"
         )
+    major, minor = torch.cuda.get_device_capability(index)
+    archs = [arch // 10 for arch in module.compiled_archs()]
+    return (
+        f"xtf_kernels._C has no kernel for cuda:{index} (compute capability {major}.{minor}; built for "
+        f"{archs}) ({error}); rebuild with XTF_CUDA_ARCHS={major}{minor}: "
+        f"`XTF_CUDA_ARCHS={major}{minor} XTF_BUILD_CUDA=1 pip install .`"
+    )
 
 
-def extension_unavailable_reason() -> str | None:
-    """None when the extension imports, else why not and how to build it."""
+def extension_unavailable_reason(device: torch.device | None = None) -> str | None:
+    """None when the extension imports (and, given a CUDA ``device``, can run there), else why not and how to fix it."""
     _module, reason = _load()
-    return reason
+    if reason is not None or device is None or device.type != "cuda":
+        return reason
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _device_reason(index)
 
 
 def extension():
