@@ -166,6 +166,8 @@ def _lce_setup_context(ctx, inputs, output):
      label_smoothing, z_loss, need_h, need_w, need_b, backend, chunk_size) = inputs
     _loss, lse, grad_hidden, grad_weight, grad_bias = output
     ctx.mark_non_differentiable(lse, grad_hidden, grad_weight, grad_bias)
+    # Otherwise autograd zero-fills a gradient for each of those outputs: a (V, H) fill per backward.
+    ctx.set_materialize_grads(False)
     ctx.precomputed = reduction != "none"
     ctx.needs = (need_h, need_w, need_b)
     ctx.dtypes = (hidden.dtype, weight.dtype)
@@ -176,15 +178,21 @@ def _lce_setup_context(ctx, inputs, output):
         ctx.save_for_backward(hidden, weight, bias, targets, token_weights, lse)
 
 
+def _scaled(precomputed: Tensor, grad_loss: Tensor, dtype: torch.dtype) -> Tensor:
+    """precomputed * grad_loss in ``dtype``, as a new tensor so a retained graph can run backward again."""
+    return (precomputed * grad_loss.to(torch.float32)).to(dtype)
+
+
 def _lce_backward(ctx, grad_loss, _grad_lse, _grad_h, _grad_w, _grad_b):
     need_h, need_w, need_b = ctx.needs
     hidden_dtype, weight_dtype = ctx.dtypes
+    if grad_loss is None:
+        return (None,) * 16
     if ctx.precomputed:
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-        scale = grad_loss.to(torch.float32)
-        d_hidden = (grad_hidden * scale).to(hidden_dtype) if need_h else None
-        d_weight = (grad_weight * scale).to(weight_dtype) if need_w else None
-        d_bias = (grad_bias * scale).to(weight_dtype) if need_b else None
+        d_hidden = _scaled(grad_hidden, grad_loss, hidden_dtype) if need_h else None
+        d_weight = _scaled(grad_weight, grad_loss, weight_dtype) if need_w else None
+        d_bias = _scaled(grad_bias, grad_loss, weight_dtype) if need_b else None
     else:
         hidden, weight, bias, targets, token_weights, lse = ctx.saved_tensors
         ignore_index, softcap, label_smoothing, z_loss, backend, chunk_size = ctx.options
