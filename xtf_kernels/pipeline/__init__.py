@@ -1,0 +1,42 @@
+"""Score a dataset end to end, keep the results on disk, apply the masks, explain them.
+
+::
+
+    from xtf_kernels.methods import XTFScorer, XTFConfig
+    from xtf_kernels.pipeline import score_dataset, write_report
+
+    result = score_dataset(XTFScorer(model, XTFConfig()), "train.jsonl", "scores/", tokenizer=tokenizer)
+    result.write_filtered("train.jsonl", "train.filtered.jsonl", tokenizer=tokenizer)   # labels -100 on drops
+    write_report(result, data="train.jsonl", tokenizer=tokenizer)                        # report.html
+
+- :func:`score_dataset`: streaming, batched, sharded (safetensors + JSON manifest, atomic writes),
+  fingerprinted, resumable (:mod:`~xtf_kernels.pipeline.scoring`, :mod:`~xtf_kernels.pipeline.store`).
+- :class:`ScoreResult`: per-sample scores and rule flags; ``apply`` / ``write_filtered`` refuse data whose
+  fingerprint differs (:class:`~xtf_kernels.errors.FingerprintMismatchError`); every file is validated on
+  read (:class:`~xtf_kernels.errors.CorruptFileError`).
+- :func:`write_report`: counts per rule, overlaps, histograms with thresholds, highlighted samples (HTML).
+"""
+
+from __future__ import annotations
+
+from .fingerprint import config_fingerprint
+from .fingerprint import data_fingerprint
+from .fingerprint import model_fingerprint
+from .report import precision_recall
+from .report import rule_statistics
+from .report import write_report
+from .result import ScoreResult
+from .result import Shard
+from .scoring import score_dataset
+
+__all__ = [
+    "ScoreResult",
+    "Shard",
+    "config_fingerprint",
+    "data_fingerprint",
+    "model_fingerprint",
+    "precision_recall",
+    "rule_statistics",
+    "score_dataset",
+    "write_report",
+]

@@ -1,0 +1,317 @@
+"""The explainability report of a scoring run: which rule dropped which tokens, and why.
+
+:func:`write_report` writes into a folder:
+- ``report.json``: :func:`rule_statistics` (counts and fractions per rule, tokens only one rule dropped,
+  pairwise overlaps of the rules' dropped sets, the union) and, when the data carries ground-truth
+  ``noise_mask``, :func:`precision_recall` per rule;
+- ``histograms.png``: one histogram per score over the scored tokens, the tokens its rule dropped stacked on the others,
+  with the thresholds that decide them (KN: PCP = ``kn_pcp_max``; TR: the Multi-Otsu thresholds; Token
+  Cleaning: the pool-wide top-k threshold; RI's fence is per sample, so it has no single line);
+- ``report.html``: the tables and the figure, and the first samples rendered token by token with the
+  dropped tokens highlighted by rule (hover a token for its scores), openable in any browser.
+matplotlib is imported only here, lazily.
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+import json
+import math
+import os
+
+import torch
+
+from ..datasets.samples import IGNORE_INDEX
+from ..datasets.samples import as_source
+from .result import ScoreResult
+from .store import atomic_write_bytes
+
+RULE_COLOURS = ("#f4a261", "#2a9d8f", "#8ecae6", "#e76f51", "#b5838d", "#90be6d")
+
+
+def rule_statistics(result: ScoreResult) -> dict:
+    """Token counts per rule, their overlaps and the union, over every scored token."""
+    rules = result.rule_names
+    scored = dropped = 0
+    fired = [0] * len(rules)
+    only = [0] * len(rules)
+    pairs = {pair: 0 for pair in itertools.combinations(range(len(rules)), 2)}
+    every = 0
+    for shard in result.shards():
+        valid = torch.zeros_like(shard.dropped_by, dtype=torch.bool)
+        for values in shard.scores.values():
+            valid |= ~torch.isnan(values)
+        flags = shard.dropped_by.long()
+        scored += int(valid.sum())
+        dropped += int((flags != 0).sum())
+        bits = [(flags >> i) & 1 == 1 for i in range(len(rules))]
+        for i, bit in enumerate(bits):
+            fired[i] += int(bit.sum())
+            only[i] += int((flags == (1 << i)).sum())
+        for (i, j) in pairs:
+            pairs[(i, j)] += int((bits[i] & bits[j]).sum())
+        if rules:
+            every += int((flags == (1 << len(rules)) - 1).sum())
+    fraction = (lambda n: n / scored) if scored else (lambda n: 0.0)
+    overlap = {}
+    for (i, j), both in pairs.items():
+        either = fired[i] + fired[j] - both
+        overlap[f"{rules[i]}&{rules[j]}"] = {
+            "both": both,
+            "jaccard": both / either if either else 0.0,
+            "of_smaller": both / min(fired[i], fired[j]) if min(fired[i], fired[j]) else 0.0,
+        }
+    return {
+        "method": result.method, "num_samples": result.num_samples, "num_tokens": result.num_tokens,
+        "scored_tokens": scored, "dropped_tokens": dropped, "dropped_fraction": fraction(dropped),
+        "rules": {rule: {"fired": fired[i], "fraction": fraction(fired[i]), "only_this_rule": only[i]}
+                  for i, rule in enumerate(rules)},
+        "overlap": overlap, "all_rules": every,
+    }
+
+
+def precision_recall(result: ScoreResult, data, tokenizer=None, *, max_length: int | None = None) -> dict | None:
+    """Precision / recall / F1 of each rule's and the union's dropped tokens against ``noise_mask``.
+
+    Over the scored tokens; None if the samples carry no ``noise_mask``. The data's fingerprint is checked.
+    """
+    source = result.check_data(data, tokenizer, max_length=max_length)
+    rules = result.rule_names
+    counts = {name: [0, 0, 0] for name in (*rules, "union")}  # true positives, predicted, actual
+    for sample, scored in zip(source, result.iter_samples()):
+        if sample.noise_mask is None:
+            return None
+        valid = torch.zeros(len(sample), dtype=torch.bool)
+        for values in scored.scores.values():
+            valid |= ~torch.isnan(values)
+        truth = sample.noise_mask & valid
+        for name in counts:
+            predicted = (scored.dropped if name == "union" else scored.fired(name)) & valid
+            counts[name][0] += int((predicted & truth).sum())
+            counts[name][1] += int(predicted.sum())
+            counts[name][2] += int(truth.sum())
+    out = {}
+    for name, (tp, predicted, actual) in counts.items():
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / actual if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        out[name] = {"precision": precision, "recall": recall, "f1": f1, "dropped": predicted, "noisy": actual}
+    return out
+
+
+def thresholds(result: ScoreResult) -> dict[str, list[float]]:
+    """Score name -> the thresholds that decide its rule, on the score's scale."""
+    out: dict[str, list[float]] = {}
+    if result.method == "xtf":
+        if "kn" in result.score_names:
+            out["kn"] = [1.0 - float(result.config["kn_pcp_max"])]
+        state = result.state()
+        if "tr" in result.score_names and "tr_thresholds" in state:
+            out["tr"] = [float(t) for t in state["tr_thresholds"]]
+    topk = result.manifest["global_topk"]
+    if topk is not None and topk["value"] is not None:
+        out[topk["score"]] = [float(topk["value"])]
+    return out
+
+
+def rule_of_score(result: ScoreResult, score: str) -> str | None:
+    """The rule a score decides: XTF's "ri" -> "RI" etc., the pool-wide top k's score -> its rule, or the only
+    rule; None if it cannot be told."""
+    if score.upper() in result.rule_names:
+        return score.upper()
+    topk = result.manifest["global_topk"]
+    if topk is not None and topk["score"] == score:
+        return topk["rule"]
+    return result.rule_names[0] if len(result.rule_names) == 1 else None
+
+
+def score_histograms(result: ScoreResult, bins: int = 50) -> dict[str, dict]:
+    """Score name -> {"edges", "kept", "dropped"}: histograms of the scored tokens (two passes over the shards);
+    "dropped" counts the tokens the score's own rule dropped (:func:`rule_of_score`; any rule if unknown)."""
+    low = {name: math.inf for name in result.score_names}
+    high = {name: -math.inf for name in result.score_names}
+    for shard in result.shards():
+        for name, values in shard.scores.items():
+            finite = values[torch.isfinite(values)]
+            if finite.numel():
+                low[name] = min(low[name], float(finite.min()))
+                high[name] = max(high[name], float(finite.max()))
+    out = {}
+    for name in result.score_names:
+        if low[name] > high[name]:
+            continue
+        span = high[name] - low[name] or 1.0
+        out[name] = {"edges": torch.linspace(low[name], low[name] + span, bins + 1).tolist(),
+                     "kept": [0] * bins, "dropped": [0] * bins}
+    bits = {}
+    for name in out:
+        rule = rule_of_score(result, name)
+        bits[name] = 0xFF if rule is None else 1 << result.rule_names.index(rule)
+    for shard in result.shards():
+        for name, hist in out.items():
+            dropped = (shard.dropped_by & bits[name]) != 0
+            values = shard.scores[name]
+            finite = torch.isfinite(values)
+            low_edge, high_edge = hist["edges"][0], hist["edges"][-1]
+            index = ((values - low_edge) / (high_edge - low_edge) * bins).floor().clamp(0, bins - 1).long()
+            for key, mask in (("kept", finite & ~dropped), ("dropped", finite & dropped)):
+                counts = torch.bincount(index[mask], minlength=bins)
+                hist[key] = [a + int(b) for a, b in zip(hist[key], counts)]
+    return out
+
+
+def plot_histograms(histograms: dict[str, dict], lines: dict[str, list[float]], path: str) -> None:
+    """One panel per score: kept and dropped tokens stacked, thresholds as dashed lines (PNG, atomically)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib import pyplot as plt
+
+    names = list(histograms)
+    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(4.2 * max(len(names), 1), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        hist = histograms[name]
+        edges = hist["edges"]
+        widths = [b - a for a, b in zip(edges[:-1], edges[1:])]
+        ax.bar(edges[:-1], hist["kept"], width=widths, align="edge", color="#8d99ae", label="kept")
+        ax.bar(edges[:-1], hist["dropped"], width=widths, align="edge", bottom=hist["kept"], color="#e63946",
+               label="dropped by this rule")
+        for value in lines.get(name, []):
+            ax.axvline(value, color="black", linestyle="--", linewidth=1)
+        ax.set_title(name)
+        ax.set_xlabel("score")
+        ax.set_ylabel("tokens")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _token_texts(ids: list[int], tokenizer) -> list[str]:
+    if tokenizer is None:
+        return [str(i) for i in ids]
+    if hasattr(tokenizer, "convert_ids_to_tokens"):
+        return [str(t) for t in tokenizer.convert_ids_to_tokens(ids)]
+    return [tokenizer.decode([i]) for i in ids]
+
+
+def render_samples_html(result: ScoreResult, data, tokenizer=None, *, max_samples: int = 50,
+                        max_length: int | None = None) -> str:
+    """HTML of the first ``max_samples`` samples, token by token, dropped tokens coloured by rule."""
+    source = result.check_data(data, tokenizer, max_length=max_length)
+    rules = result.rule_names
+    parts = []
+    for index, (sample, scored) in enumerate(zip(source, result.iter_samples())):
+        if index >= max_samples:
+            break
+        ids = sample.input_ids.tolist()
+        texts = _token_texts(ids, tokenizer)
+        spans = []
+        for t, text in enumerate(texts):
+            flags = int(scored.dropped_by[t])
+            fired = [rules[i] for i in range(len(rules)) if flags >> i & 1]
+            score_text = ", ".join(
+                f"{name}={float(values[t]):.4g}" for name, values in scored.scores.items() if not math.isnan(values[t])
+            )
+            title = "; ".join(filter(None, [("dropped by " + " + ".join(fired)) if fired else "", score_text]))
+            classes = ["tok"]
+            if sample.labels[t] == IGNORE_INDEX and not fired:
+                classes.append("ctx")
+            if sample.noise_mask is not None and bool(sample.noise_mask[t]):
+                classes.append("noise")
+            style = ""
+            if fired:
+                colours = [RULE_COLOURS[rules.index(r) % len(RULE_COLOURS)] for r in fired]
+                style = (f"background:{colours[0]}" if len(colours) == 1 else
+                         "background:linear-gradient(90deg," + ",".join(colours) + ")")
+            spans.append(f'<span class="{" ".join(classes)}" style="{style}" title="{html.escape(title)}">'
+                         f"{html.escape(text)}</span>")
+        dropped = int(scored.dropped.sum())
+        parts.append(f'<div class="sample"><div class="head">sample {index} &middot; {dropped} dropped</div>'
+                     + " ".join(spans) + "</div>")
+    return "\n".join(parts)
+
+
+_CSS = """
+body { font-family: sans-serif; margin: 2em; max-width: 70em; }
+table { border-collapse: collapse; margin: 1em 0; } td, th { border: 1px solid #ccc; padding: 4px 8px; }
+.sample { margin: 0.8em 0; line-height: 1.9; font-family: monospace; }
+.head { font-family: sans-serif; font-size: 0.85em; color: #555; }
+.tok { padding: 1px 2px; border-radius: 3px; } .ctx { color: #999; }
+.noise { text-decoration: underline wavy #d62828; }
+.legend span { padding: 2px 8px; margin-right: 8px; border-radius: 3px; }
+"""
+
+
+def write_report(result: ScoreResult | str | os.PathLike, out_dir: str | os.PathLike | None = None, *, data=None,
+                 tokenizer=None, max_length: int | None = None, max_samples: int = 50, bins: int = 50) -> dict:
+    """Write report.json, histograms.png and report.html (see the module docstring) into ``out_dir``.
+
+    Args:
+        result: a :class:`ScoreResult` or its folder.
+        out_dir: default the result's folder.
+        data / tokenizer / max_length: the scored data (checked against the fingerprint); needed for the
+            sample texts and the precision / recall against ``noise_mask``; without it only statistics and
+            histograms are written.
+
+    Returns:
+        {"statistics": ..., "precision_recall": ... or None, "files": {"json", "png", "html"}}.
+    """
+    if not isinstance(result, ScoreResult):
+        result = ScoreResult(result)
+    out_dir = os.fspath(out_dir or result.out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    source = None if data is None else as_source(data, tokenizer, max_length=max_length)
+    statistics = rule_statistics(result)
+    accuracy = None if source is None else precision_recall(result, source)
+    lines = thresholds(result)
+    histograms = score_histograms(result, bins)
+    files = {"json": os.path.join(out_dir, "report.json"), "png": os.path.join(out_dir, "histograms.png"),
+             "html": os.path.join(out_dir, "report.html")}
+    report = {"statistics": statistics, "precision_recall": accuracy, "thresholds": lines,
+              "config": result.config, "data_fingerprint": result.data_fingerprint}
+    atomic_write_bytes(files["json"], json.dumps(report, indent=1).encode())
+    plot_histograms(histograms, lines, files["png"])
+
+    rules = result.rule_names
+    legend = " ".join(f'<span style="background:{RULE_COLOURS[i % len(RULE_COLOURS)]}">{html.escape(r)}</span>'
+                      for i, r in enumerate(rules))
+    rows = "".join(
+        f"<tr><td>{html.escape(r)}</td><td>{v['fired']}</td><td>{v['fraction']:.2%}</td><td>{v['only_this_rule']}"
+        "</td></tr>" for r, v in statistics["rules"].items()
+    )
+    overlap_rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{v['both']}</td><td>{v['jaccard']:.2%}</td><td>{v['of_smaller']:.2%}</td>"
+        "</tr>" for k, v in statistics["overlap"].items()
+    )
+    accuracy_table = ""
+    if accuracy:
+        accuracy_rows = "".join(
+            f"<tr><td>{html.escape(k)}</td><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td><td>{v['f1']:.3f}"
+            "</td></tr>" for k, v in accuracy.items()
+        )
+        accuracy_table = ("<h2>Against the known noise</h2><table><tr><th>rule</th><th>precision</th><th>recall</th>"
+                          f"<th>F1</th></tr>{accuracy_rows}</table>")
+    samples_html = "" if source is None else render_samples_html(result, source, tokenizer, max_samples=max_samples)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>xtf report: {html.escape(result.method)}</title>
+<style>{_CSS}</style></head><body>
+<h1>Token filtering report: {html.escape(result.method)}</h1>
+<p>{statistics['num_samples']} samples, {statistics['scored_tokens']} scored response tokens,
+{statistics['dropped_tokens']} dropped ({statistics['dropped_fraction']:.2%}). Config:
+<code>{html.escape(json.dumps(result.config))}</code></p>
+<h2>Per rule</h2><table><tr><th>rule</th><th>dropped</th><th>of scored</th><th>only this rule</th></tr>{rows}</table>
+<h2>Overlap of the rules</h2><table><tr><th>rules</th><th>both</th><th>Jaccard</th><th>of the smaller set</th></tr>
+{overlap_rows}</table><p>dropped by every rule: {statistics['all_rules']}</p>
+{accuracy_table}
+<h2>Score histograms</h2><img src="histograms.png" alt="score histograms">
+<h2>Samples</h2><p class="legend">{legend} <span class="noise">known noise</span> (grey: prompt / not trained on;
+hover a token for its scores)</p>
+{samples_html}
+</body></html>"""
+    atomic_write_bytes(files["html"], page.encode())
+    return {"statistics": statistics, "precision_recall": accuracy, "files": files}

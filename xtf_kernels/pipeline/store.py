@@ -1,0 +1,165 @@
+"""On-disk layout of scoring results: safetensors shards and a JSON manifest, written atomically, validated
+on read (no pickle anywhere).
+
+    <out_dir>/manifest.json              format, fingerprints, config, one entry per complete shard
+    <out_dir>/state.safetensors          what the dataset pass learned (e.g. XTF's S_TR per vocabulary id)
+    <out_dir>/shard-00000.safetensors    per-token scores of samples [first_sample, first_sample + n)
+
+A shard holds ``lengths`` (n,) int64, ``dropped_by`` (T,) uint8 (T = sum of lengths) and one
+``score/<name>`` (T,) fp32 per score, samples concatenated in order. Every file is written to a temporary
+name in the same folder, fsynced and renamed over the target (``os.replace``), so a reader sees either the
+old or the new file, never a partial one; the manifest is rewritten after each shard, so a shard that is on
+disk but not in the manifest is simply recomputed. The manifest records each file's sha256, checked on read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+
+import torch
+
+from ..errors import CorruptFileError
+
+MANIFEST = "manifest.json"
+STATE_FILE = "state.safetensors"
+MANIFEST_FORMAT = "xtf-scores"
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.safetensors"
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _safetensors():
+    try:
+        from safetensors import torch as safetensors_torch
+    except ImportError as exc:
+        raise ImportError("writing and reading scoring results needs safetensors: pip install safetensors") from exc
+    return safetensors_torch
+
+
+def write_tensors(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """Atomically write CPU tensors as safetensors; returns the file's sha256."""
+    data = _safetensors().save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_tensors(path: str, sha256: str | None) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, after checking its sha256 (CorruptFileError on any problem)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise CorruptFileError(f"{path} is listed in the manifest but missing") from None
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise CorruptFileError(f"{path} does not match the checksum in the manifest (truncated or modified)")
+    try:
+        return _safetensors().load(data)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a corrupt file
+        raise CorruptFileError(f"{path} is not a valid safetensors file: {exc}") from None
+
+
+def write_manifest(out_dir: str, manifest: dict) -> None:
+    text = json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False)
+    atomic_write_bytes(os.path.join(out_dir, MANIFEST), text.encode())
+
+
+_MANIFEST_KEYS = {
+    "format": str, "version": int, "method": str, "config": dict, "rule_names": list, "score_names": list,
+    "data_fingerprint": str, "config_fingerprint": str, "models": dict, "num_samples": int, "num_tokens": int,
+    "shard_size": int, "shards": list, "state": (dict, type(None)), "global_topk": (dict, type(None)),
+    "complete": bool, "source": dict,
+}
+_SHARD_KEYS = {"file": str, "first_sample": int, "num_samples": int, "num_tokens": int, "sha256": str}
+
+
+def read_manifest(out_dir: str) -> dict:
+    """The validated manifest of ``out_dir`` (FileNotFoundError if there is none, CorruptFileError if bad)."""
+    path = os.path.join(out_dir, MANIFEST)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no scoring results in {out_dir} ({MANIFEST} not found)")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            manifest = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(f"{path} is not valid JSON: {exc}") from None
+    _check_fields(path, manifest, _MANIFEST_KEYS)
+    if manifest["format"] != MANIFEST_FORMAT:
+        raise CorruptFileError(f"{path}: format is {manifest['format']!r}, expected {MANIFEST_FORMAT!r}")
+    expected_first = 0
+    for index, shard in enumerate(manifest["shards"]):
+        _check_fields(f"{path} shard {index}", shard, _SHARD_KEYS)
+        if shard["first_sample"] != expected_first or shard["file"] != shard_name(index):
+            raise CorruptFileError(f"{path}: shard {index} is out of order ({shard['file']}, first sample "
+                                   f"{shard['first_sample']}, expected {expected_first})")
+        expected_first += shard["num_samples"]
+    if manifest["complete"] and expected_first != manifest["num_samples"]:
+        raise CorruptFileError(f"{path}: marked complete but its shards hold {expected_first} of "
+                               f"{manifest['num_samples']} samples")
+    return manifest
+
+
+def _check_fields(where: str, record, schema: dict) -> None:
+    if not isinstance(record, dict):
+        raise CorruptFileError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    for key, kind in schema.items():
+        if key not in record:
+            raise CorruptFileError(f"{where}: missing field {key!r}")
+        if not isinstance(record[key], kind) or (kind is int and isinstance(record[key], bool)):
+            raise CorruptFileError(f"{where}: field {key!r} has the wrong type ({type(record[key]).__name__})")
+
+
+def shard_tensors(num_samples: int, lengths: list[int], dropped_by: list[torch.Tensor],
+                  scores: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The tensors of one shard from per-sample pieces."""
+    if len(lengths) != num_samples:
+        raise ValueError(f"{len(lengths)} lengths for {num_samples} samples")
+    out = {"lengths": torch.tensor(lengths, dtype=torch.int64),
+           "dropped_by": torch.cat(dropped_by).to(torch.uint8) if dropped_by else torch.zeros(0, dtype=torch.uint8)}
+    for name, pieces in scores.items():
+        out[f"score/{name}"] = torch.cat(pieces).float() if pieces else torch.zeros(0)
+    return out
+
+
+def validate_shard(path: str, tensors: dict[str, torch.Tensor], entry: dict, score_names: list[str]) -> None:
+    """CorruptFileError unless the shard has the schema and sizes its manifest entry promises."""
+    lengths = tensors.get("lengths")
+    if lengths is None or lengths.dtype != torch.int64 or lengths.dim() != 1:
+        raise CorruptFileError(f"{path}: missing or malformed 'lengths'")
+    if lengths.numel() != entry["num_samples"] or int(lengths.sum()) != entry["num_tokens"]:
+        raise CorruptFileError(f"{path}: holds {lengths.numel()} samples / {int(lengths.sum())} tokens, the manifest "
+                               f"says {entry['num_samples']} / {entry['num_tokens']}")
+    expected = {"lengths", "dropped_by", *(f"score/{n}" for n in score_names)}
+    if set(tensors) != expected:
+        raise CorruptFileError(f"{path}: tensors {sorted(tensors)} != expected {sorted(expected)}")
+    for key in expected - {"lengths"}:
+        value = tensors[key]
+        dtype = torch.uint8 if key == "dropped_by" else torch.float32
+        if value.dtype != dtype or tuple(value.shape) != (entry["num_tokens"],):
+            raise CorruptFileError(f"{path}: {key} is {value.dtype} {tuple(value.shape)}, expected {dtype} "
+                                   f"({entry['num_tokens']},)")
+
+
+def json_float(value: float) -> float | None:
+    """A float for JSON (None for NaN / inf, which strict JSON cannot hold)."""
+    return value if math.isfinite(value) else None
