@@ -1,0 +1,72 @@
+"""The fused path: a whole head pass in which the logits never reach memory (extra memory O(N + V) for the
+statistics, plus the fp32 d_hidden accumulator described in :mod:`.fused_backward`)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..spec import HeadPassResult
+from ..spec import HeadSpec
+from ..spec import RowGrads
+from .config import TileConfig
+from .fused_backward import fused_gradients
+from .fused_forward import fused_statistics
+from .fused_forward import fused_target_logits
+
+
+def fused_head_pass(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    spec: HeadSpec,
+    *,
+    want_entropy: bool = False,
+    want_mean_logit: bool = False,
+    grads: RowGrads | None = None,
+    lse: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
+    need_grad_hidden: bool = False,
+    need_grad_weight: bool = False,
+    need_grad_bias: bool = False,
+    config: TileConfig | None = None,
+) -> HeadPassResult:
+    """The contract of :func:`xtf_kernels.ops.engine.chunked_head_pass`, without chunks.
+
+    Args:
+        hidden: (M, H) fp32 / bf16 / fp16, any strides; weight: (V, H) same dtype; bias: (V,) or None.
+        targets: (M,) int64 in [0, V).
+        grads: upstream per-row gradients, each (M,) fp32 or None; None for a statistics-only pass.
+        lse, entropy: (M,) fp32 from an earlier forward: with ``lse`` and nothing else to compute, the
+            forward pass is skipped (only the O(M H) target logits are formed).
+        config: tile sizes (default :func:`~xtf_kernels.ops._triton.config.tile_config`).
+
+    Returns:
+        :class:`~xtf_kernels.ops.spec.HeadPassResult`: (M,) fp32 statistics, grad_hidden (M, H) in hidden's
+        dtype, grad_weight (V, H) and grad_bias (V,) fp32.
+    """
+    want_grad = grads is not None and (need_grad_hidden or need_grad_weight or need_grad_bias)
+    if not want_grad:
+        grads = None
+    need_entropy_stat = (want_entropy or (want_grad and grads.entropy is not None)) and entropy is None
+    mean_logit = None
+    if lse is None or want_mean_logit or need_entropy_stat:
+        stats = fused_statistics(
+            hidden, weight, bias, targets, spec, want_entropy=need_entropy_stat, want_mean_logit=want_mean_logit,
+            config=config,
+        )
+        lse = stats.lse if lse is None else lse
+        entropy = stats.entropy if entropy is None else entropy
+        target_logit, mean_logit = stats.target_logit, stats.mean_logit
+    else:
+        target_logit = fused_target_logits(hidden, weight, bias, targets, spec, config)
+    grad_hidden = grad_weight = grad_bias = None
+    if want_grad:
+        grad_hidden, grad_weight, grad_bias = fused_gradients(
+            hidden, weight, bias, targets, spec, grads, lse, entropy,
+            need_grad_hidden=need_grad_hidden, need_grad_weight=need_grad_weight, need_grad_bias=need_grad_bias,
+            config=config,
+        )
+    return HeadPassResult(
+        lse, target_logit, mean_logit, entropy if want_entropy else None, grad_hidden, grad_weight, grad_bias
+    )

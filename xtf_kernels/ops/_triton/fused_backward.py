@@ -1,0 +1,235 @@
+"""Fused backward: d_hidden, d_weight and d_bias from recomputed logits tiles, no atomics, deterministic.
+
+Given the per-row log-sum-exp (and entropy when its gradient flows) and the upstream per-row gradients,
+the gradient with respect to a raw logit is ``spec``'s formula evaluated on a recomputed tile; it is never
+stored. Two kernels share that tile math:
+
+- d_hidden: programs over (row block, vocabulary range) walk their V range; each gradient tile (rounded to
+  the input dtype, as the chunked path rounds it before its matmuls) is multiplied by the weight tile and
+  added into the program's own rows of an fp32 accumulator, H slice by H slice. Each program owns its
+  rows x range slice exclusively, so the read-add-write needs no atomics; the ranges' partials are summed
+  in a fixed order afterwards.
+- d_weight (+ d_bias): programs over V tiles walk all row blocks, adding gradient^T @ hidden into their
+  own rows of the fp32 d_weight (and the column sums into d_bias).
+
+Cost: each kernel recomputes the logits (2 N H V FLOP) besides its product (2 N H V), so forward + both
+gradients is 10 N H V FLOP against 6 N H V for the chunked path; a variant sharing one recompute between
+the two products would need atomic adds (non-deterministic) and is not provided. Extra memory: the fp32
+d_hidden accumulator, splits x M x H x 4 bytes, when the inputs are 16-bit or V is split (otherwise the
+fp32 output itself accumulates); d_weight is the fp32 accumulator of the contract.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from ..spec import HeadSpec
+from ..spec import RowGrads
+from .config import TileConfig
+from .config import dot_precision
+from .config import tile_config
+from .config import vocab_split
+from .row_math import grad_coefficients
+from .tiles import grad_tile
+from .tiles import logits_tile
+
+# Each d_hidden split adds an M x H fp32 partial, so aim for one wave only and split V at most 8 ways.
+_HIDDEN_WAVES = 1
+_HIDDEN_MAX_SPLITS = 8
+
+
+@triton.jit
+def _row_block_coefficients(
+    rows, row_mask, TARGETS, LSE, ENTROPY, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, z_loss, label_smoothing, vocab,
+    HAS_G_LOSS: tl.constexpr, HAS_G_LOGPROB: tl.constexpr, HAS_G_ENTROPY: tl.constexpr, HAS_G_LSE: tl.constexpr,
+):
+    targets = tl.load(TARGETS + rows, mask=row_mask, other=-1)
+    lse = tl.load(LSE + rows, mask=row_mask, other=0.0)
+    entropy = lse
+    if HAS_G_ENTROPY:
+        entropy = tl.load(ENTROPY + rows, mask=row_mask, other=0.0)
+    coef_a, coef_b, coef_c, coef_d = grad_coefficients(
+        rows, row_mask, lse, entropy, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, z_loss, label_smoothing, vocab,
+        HAS_G_LOSS, HAS_G_LOGPROB, HAS_G_ENTROPY, HAS_G_LSE,
+    )
+    return targets, lse, coef_a, coef_b, coef_c, coef_d
+
+
+@triton.jit
+def _grad_hidden_kernel(
+    H, W, BIAS, TARGETS, LSE, ENTROPY, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, DH,
+    rows_total, vocab, hdim, stride_hm, stride_hk, stride_wv, stride_wk, stride_dh_split, stride_dh_m,
+    cols_per_split, softcap, inv_temperature, label_smoothing, z_loss,
+    HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    HAS_G_LOSS: tl.constexpr, HAS_G_LOGPROB: tl.constexpr, HAS_G_ENTROPY: tl.constexpr, HAS_G_LSE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    split = tl.program_id(1)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < rows_total
+    targets, lse, coef_a, coef_b, coef_c, coef_d = _row_block_coefficients(
+        rows, row_mask, TARGETS, LSE, ENTROPY, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, z_loss, label_smoothing,
+        vocab, HAS_G_LOSS, HAS_G_LOGPROB, HAS_G_ENTROPY, HAS_G_LSE,
+    )
+    col_start = split * cols_per_split
+    col_stop = tl.minimum(col_start + cols_per_split, vocab)
+    dh_rows = DH + split.to(tl.int64) * stride_dh_split + rows[:, None] * stride_dh_m
+    hs = tl.arange(0, BLOCK_H)
+    for n0 in range(col_start, col_stop, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
+        col_mask = cols < col_stop
+        raw = logits_tile(
+            H, W, BIAS, rows, row_mask, cols, col_mask, hdim, stride_hm, stride_hk, stride_wv, stride_wk,
+            HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, DOT_PRECISION,
+        )
+        grad = grad_tile(
+            raw, rows, row_mask, cols, col_mask, targets, lse, coef_a, coef_b, coef_c, coef_d, softcap,
+            inv_temperature, HAS_SOFTCAP, HAS_G_ENTROPY,
+        ).to(W.dtype.element_ty)
+        accumulate = n0 > col_start  # the first tile of the range initialises the partial
+        for h0 in range(0, hdim, BLOCK_H):
+            h_idx = h0 + hs
+            h_mask = h_idx < hdim
+            w_tile = tl.load(
+                W + cols[:, None] * stride_wv + h_idx[None, :] * stride_wk,
+                mask=col_mask[:, None] & h_mask[None, :], other=0.0,
+            )
+            part = tl.dot(grad, w_tile, input_precision=DOT_PRECISION)
+            io_mask = row_mask[:, None] & h_mask[None, :]
+            ptrs = dh_rows + h_idx[None, :]
+            part += tl.load(ptrs, mask=io_mask & accumulate, other=0.0)
+            tl.store(ptrs, part, mask=io_mask)
+
+
+@triton.jit
+def _grad_weight_kernel(
+    H, W, BIAS, TARGETS, LSE, ENTROPY, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, DW, DB,
+    rows_total, vocab, hdim, stride_hm, stride_hk, stride_wv, stride_wk, stride_dw_v,
+    softcap, inv_temperature, label_smoothing, z_loss,
+    HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    HAS_G_LOSS: tl.constexpr, HAS_G_LOGPROB: tl.constexpr, HAS_G_ENTROPY: tl.constexpr, HAS_G_LSE: tl.constexpr,
+    NEED_WEIGHT: tl.constexpr, NEED_BIAS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    cols = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_mask = cols < vocab
+    hs = tl.arange(0, BLOCK_H)
+    bias_grad = tl.zeros((BLOCK_N,), tl.float32)
+    for m0 in range(0, rows_total, BLOCK_M):
+        rows = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
+        row_mask = rows < rows_total
+        targets, lse, coef_a, coef_b, coef_c, coef_d = _row_block_coefficients(
+            rows, row_mask, TARGETS, LSE, ENTROPY, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, z_loss, label_smoothing,
+            vocab, HAS_G_LOSS, HAS_G_LOGPROB, HAS_G_ENTROPY, HAS_G_LSE,
+        )
+        raw = logits_tile(
+            H, W, BIAS, rows, row_mask, cols, col_mask, hdim, stride_hm, stride_hk, stride_wv, stride_wk,
+            HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, DOT_PRECISION,
+        )
+        grad = grad_tile(
+            raw, rows, row_mask, cols, col_mask, targets, lse, coef_a, coef_b, coef_c, coef_d, softcap,
+            inv_temperature, HAS_SOFTCAP, HAS_G_ENTROPY,
+        )
+        if NEED_BIAS:
+            bias_grad += tl.sum(grad, 0)
+        if NEED_WEIGHT:
+            grad_t = tl.trans(grad.to(H.dtype.element_ty))  # (BLOCK_N, BLOCK_M)
+            accumulate = m0 > 0  # the first row block initialises the program's d_weight rows
+            for h0 in range(0, hdim, BLOCK_H):
+                h_idx = h0 + hs
+                h_mask = h_idx < hdim
+                h_tile = tl.load(
+                    H + rows[:, None] * stride_hm + h_idx[None, :] * stride_hk,
+                    mask=row_mask[:, None] & h_mask[None, :], other=0.0,
+                )
+                part = tl.dot(grad_t, h_tile, input_precision=DOT_PRECISION)
+                io_mask = col_mask[:, None] & h_mask[None, :]
+                ptrs = DW + cols[:, None] * stride_dw_v + h_idx[None, :]
+                part += tl.load(ptrs, mask=io_mask & accumulate, other=0.0)
+                tl.store(ptrs, part, mask=io_mask)
+    if NEED_BIAS:
+        tl.store(DB + cols, bias_grad, mask=col_mask)
+
+
+class Gradients(NamedTuple):
+    """grad_hidden (M, H) in hidden's dtype, grad_weight (V, H) fp32, grad_bias (V,) fp32; None if not asked."""
+
+    hidden: torch.Tensor | None
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+
+
+def fused_gradients(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    spec: HeadSpec,
+    grads: RowGrads,
+    lse: torch.Tensor,
+    entropy: torch.Tensor | None,
+    *,
+    need_grad_hidden: bool,
+    need_grad_weight: bool,
+    need_grad_bias: bool,
+    config: TileConfig | None = None,
+) -> Gradients:
+    """Gradients of sum_i (g_loss_i loss_i + g_logprob_i logprob_i + g_entropy_i entropy_i + g_lse_i lse_i).
+
+    Args:
+        hidden: (M, H), weight: (V, H) fp32 / fp16 / bf16, any strides; bias: (V,) contiguous or None.
+        targets: (M,) int64 contiguous in [0, V); lse: (M,) fp32 of the final logits.
+        grads: each field (M,) fp32 contiguous or None.
+        entropy: (M,) fp32, required when ``grads.entropy`` is given.
+
+    Matches the chunked path: the logits gradient is rounded to the input dtype before the products, which
+    accumulate in fp32.
+    """
+    rows, hdim = hidden.shape
+    vocab = weight.shape[0]
+    device = hidden.device
+    config = config or tile_config(hidden.dtype)
+    f32 = dict(dtype=torch.float32, device=device)
+    dummy = lse  # never read: the matching HAS_* / NEED_* flag is off
+    common_args = (
+        hidden, weight, bias if bias is not None else dummy, targets, lse,
+        entropy if grads.entropy is not None else dummy,
+        *(g if g is not None else dummy for g in (grads.loss, grads.logprob, grads.entropy, grads.lse)),
+    )
+    flags = dict(
+        HAS_BIAS=bias is not None, HAS_SOFTCAP=spec.softcap > 0,
+        HAS_G_LOSS=grads.loss is not None, HAS_G_LOGPROB=grads.logprob is not None,
+        HAS_G_ENTROPY=grads.entropy is not None, HAS_G_LSE=grads.lse is not None,
+        DOT_PRECISION=dot_precision(hidden.dtype), BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+        BLOCK_K=config.block_k, BLOCK_H=config.block_h, num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    strides = (hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1))
+    options = (float(spec.softcap), float(spec.inv_temperature), float(spec.label_smoothing), float(spec.z_loss))
+
+    grad_hidden = None
+    if need_grad_hidden:
+        split = vocab_split(rows, vocab, config.block_m, config.block_n, device,
+                            waves=_HIDDEN_WAVES, max_splits=_HIDDEN_MAX_SPLITS)
+        in_place = split.splits == 1 and hidden.dtype == torch.float32
+        partials = torch.empty((split.splits, rows, hdim), **f32)
+        _grad_hidden_kernel[(triton.cdiv(rows, config.block_m), split.splits)](
+            *common_args, partials, rows, vocab, hdim, *strides, partials.stride(0), partials.stride(1),
+            split.cols_per_split, *options, **flags,
+        )
+        grad_hidden = partials[0] if in_place else partials.sum(0).to(hidden.dtype)
+
+    grad_weight = torch.empty((vocab, hdim), **f32) if need_grad_weight else None
+    grad_bias = torch.empty(vocab, **f32) if need_grad_bias else None
+    if need_grad_weight or need_grad_bias:
+        _grad_weight_kernel[(triton.cdiv(vocab, config.block_n),)](
+            *common_args, grad_weight if need_grad_weight else dummy, grad_bias if need_grad_bias else dummy,
+            rows, vocab, hdim, *strides, hdim, *options,
+            NEED_WEIGHT=need_grad_weight, NEED_BIAS=need_grad_bias, **flags,
+        )
+    return Gradients(grad_hidden, grad_weight, grad_bias)

@@ -1,0 +1,59 @@
+"""Tile-level ``@triton.jit`` helpers of the fused kernels: a logits tile from hidden and weight tiles, and
+the gradient of the raw logits over such a tile.
+
+Shapes are in elements; pointers are advanced with 64-bit offsets (``rows`` and ``cols`` arrive as
+int64), since N * H, V * H or N * V may pass 2^31 (V * H = 525M at the Llama-3 head; N * H = 2^31 at
+N = 524288, H = 4096).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .row_math import final_logits
+from .row_math import raw_logit_grad
+
+
+@triton.jit
+def logits_tile(
+    H, W, BIAS, rows, row_mask, cols, col_mask, hdim, stride_hm, stride_hk, stride_wv, stride_wk,
+    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """(BLOCK_M, BLOCK_N) fp32 raw logits hidden[rows] @ weight[cols].T + bias[cols], fp32 accumulation.
+
+    Masked rows / columns read zeros (so the tile there is 0, or the bias): callers mask what they keep.
+    """
+    ks = tl.arange(0, BLOCK_K)
+    h_ptrs = H + rows[:, None] * stride_hm + ks[None, :] * stride_hk
+    w_ptrs = W + cols[None, :] * stride_wv + ks[:, None] * stride_wk  # (BLOCK_K, BLOCK_N): weight^T
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, hdim, BLOCK_K):
+        k_mask = k0 + ks < hdim
+        h_tile = tl.load(h_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+        w_tile = tl.load(w_ptrs, mask=k_mask[:, None] & col_mask[None, :], other=0.0)
+        acc = tl.dot(h_tile, w_tile, acc, input_precision=DOT_PRECISION)
+        h_ptrs += BLOCK_K * stride_hk
+        w_ptrs += BLOCK_K * stride_wk
+    if HAS_BIAS:
+        acc += tl.load(BIAS + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    return acc
+
+
+@triton.jit
+def grad_tile(
+    raw, rows, row_mask, cols, col_mask, targets, lse, coef_a, coef_b, coef_c, coef_d, softcap, inv_temperature,
+    HAS_SOFTCAP: tl.constexpr, HAS_G_ENTROPY: tl.constexpr,
+):
+    """(BLOCK_M, BLOCK_N) fp32 gradient with respect to the raw logits ``raw``, 0 outside the masks.
+
+    targets, lse, coef_*: (BLOCK_M,) per-row values (see ``row_math.grad_coefficients``).
+    """
+    z, slope = final_logits(raw, softcap, inv_temperature, HAS_SOFTCAP)
+    grad = raw_logit_grad(
+        z, slope, lse[:, None], cols[None, :] == targets[:, None], coef_a[:, None], coef_b[:, None],
+        coef_c[:, None], coef_d[:, None], HAS_G_ENTROPY,
+    )
+    # Padding rows carry lse = 0, so exp(z - lse) may overflow there; `where` selects 0 whatever it held.
+    return tl.where(row_mask[:, None] & col_mask[None, :], grad, 0.0)
