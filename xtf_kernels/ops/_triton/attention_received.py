@@ -130,7 +130,7 @@ def _column_sum_kernel(
         if CAUSAL:
             allowed = allowed & (cols[None, :] <= rows[:, None])
         # lse = +inf on padding / out-of-range rows makes their probabilities exactly 0
-        probs = tl.where(allowed, tl.exp2(scores - lse[:, None]), 0.0)
+        probs = tl.exp2(tl.where(allowed, scores - lse[:, None], float("-inf")))
         totals += tl.sum(probs, 0)
     tl.store(OUT + pid_bh * length + cols, totals, mask=col_in)
 
