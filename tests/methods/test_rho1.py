@@ -56,7 +56,8 @@ def reference_rho1(case, kept, ignore_index=-100):
 @pytest.mark.parametrize("keep_ratio", [0.6, 0.37, 1.0])
 @pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
 def test_matches_reference(impl, keep_ratio, bias):
-    for dtype in impl.dtypes:
+    # the interpreter runs one program at a time; the head op's fp16 path is covered by its own tests
+    for dtype in impl.dtypes[:1] if impl.interpret else impl.dtypes:
         case = make_case((3, 29), 31, 123, dtype=dtype, device=impl.device, bias=bias, seed=1)
         ref_losses, excess = separated_reference(case)
         labelled = (case.targets != -100).cpu()
