@@ -4,8 +4,8 @@
 function registered in transformers' ``AttentionInterface`` under the name ``"xtf_capture:<original>"``.
 It hands the post-RoPE queries and keys of the chosen layers to :func:`xtf_kernels.attention_received`
 (no (L x L) map is kept, and ``output_attentions`` is never used), then delegates to the original
-implementation (``sdpa`` when the model was on ``eager``, whose function is model-specific), so the
-model's outputs are unchanged. The mask function of the original implementation is registered under the
+implementation (for ``eager``, the ``eager_attention_forward`` of the model's own modeling file), so
+the model's outputs are unchanged. The mask function of the original implementation is registered under the
 same name. The model's implementation is restored on exit.
 
 Only causal, full (not sliding-window), un-softcapped attention layers can be captured: for the others
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import sys
 from collections.abc import Iterator
 from collections.abc import Sequence
 
@@ -95,11 +96,19 @@ def _register(original: str) -> str:
     from transformers.masking_utils import AttentionMaskInterface
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    base = original if original in ALL_ATTENTION_FUNCTIONS and original in ALL_MASK_ATTENTION_FUNCTIONS else "sdpa"
+    if original == "eager" or (original in ALL_ATTENTION_FUNCTIONS and original in ALL_MASK_ATTENTION_FUNCTIONS):
+        base = original
+    else:
+        base = "sdpa"
     name = _PREFIX + base
     if name in ALL_ATTENTION_FUNCTIONS:
         return name
-    delegate = sdpa_attention_forward if base == "sdpa" else ALL_ATTENTION_FUNCTIONS[base]
+    if base == "eager":
+        delegate = _model_eager_attention
+    elif base == "sdpa":
+        delegate = sdpa_attention_forward
+    else:
+        delegate = ALL_ATTENTION_FUNCTIONS[base]
 
     def capture_forward(module, query, key, value, attention_mask, **kwargs):
         recorder = _ACTIVE.get()
@@ -110,6 +119,16 @@ def _register(original: str) -> str:
     AttentionInterface.register(name, capture_forward)
     AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
     return name
+
+
+def _model_eager_attention(module, *args, **kwargs):
+    """The ``eager_attention_forward`` of the module's own modeling file (eager attention is model-specific)."""
+    modeling = sys.modules[type(module).__module__]
+    eager = getattr(modeling, "eager_attention_forward", None)
+    if eager is None:
+        raise TypeError(f"{type(module).__name__} has no eager_attention_forward in {modeling.__name__}; load the "
+                        "model with attn_implementation='sdpa'")
+    return eager(module, *args, **kwargs)
 
 
 @contextlib.contextmanager
