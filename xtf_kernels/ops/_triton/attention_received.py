@@ -10,7 +10,8 @@ Two passes over Q K^T, each a tiled loop like a flash-attention forward without 
    column is owned by one program, so the result is deterministic (no atomics).
 
 Both passes work in base 2 (scores scaled by scale * log2(e), then exp2) and accumulate in fp32; inputs
-are fp32 / fp16 / bf16 (float64 is computed in fp32). With a causal mask each pass skips the key (query)
+are fp32 / fp16 / bf16 (float64 is computed in fp32). fp32 inputs use full fp32 products (no TF32:
+``input_precision="ieee"``), 16-bit inputs the tensor cores. With a causal mask each pass skips the key (query)
 blocks that no row (column) of the program can see, about half the blocks.
 
 Head dimension: d <= 256 (any d, padded in registers to a power of two >= 16, the smallest ``tl.dot``
@@ -35,6 +36,7 @@ if os.environ.get("TRITON_INTERPRET") == "1":
     patch_scalar_index()
 
 MAX_HEAD_DIM = 256
+_MAX_GRID_Y = 65535  # CUDA limit of the second grid dimension, which indexes (batch, q head)
 _LOG2E = math.log2(math.e)
 
 
@@ -49,14 +51,15 @@ def _row_lse_kernel(
     CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(1).to(tl.int64)  # int64 offsets: q and k may hold more than 2^31 elements
     batch = pid_bh // heads_q
-    head_k = (pid_bh % heads_q) // group
+    head_q = pid_bh % heads_q
+    head_k = head_q // group
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     row_in = rows < length
     q = tl.load(
-        Q + batch * stride_qb + (pid_bh % heads_q) * stride_qh + rows[:, None] * stride_ql + dims[None, :] * stride_qd,
+        Q + batch * stride_qb + head_q * stride_qh + rows[:, None] * stride_ql + dims[None, :] * stride_qd,
         mask=row_in[:, None] & (dims[None, :] < HEAD_DIM), other=0.0,
     )
     k_base = K + batch * stride_kb + head_k * stride_kh
@@ -101,9 +104,10 @@ def _column_sum_kernel(
     CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(1).to(tl.int64)
     batch = pid_bh // heads_q
-    head_k = (pid_bh % heads_q) // group
+    head_q = pid_bh % heads_q
+    head_k = head_q // group
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     dims = tl.arange(0, BLOCK_D)
     col_in = cols < length
@@ -114,7 +118,7 @@ def _column_sum_kernel(
     key_ok = col_in
     if HAS_MASK:
         key_ok = key_ok & (tl.load(KEY_VALID + batch * length + cols, mask=col_in, other=0) != 0)
-    q_base = Q + batch * stride_qb + (pid_bh % heads_q) * stride_qh
+    q_base = Q + batch * stride_qb + head_q * stride_qh
     totals = tl.zeros([BLOCK_N], tl.float32)
     row_start = 0
     if CAUSAL:  # rows before the block's first key see none of its keys
@@ -164,6 +168,11 @@ def column_sums(
         (B, Hq, L) fp32 column sums.
     """
     batch, heads_q, length, head_dim = q.shape
+    if batch * heads_q > _MAX_GRID_Y:
+        raise ValueError(
+            f"backend='triton' launches one program row per (batch, q head): batch * heads_q = {batch * heads_q} "
+            f"exceeds {_MAX_GRID_Y}; split the batch"
+        )
     if q.dtype == torch.float64:
         q, k = q.float(), k.float()
     block_d, block, num_warps = _blocks(head_dim, q.device)
