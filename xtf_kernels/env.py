@@ -23,8 +23,7 @@ import torch
 
 from . import __version__
 from .errors import CorruptFileError
-from .ops._cuda.build_info import BUILD_INFO_PATH
-from .ops._cuda.build_info import read_build_info
+from .ops._cuda import build_info
 from .ops._cuda.extension import extension
 from .ops._cuda.extension import extension_unavailable_reason
 from .ops.registry import availability_report
@@ -73,18 +72,19 @@ def _extension_section() -> dict:
 
 
 def _build_section() -> dict:
+    path = build_info.BUILD_INFO_PATH
     try:
-        info = read_build_info()
+        info = build_info.read_build_info(path)
     except FileNotFoundError:
         return {
             "status": "missing",
-            "path": str(BUILD_INFO_PATH),
+            "path": str(path),
             "detail": "no build record: a source checkout never built with `pip install .` / "
             "`python setup.py build_ext --inplace`, or a damaged install",
         }
     except CorruptFileError as exc:
-        return {"status": "corrupt", "path": str(BUILD_INFO_PATH), "detail": str(exc)}
-    return {"status": "ok", "path": str(BUILD_INFO_PATH), "record": info._asdict()}
+        return {"status": "corrupt", "path": str(path), "detail": str(exc)}
+    return {"status": "ok", "path": str(path), "record": info._asdict()}
 
 
 def _problems(ext: dict, build: dict) -> list[str]:

@@ -110,13 +110,14 @@ def _problem(record: object) -> str | None:
     return None
 
 
-def read_build_info(path: Path = BUILD_INFO_PATH) -> BuildInfo:
-    """The validated record.
+def read_build_info(path: Path | None = None) -> BuildInfo:
+    """The validated record at ``path`` (default: BUILD_INFO_PATH, read at call time).
 
     Raises:
         FileNotFoundError: no record (a source checkout that was never built, or a damaged install).
         CorruptFileError: the file is not valid JSON or does not follow schema 1 (the message says how).
     """
+    path = BUILD_INFO_PATH if path is None else path
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
