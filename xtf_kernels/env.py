@@ -26,6 +26,7 @@ from .errors import CorruptFileError
 from .ops._cuda import build_info
 from .ops._cuda.extension import extension
 from .ops._cuda.extension import extension_unavailable_reason
+from .ops._cuda.extension import format_cuda_version
 from .ops.registry import availability_report
 
 
@@ -35,10 +36,6 @@ def _installed_version(distribution: str) -> str | None:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def _cuda_version(encoded: int) -> str | None:
-    return f"{encoded // 1000}.{encoded % 1000 // 10}" if encoded > 0 else None
 
 
 def _device_section() -> tuple[torch.device, dict]:
@@ -65,9 +62,9 @@ def _extension_section() -> dict:
     return {
         "imports": True,
         "path": module.__file__,
-        "cuda_runtime": _cuda_version(module.cuda_runtime_version()),
+        "cuda_runtime": format_cuda_version(module.cuda_runtime_version()),
         "archs": [arch // 10 for arch in module.compiled_archs()],
-        "driver_cuda": _cuda_version(module.cuda_driver_version()),
+        "driver_cuda": format_cuda_version(module.cuda_driver_version()),
     }
 
 

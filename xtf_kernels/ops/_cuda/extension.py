@@ -27,9 +27,30 @@ def _load():
         return None, f"the compiled extension xtf_kernels._C is not built in this install ({exc}); {_HOW_TO_BUILD}"
 
 
-def _cuda_version(encoded: int) -> str:
-    """13000 -> "13.0" (the runtime's encoding: 1000 * major + 10 * minor)."""
-    return f"{encoded // 1000}.{encoded % 1000 // 10}"
+def format_cuda_version(encoded: int) -> str | None:
+    """13000 -> "13.0" (the CUDA runtime's encoding: 1000 * major + 10 * minor); 0 (no driver) -> None."""
+    return f"{encoded // 1000}.{encoded % 1000 // 10}" if encoded > 0 else None
+
+
+def explain_device_error(error: str, *, runtime: int, driver: int, capability: tuple[int, int], archs: list[int],
+                         index: int) -> str:
+    """The sentence for a device the kernels cannot run on, from what the extension reports.
+
+    error: the CUDA error of ``current_device_support()``; runtime / driver: CUDA versions as the runtime
+    encodes them (13000 = 13.0; driver 0 = no driver); archs: ``compiled_archs()`` (e.g. [800, 900]).
+    """
+    if driver < runtime:
+        return (
+            f"the NVIDIA driver supports CUDA {format_cuda_version(driver) or 'none'} but xtf_kernels._C was built "
+            f"with CUDA {format_cuda_version(runtime)} ({error}); install or update the NVIDIA driver, or build the "
+            f"extension with an older CUDA toolkit"
+        )
+    major, minor = capability
+    return (
+        f"xtf_kernels._C has no kernel for cuda:{index} (compute capability {major}.{minor}; built for "
+        f"{[arch // 10 for arch in archs]}) ({error}); rebuild for it: "
+        f"`XTF_CUDA_ARCHS={major}{minor} XTF_BUILD_CUDA=1 pip install .`"
+    )
 
 
 @functools.cache
@@ -39,19 +60,9 @@ def _device_reason(index: int) -> str | None:
         error = module.current_device_support()
     if not error:
         return None
-    runtime, driver = module.cuda_runtime_version(), module.cuda_driver_version()
-    if driver < runtime:
-        return (
-            f"the NVIDIA driver supports CUDA {_cuda_version(driver)} but xtf_kernels._C was built with CUDA "
-            f"{_cuda_version(runtime)} ({error}); update the driver, or build the extension with a CUDA "
-            f"toolkit no newer than {_cuda_version(driver)}"
-        )
-    major, minor = torch.cuda.get_device_capability(index)
-    archs = [arch // 10 for arch in module.compiled_archs()]
-    return (
-        f"xtf_kernels._C has no kernel for cuda:{index} (compute capability {major}.{minor}; built for "
-        f"{archs}) ({error}); rebuild with XTF_CUDA_ARCHS={major}{minor}: "
-        f"`XTF_CUDA_ARCHS={major}{minor} XTF_BUILD_CUDA=1 pip install .`"
+    return explain_device_error(
+        error, runtime=module.cuda_runtime_version(), driver=module.cuda_driver_version(),
+        capability=torch.cuda.get_device_capability(index), archs=module.compiled_archs(), index=index,
     )
 
 
