@@ -176,7 +176,7 @@ def plot_histograms(histograms: dict[str, dict], lines: dict[str, list[float]], 
         hist = histograms[name]
         edges = hist["edges"]
         widths = [b - a for a, b in zip(edges[:-1], edges[1:])]
-        ax.bar(edges[:-1], hist["kept"], width=widths, align="edge", color="#8d99ae", label="kept")
+        ax.bar(edges[:-1], hist["kept"], width=widths, align="edge", color="#8d99ae", label="others")
         ax.bar(edges[:-1], hist["dropped"], width=widths, align="edge", bottom=hist["kept"], color="#e63946",
                label="dropped by this rule")
         for value in lines.get(name, []):

@@ -1,0 +1,74 @@
+"""The explainability report: statistics and precision / recall recomputed here from the per-token flags."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.methods import tiny
+from xtf_kernels.methods import XTFConfig
+from xtf_kernels.methods import XTFScorer
+from xtf_kernels.pipeline import precision_recall
+from xtf_kernels.pipeline import rule_statistics
+from xtf_kernels.pipeline import score_dataset
+from xtf_kernels.pipeline import write_report
+
+pytest.importorskip("transformers")
+pytest.importorskip("matplotlib")
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scores")
+    dataset = tiny.data(12)
+    # knobs that make each rule fire on a random model (PCP ~ 1 / V = 0.014)
+    scorer = XTFScorer(tiny.model("qwen2"), XTFConfig(ri_fence_c=0.0, kn_pcp_max=0.014, otsu_bins=64))
+    return score_dataset(scorer, dataset.samples, folder, shard_size=5, progress=False), dataset
+
+
+def test_rule_statistics(scored):
+    result, dataset = scored
+    stats = rule_statistics(result)
+    flags = torch.cat([r.dropped_by for r in result.iter_samples()]).long()
+    scored_tokens = sum(int(s.response_mask.sum()) for s in dataset.samples)
+    assert stats["scored_tokens"] == scored_tokens
+    assert stats["dropped_tokens"] == int((flags != 0).sum())
+    for i, rule in enumerate(("RI", "KN", "TR")):
+        fired = (flags >> i) & 1 == 1
+        assert stats["rules"][rule]["fired"] == int(fired.sum()) > 0
+        assert stats["rules"][rule]["only_this_rule"] == int((flags == 1 << i).sum())
+    ri, kn = (flags & 1) != 0, (flags & 2) != 0
+    both = int((ri & kn).sum())
+    assert stats["overlap"]["RI&KN"]["both"] == both
+    assert stats["overlap"]["RI&KN"]["jaccard"] == pytest.approx(both / int((ri | kn).sum()))
+    assert stats["all_rules"] == int((flags == 7).sum())
+
+
+def test_precision_recall_against_the_known_noise(scored):
+    result, dataset = scored
+    report = precision_recall(result, dataset.samples)
+    truth = torch.cat([s.noise_mask & s.response_mask for s in dataset.samples])
+    union = torch.cat([r.dropped for r in result.iter_samples()])
+    tp = int((truth & union).sum())
+    assert report["union"]["precision"] == pytest.approx(tp / int(union.sum()))
+    assert report["union"]["recall"] == pytest.approx(tp / int(truth.sum()))
+    without_truth = [type(s)(s.input_ids, s.labels) for s in dataset.samples]
+    assert precision_recall(result, without_truth) is None
+
+
+def test_write_report_files(scored, tmp_path):
+    result, dataset = scored
+    out = write_report(result, tmp_path, data=dataset.samples, tokenizer=dataset.tokenizer, max_samples=3)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["statistics"] == out["statistics"]
+    assert saved["thresholds"]["kn"] == [pytest.approx(1 - 0.014)]
+    assert len(saved["thresholds"]["tr"]) == 2
+    assert (tmp_path / "histograms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (tmp_path / "report.html").read_text()
+    assert page.count('class="sample"') == 3
+    assert "dropped by RI" in page and "dropped by KN" in page and "dropped by TR" in page
+    assert "Anna" in page or "Tom" in page or "Ben" in page  # token texts, not ids
+    stats_only = write_report(result, tmp_path / "plain")
+    assert stats_only["precision_recall"] is None
