@@ -51,16 +51,17 @@ def reference_attention_received(q, k, *, causal=True, scale=None, attention_mas
     keys = k.double().repeat_interleave(heads_q // k.shape[1], dim=1)
     scale = 1.0 / math.sqrt(dim) if scale is None else scale
     scores = q.double() @ keys.transpose(-1, -2) * scale
-    real = torch.ones(batch, length, dtype=torch.bool) if attention_mask is None else attention_mask.cpu() != 0
-    sees = torch.ones(length, length, dtype=torch.bool)
+    device = q.device
+    real = torch.ones(batch, length, dtype=torch.bool, device=device) if attention_mask is None else attention_mask != 0
+    sees = torch.ones(length, length, dtype=torch.bool, device=device)
     if causal:
         sees = torch.tril(sees)
     sees = sees[None, None] & real[:, None, None, :] & real[:, None, :, None]  # [b, 1, i, j]
-    probs = torch.softmax(scores.cpu().masked_fill(~sees, -math.inf), dim=-1).nan_to_num(0.0)
+    probs = torch.softmax(scores.masked_fill(~sees, -math.inf), dim=-1).nan_to_num(0.0)
     sums = (probs * sees).sum(-2)
     if reduction == "sum":
-        return sums
-    return sums / sees.sum(-2).clamp(min=1)
+        return sums.cpu()
+    return (sums / sees.sum(-2).clamp(min=1)).cpu()
 
 
 def make_qk(batch, heads_q, heads_k, length, dim, dtype, device, seed=0, spread=2.0):
