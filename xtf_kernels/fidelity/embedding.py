@@ -115,18 +115,23 @@ def load_text_encoder(path: str | Path, *, device: str | torch.device = "cpu", d
         import transformers
     except ImportError as exc:
         raise ImportError("embedding text needs transformers: pip install 'xtf_kernels[hf]'") from exc
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except Exception as exc:  # noqa: BLE001 - transformers raises OSError / ValueError / KeyError / ...
-        raise ValueError(f"cannot load a tokenizer from {str(path)!r}: {_first_line(exc)}") from exc
+    # AutoModel drops a causal LM's head on purpose; silence the load report that lists it as unexpected.
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
     try:
         model = transformers.AutoModel.from_pretrained(path, local_files_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"cannot load a transformers model from {str(path)!r}: {_first_line(exc)}") from exc
+    except Exception as exc:  # noqa: BLE001 - transformers raises OSError / ValueError / KeyError / ...
+        raise ValueError(f"cannot load a transformers model from {str(path)!r}: {_one_line(exc)}") from exc
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - as above
+        raise ValueError(f"cannot load a tokenizer from {str(path)!r}: {_one_line(exc)}") from exc
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device=device)
     return model.eval(), tokenizer
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def _one_line(exc: Exception, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
