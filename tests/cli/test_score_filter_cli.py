@@ -1,0 +1,110 @@
+"""`xtf score` / `xtf filter` end to end on a tiny saved model, and their one-line error paths."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.methods import tiny
+from xtf_kernels.cli import main
+
+pytest.importorskip("transformers")
+pytest.importorskip("safetensors")
+pytest.importorskip("matplotlib")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    dataset = tiny.data(10)
+    base = tiny.model("llama", num_layers=2)
+    base.save_pretrained(root / "base")
+    dataset.tokenizer.to_transformers().save_pretrained(root / "base")
+    ref = tiny.perturbed(base, seed=1)
+    ref.save_pretrained(root / "ref")
+    dataset.to_jsonl(root / "data.jsonl", tokenised=False)
+    return root, dataset
+
+
+def test_score_then_filter_xtf(workspace, capsys):
+    root, dataset = workspace
+    out = root / "xtf"
+    status = main(["score", str(root / "data.jsonl"), "--model", str(root / "base"), "--out", str(out),
+                   "--shard-size", "4", "--no-progress", "--report-samples", "3"])
+    printed = capsys.readouterr().out
+    assert status == 0 and "response tokens scored" in printed and "TR" in printed
+    assert {"manifest.json", "report.html", "report.json", "histograms.png"} <= set(os.listdir(out))
+
+    status = main(["filter", str(root / "data.jsonl"), "--scores", str(out), "--out", str(root / "f.jsonl")])
+    assert status == 0 and "wrote 10 samples" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (root / "f.jsonl").read_text().splitlines()]
+    assert [r["input_ids"] for r in rows] == [s.input_ids.tolist() for s in dataset.samples]
+    report = json.loads((out / "report.json").read_text())
+    dropped = sum(sum(1 for a, b in zip(r["labels"], s.labels.tolist()) if a == -100 and b != -100)
+                  for r, s in zip(rows, dataset.samples))
+    assert dropped == report["statistics"]["dropped_tokens"]
+
+
+def test_score_then_filter_token_cleaning_to_safetensors(workspace, capsys):
+    root, _ = workspace
+    out = root / "tc"
+    assert main(["score", str(root / "data.jsonl"), "--model", str(root / "base"), "--method", "token-cleaning",
+                 "--ref", str(root / "ref"), "--k", "0.5", "--out", str(out), "--no-progress", "--no-report"]) == 0
+    capsys.readouterr()
+    assert main(["filter", str(root / "data.jsonl"), "--scores", str(out), "--out", str(root / "tc.safetensors")]) == 0
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(root / "tc.safetensors"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    labelled = int((tensors["labels"] != -100).sum())
+    assert labelled == manifest["global_topk"]["keep"]  # every labelled token is scored; the top k keeps its label
+    assert tensors["offsets"].shape == (11,)
+
+
+def test_filter_refuses_other_data(workspace, capsys):
+    root, _ = workspace
+    out = root / "xtf-other"
+    main(["score", str(root / "data.jsonl"), "--model", str(root / "base"), "--out", str(out), "--no-progress",
+          "--no-report"])
+    other = root / "other.jsonl"
+    lines = (root / "data.jsonl").read_text().splitlines()
+    other.write_text("\n".join(lines[:-1]) + "\n")
+    capsys.readouterr()
+    assert main(["filter", str(other), "--scores", str(out), "--out", str(root / "x.jsonl")]) == 2
+    error = capsys.readouterr().err
+    assert "not the data scored" in error and "Traceback" not in error and error.count("\n") == 1
+
+
+@pytest.mark.parametrize("case", ["missing-data", "missing-model", "not-causal", "no-ref", "bad-scores"])
+def test_one_line_errors(workspace, tmp_path, capsys, case):
+    root, _ = workspace
+    data, base = str(root / "data.jsonl"), str(root / "base")
+    if case == "not-causal":
+        transformers = pytest.importorskip("transformers")
+        config = transformers.ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                        intermediate_size=8, image_size=8, patch_size=4)
+        config.save_pretrained(tmp_path / "vit")
+    argv = {
+        "missing-data": ["score", str(tmp_path / "nope.jsonl"), "--model", base, "--out", str(tmp_path / "o")],
+        "missing-model": ["score", data, "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
+        "not-causal": ["score", data, "--model", str(tmp_path / "vit"), "--out", str(tmp_path / "o")],
+        "no-ref": ["score", data, "--model", base, "--method", "token-cleaning", "--out", str(tmp_path / "o")],
+        "bad-scores": ["filter", data, "--scores", str(tmp_path), "--out", str(tmp_path / "f.jsonl")],
+    }[case]
+    expected = {"missing-data": "not found", "missing-model": "does not exist", "not-causal": "not a causal LM",
+                "no-ref": "needs --ref", "bad-scores": "no scoring results"}[case]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert expected in error and "Traceback" not in error and error.count("\n") == 1
+
+
+@pytest.mark.parametrize(("command", "option"), [("score", "--kn-pcp-max"), ("filter", "--scores")])
+def test_help_in_a_subprocess(command, option):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, "-m", "xtf_kernels", command, "--help"], capture_output=True, text=True,
+                          timeout=120, cwd=root)
+    assert done.returncode == 0 and option in done.stdout and "Example" in done.stdout

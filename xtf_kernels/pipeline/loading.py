@@ -1,0 +1,94 @@
+"""Loading a local transformers causal LM and its tokenizer for scoring, with one-line errors.
+
+Nothing is downloaded (``local_files_only=True``). ``dtype="auto"`` is bfloat16 on a CUDA device and float32
+on the CPU, where bfloat16 matmuls are slow.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> cuda if available else cpu; "cuda" without a GPU is a ValueError."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but torch sees no CUDA GPU")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device must be auto, cpu or cuda[:N], got {device!r}") from exc
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be auto or one of {sorted(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ImportError("loading models needs transformers: pip install 'xtf_kernels[hf]'") from exc
+    return transformers
+
+
+def _one_line(exc: Exception, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_model_dir(path: str) -> None:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model path {path!r} does not exist")
+    if not os.path.isdir(path):
+        raise NotADirectoryError(f"model path {path!r} is not a directory (a transformers save_pretrained folder)")
+
+
+def load_causal_lm(path: str | os.PathLike, *, device: str = "auto", dtype: str = "auto"):
+    """A transformers causal LM from a local folder, on ``device`` in ``dtype``, in eval mode.
+
+    Raises FileNotFoundError / NotADirectoryError for a bad path, ImportError without transformers, and a
+    one-line ValueError when the folder holds no transformers model or one that is not a causal LM.
+    """
+    path = os.fspath(path)
+    check_model_dir(path)
+    transformers = _transformers()
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - transformers raises OSError / ValueError / KeyError / ...
+        raise ValueError(f"{path!r} holds no transformers model config: {_one_line(exc)}") from None
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ValueError(f"{path!r} is not a causal LM: its model type {config.model_type!r} has no "
+                         "AutoModelForCausalLM class")
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+    dtype_key = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"  # renamed in transformers 4.56
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True,
+                                                                  **{dtype_key: torch_dtype})
+    except Exception as exc:  # noqa: BLE001 - as above
+        raise ValueError(f"cannot load the causal LM in {path!r}: {_one_line(exc)}") from None
+    return model.to(torch_device).eval()
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """``AutoTokenizer`` from a local folder (one-line ValueError if there is none)."""
+    path = os.fspath(path)
+    check_model_dir(path)
+    transformers = _transformers()
+    try:
+        return transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - as above
+        raise ValueError(f"cannot load a tokenizer from {path!r}: {_one_line(exc)}") from None
