@@ -4,7 +4,7 @@ Every choice here is a heuristic with its reason written next to it. None of the
 GPU yet: the tile sizes are the usual starting points of Triton matmuls on Hopper (128 x 128 x 64 tiles,
 8 warps, 3 stages for 16-bit inputs), and the figures to confirm or replace them are the fused path's
 effective TFLOP/s at the Llama-3 head (H 4096, V 128256) for N = 4096 and 16384, swept over
-:class:`TileConfig` values passed to :func:`xtf_kernels.ops._triton.fused.fused_head_pass`.
+:class:`FusedConfig` values passed to :func:`xtf_kernels.ops._triton.fused.fused_head_pass`.
 
 Environment flag (read once, at import, as Triton itself reads it):
     TRITON_INTERPRET=1  runs every kernel on CPU tensors, one program at a time (tests only). Tiles then
@@ -41,18 +41,19 @@ class RowConfig(NamedTuple):
 def row_config(vocab: int) -> RowConfig:
     """Block and warps of the per-row kernels of the chunked path (memory-bound: 2 reads + 1 write per logit).
 
-    With ``block_v`` = 8192 and 16 warps each thread holds 8192 / 512 = 16 fp32 values per block: four
-    16-byte vector loads in flight per thread, and a V = 128256 row takes 16 blocks. Rows are thousands
-    per chunk, so the grid alone fills the GPU and no block-level split of a row is needed.
+    With ``block_v`` = 4096 and 16 warps each thread holds 4096 / 512 = 8 fp32 values per block, two 16-byte
+    vector loads in flight per thread, and a V = 128256 row takes 32 blocks. Rows are thousands per chunk,
+    so the grid alone fills the GPU and no split of a row is needed. Compiled for sm_90 this uses 57-58
+    registers with every option on; 8192 columns over 16 warps spill 8 bytes on the fp32-only path.
     """
     if INTERPRET:
         return RowConfig(block_v=min(64, triton.next_power_of_2(vocab)), num_warps=1)
-    block_v = min(8192, max(triton.next_power_of_2(vocab), 128))
-    return RowConfig(block_v=block_v, num_warps=max(1, min(16, block_v // 512)))
+    block_v = min(4096, max(triton.next_power_of_2(vocab), 128))
+    return RowConfig(block_v=block_v, num_warps=max(1, min(16, block_v // 256)))
 
 
 class TileConfig(NamedTuple):
-    """Tiles of the fused kernels.
+    """Tiles of one fused kernel.
 
     block_m x block_n: the logits tile (rows x vocabulary) held in registers in fp32.
     block_k: the reduction step over H when forming that tile with ``tl.dot``.
@@ -67,19 +68,51 @@ class TileConfig(NamedTuple):
     num_stages: int
 
 
-def tile_config(dtype: torch.dtype) -> TileConfig:
+class FusedConfig(NamedTuple):
+    """Tiles of the fused kernels: statistics (forward), d_hidden, d_weight, and the two-model influence delta."""
+
+    forward: TileConfig
+    grad_hidden: TileConfig
+    grad_weight: TileConfig
+    influence: TileConfig
+
+
+def fused_config(dtype: torch.dtype) -> FusedConfig:
     """Default tiles for ``dtype`` inputs (provisional, see the module docstring).
 
-    16-bit: 128 x 128 fp32 logits tile = 64 KiB of registers over 8 warps (64 per thread), 64-wide K steps
-    so one pipeline stage holds 2 x 16 KiB of operands and 3 stages fit in 96 KiB of shared memory.
-    fp32: ``tl.dot`` runs in IEEE fp32 (no tensor cores), so smaller 64 x 64 tiles and 32-wide K steps keep
-    the operands of 2 stages within 32 KiB.
+    Register and shared-memory figures below come from compiling the kernels for sm_90 (``triton.compile``
+    to a cubin, read with ``cuobjdump --dump-resource-usage``), not from running them.
+
+    16-bit: the forward uses 128 x 128 logits tiles with 64-wide K steps, 8 warps, 3 stages (96 KiB of
+    shared memory, 255 registers, no spill). The backward kernels also hold the gradient tile and an fp32
+    (tile x block_h) product, and at 128 x 128 they spill (72-264 bytes of stack with every option on), so
+    each gets a 128 x 64 / 64 x 128 tile instead, keeping the long side where it pays: a d_hidden program
+    reads and rewrites its fp32 (block_m x H) accumulator once per vocabulary tile, 2 FLOP per byte moved per
+    tile column (block_n = 128), and a d_weight program its (block_n x H) rows once per row block
+    (block_m = 128). Both compile without spills (251-255 registers, 72-80 KiB shared).
+    fp32: ``tl.dot`` runs in IEEE fp32 on the FMA units, which needs its operands in registers: the forward's
+    64 x 64 tiles with 32-wide K steps compile without spills over 8 warps (with 4 they spill); the backward
+    kernels, which also hold the product slice, fit only with 32 x 64 / 64 x 32 tiles over 4 warps
+    (186-196 registers), the long side again where the accumulator traffic is.
+    The influence delta holds two sets of row statistics and spills 8 bytes at 128 x 128: 128 x 64 tiles.
     """
     if INTERPRET:
-        return TileConfig(block_m=16, block_n=32, block_k=16, block_h=16, num_warps=1, num_stages=1)
+        tiles = TileConfig(block_m=16, block_n=32, block_k=16, block_h=16, num_warps=1, num_stages=1)
+        return FusedConfig(tiles, tiles, tiles, tiles)
     if dtype == torch.float32:
-        return TileConfig(block_m=64, block_n=64, block_k=32, block_h=64, num_warps=4, num_stages=2)
-    return TileConfig(block_m=128, block_n=128, block_k=64, block_h=64, num_warps=8, num_stages=3)
+        forward = TileConfig(block_m=64, block_n=64, block_k=32, block_h=32, num_warps=8, num_stages=2)
+        return FusedConfig(
+            forward=forward,
+            grad_hidden=TileConfig(block_m=32, block_n=64, block_k=32, block_h=32, num_warps=4, num_stages=2),
+            grad_weight=TileConfig(block_m=64, block_n=32, block_k=32, block_h=32, num_warps=4, num_stages=2),
+            influence=forward,
+        )
+    return FusedConfig(
+        forward=TileConfig(block_m=128, block_n=128, block_k=64, block_h=64, num_warps=8, num_stages=3),
+        grad_hidden=TileConfig(block_m=64, block_n=128, block_k=64, block_h=64, num_warps=8, num_stages=3),
+        grad_weight=TileConfig(block_m=128, block_n=64, block_k=64, block_h=64, num_warps=8, num_stages=3),
+        influence=TileConfig(block_m=128, block_n=64, block_k=64, block_h=64, num_warps=8, num_stages=3),
+    )
 
 
 def dot_precision(dtype: torch.dtype) -> str:

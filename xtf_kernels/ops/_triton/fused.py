@@ -8,7 +8,7 @@ import torch
 from ..spec import HeadPassResult
 from ..spec import HeadSpec
 from ..spec import RowGrads
-from .config import TileConfig
+from .config import FusedConfig
 from .fused_backward import fused_gradients
 from .fused_forward import fused_statistics
 from .fused_forward import fused_target_logits
@@ -29,7 +29,7 @@ def fused_head_pass(
     need_grad_hidden: bool = False,
     need_grad_weight: bool = False,
     need_grad_bias: bool = False,
-    config: TileConfig | None = None,
+    config: FusedConfig | None = None,
 ) -> HeadPassResult:
     """The contract of :func:`xtf_kernels.ops.engine.chunked_head_pass`, without chunks.
 
@@ -39,7 +39,7 @@ def fused_head_pass(
         grads: upstream per-row gradients, each (M,) fp32 or None; None for a statistics-only pass.
         lse, entropy: (M,) fp32 from an earlier forward: with ``lse`` and nothing else to compute, the
             forward pass is skipped (only the O(M H) target logits are formed).
-        config: tile sizes (default :func:`~xtf_kernels.ops._triton.config.tile_config`).
+        config: tiles of the fused kernels (default :func:`~xtf_kernels.ops._triton.config.fused_config`).
 
     Returns:
         :class:`~xtf_kernels.ops.spec.HeadPassResult`: (M,) fp32 statistics, grad_hidden (M, H) in hidden's
@@ -50,16 +50,17 @@ def fused_head_pass(
         grads = None
     need_entropy_stat = (want_entropy or (want_grad and grads.entropy is not None)) and entropy is None
     mean_logit = None
+    forward_tiles = None if config is None else config.forward
     if lse is None or want_mean_logit or need_entropy_stat:
         stats = fused_statistics(
             hidden, weight, bias, targets, spec, want_entropy=need_entropy_stat, want_mean_logit=want_mean_logit,
-            config=config,
+            config=forward_tiles,
         )
         lse = stats.lse if lse is None else lse
         entropy = stats.entropy if entropy is None else entropy
         target_logit, mean_logit = stats.target_logit, stats.mean_logit
     else:
-        target_logit = fused_target_logits(hidden, weight, bias, targets, spec, config)
+        target_logit = fused_target_logits(hidden, weight, bias, targets, spec, forward_tiles)
     grad_hidden = grad_weight = grad_bias = None
     if want_grad:
         grad_hidden, grad_weight, grad_bias = fused_gradients(

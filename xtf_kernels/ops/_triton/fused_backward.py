@@ -29,9 +29,10 @@ import triton.language as tl
 
 from ..spec import HeadSpec
 from ..spec import RowGrads
+from .config import FusedConfig
 from .config import TileConfig
 from .config import dot_precision
-from .config import tile_config
+from .config import fused_config
 from .config import vocab_split
 from .row_math import grad_coefficients
 from .tiles import grad_tile
@@ -47,7 +48,8 @@ def _row_block_coefficients(
     rows, row_mask, TARGETS, LSE, ENTROPY, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, z_loss, label_smoothing, vocab,
     HAS_G_LOSS: tl.constexpr, HAS_G_LOGPROB: tl.constexpr, HAS_G_ENTROPY: tl.constexpr, HAS_G_LSE: tl.constexpr,
 ):
-    targets = tl.load(TARGETS + rows, mask=row_mask, other=-1)
+    """(targets int32, lse, A, B, C, D), each (BLOCK_M,), for the rows of one block."""
+    targets = tl.load(TARGETS + rows, mask=row_mask, other=-1).to(tl.int32)
     lse = tl.load(LSE + rows, mask=row_mask, other=0.0)
     entropy = lse
     if HAS_G_ENTROPY:
@@ -70,38 +72,42 @@ def _grad_hidden_kernel(
     BLOCK_H: tl.constexpr,
 ):
     split = tl.program_id(1)
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row0 = tl.program_id(0) * BLOCK_M
+    lrows = tl.arange(0, BLOCK_M)
+    lcols = tl.arange(0, BLOCK_N)
+    hs = tl.arange(0, BLOCK_H)
+    rows = row0 + lrows
     row_mask = rows < rows_total
     targets, lse, coef_a, coef_b, coef_c, coef_d = _row_block_coefficients(
         rows, row_mask, TARGETS, LSE, ENTROPY, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, z_loss, label_smoothing,
         vocab, HAS_G_LOSS, HAS_G_LOGPROB, HAS_G_ENTROPY, HAS_G_LSE,
     )
+    h_base = H + tl.cast(row0, tl.int64) * stride_hm
+    dh_base = DH + tl.cast(split, tl.int64) * stride_dh_split + tl.cast(row0, tl.int64) * stride_dh_m
     col_start = split * cols_per_split
     col_stop = tl.minimum(col_start + cols_per_split, vocab)
-    dh_rows = DH + split.to(tl.int64) * stride_dh_split + rows[:, None] * stride_dh_m
-    hs = tl.arange(0, BLOCK_H)
     for n0 in range(col_start, col_stop, BLOCK_N):
-        cols = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
+        cols = n0 + lcols
         col_mask = cols < col_stop
+        w_base = W + tl.cast(n0, tl.int64) * stride_wv
         raw = logits_tile(
-            H, W, BIAS, rows, row_mask, cols, col_mask, hdim, stride_hm, stride_hk, stride_wv, stride_wk,
-            HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, DOT_PRECISION,
+            h_base, w_base, BIAS, n0, lrows, row_mask, lcols, col_mask, hdim, stride_hm, stride_hk, stride_wv,
+            stride_wk, HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, DOT_PRECISION,
         )
         grad = grad_tile(
-            raw, rows, row_mask, cols, col_mask, targets, lse, coef_a, coef_b, coef_c, coef_d, softcap,
-            inv_temperature, HAS_SOFTCAP, HAS_G_ENTROPY,
+            raw, row_mask, cols, col_mask, targets, lse, coef_a, coef_b, coef_c, coef_d, softcap, inv_temperature,
+            HAS_SOFTCAP, HAS_G_ENTROPY,
         ).to(W.dtype.element_ty)
         accumulate = n0 > col_start  # the first tile of the range initialises the partial
         for h0 in range(0, hdim, BLOCK_H):
-            h_idx = h0 + hs
-            h_mask = h_idx < hdim
+            h_mask = h0 + hs < hdim
             w_tile = tl.load(
-                W + cols[:, None] * stride_wv + h_idx[None, :] * stride_wk,
+                w_base + lcols[:, None] * stride_wv + (h0 + hs)[None, :] * stride_wk,
                 mask=col_mask[:, None] & h_mask[None, :], other=0.0,
             )
             part = tl.dot(grad, w_tile, input_precision=DOT_PRECISION)
             io_mask = row_mask[:, None] & h_mask[None, :]
-            ptrs = dh_rows + h_idx[None, :]
+            ptrs = dh_base + lrows[:, None] * stride_dh_m + (h0 + hs)[None, :]
             part += tl.load(ptrs, mask=io_mask & accumulate, other=0.0)
             tl.store(ptrs, part, mask=io_mask)
 
@@ -117,24 +123,30 @@ def _grad_weight_kernel(
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
-    cols = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_mask = cols < vocab
+    col0 = tl.program_id(0) * BLOCK_N
+    lrows = tl.arange(0, BLOCK_M)
+    lcols = tl.arange(0, BLOCK_N)
     hs = tl.arange(0, BLOCK_H)
+    cols = col0 + lcols
+    col_mask = cols < vocab
+    w_base = W + tl.cast(col0, tl.int64) * stride_wv
+    dw_base = DW + tl.cast(col0, tl.int64) * stride_dw_v
     bias_grad = tl.zeros((BLOCK_N,), tl.float32)
     for m0 in range(0, rows_total, BLOCK_M):
-        rows = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
+        rows = m0 + lrows
         row_mask = rows < rows_total
         targets, lse, coef_a, coef_b, coef_c, coef_d = _row_block_coefficients(
             rows, row_mask, TARGETS, LSE, ENTROPY, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, z_loss, label_smoothing,
             vocab, HAS_G_LOSS, HAS_G_LOGPROB, HAS_G_ENTROPY, HAS_G_LSE,
         )
+        h_base = H + tl.cast(m0, tl.int64) * stride_hm
         raw = logits_tile(
-            H, W, BIAS, rows, row_mask, cols, col_mask, hdim, stride_hm, stride_hk, stride_wv, stride_wk,
-            HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, DOT_PRECISION,
+            h_base, w_base, BIAS, col0, lrows, row_mask, lcols, col_mask, hdim, stride_hm, stride_hk, stride_wv,
+            stride_wk, HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, DOT_PRECISION,
         )
         grad = grad_tile(
-            raw, rows, row_mask, cols, col_mask, targets, lse, coef_a, coef_b, coef_c, coef_d, softcap,
-            inv_temperature, HAS_SOFTCAP, HAS_G_ENTROPY,
+            raw, row_mask, cols, col_mask, targets, lse, coef_a, coef_b, coef_c, coef_d, softcap, inv_temperature,
+            HAS_SOFTCAP, HAS_G_ENTROPY,
         )
         if NEED_BIAS:
             bias_grad += tl.sum(grad, 0)
@@ -142,19 +154,25 @@ def _grad_weight_kernel(
             grad_t = tl.trans(grad.to(H.dtype.element_ty))  # (BLOCK_N, BLOCK_M)
             accumulate = m0 > 0  # the first row block initialises the program's d_weight rows
             for h0 in range(0, hdim, BLOCK_H):
-                h_idx = h0 + hs
-                h_mask = h_idx < hdim
+                h_mask = h0 + hs < hdim
                 h_tile = tl.load(
-                    H + rows[:, None] * stride_hm + h_idx[None, :] * stride_hk,
+                    h_base + lrows[:, None] * stride_hm + (h0 + hs)[None, :] * stride_hk,
                     mask=row_mask[:, None] & h_mask[None, :], other=0.0,
                 )
                 part = tl.dot(grad_t, h_tile, input_precision=DOT_PRECISION)
                 io_mask = col_mask[:, None] & h_mask[None, :]
-                ptrs = DW + cols[:, None] * stride_dw_v + h_idx[None, :]
+                ptrs = dw_base + lcols[:, None] * stride_dw_v + (h0 + hs)[None, :]
                 part += tl.load(ptrs, mask=io_mask & accumulate, other=0.0)
                 tl.store(ptrs, part, mask=io_mask)
     if NEED_BIAS:
         tl.store(DB + cols, bias_grad, mask=col_mask)
+
+
+def _launch(tiles: TileConfig) -> dict:
+    return dict(
+        BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k, BLOCK_H=tiles.block_h,
+        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+    )
 
 
 class Gradients(NamedTuple):
@@ -178,7 +196,7 @@ def fused_gradients(
     need_grad_hidden: bool,
     need_grad_weight: bool,
     need_grad_bias: bool,
-    config: TileConfig | None = None,
+    config: FusedConfig | None = None,
 ) -> Gradients:
     """Gradients of sum_i (g_loss_i loss_i + g_logprob_i logprob_i + g_entropy_i entropy_i + g_lse_i lse_i).
 
@@ -187,6 +205,7 @@ def fused_gradients(
         targets: (M,) int64 contiguous in [0, V); lse: (M,) fp32 of the final logits.
         grads: each field (M,) fp32 contiguous or None.
         entropy: (M,) fp32, required when ``grads.entropy`` is given.
+        config: tiles of the two kernels (default :func:`~xtf_kernels.ops._triton.config.fused_config`).
 
     Matches the chunked path: the logits gradient is rounded to the input dtype before the products, which
     accumulate in fp32.
@@ -194,7 +213,7 @@ def fused_gradients(
     rows, hdim = hidden.shape
     vocab = weight.shape[0]
     device = hidden.device
-    config = config or tile_config(hidden.dtype)
+    config = config or fused_config(hidden.dtype)
     f32 = dict(dtype=torch.float32, device=device)
     dummy = lse  # never read: the matching HAS_* / NEED_* flag is off
     common_args = (
@@ -206,30 +225,31 @@ def fused_gradients(
         HAS_BIAS=bias is not None, HAS_SOFTCAP=spec.softcap > 0,
         HAS_G_LOSS=grads.loss is not None, HAS_G_LOGPROB=grads.logprob is not None,
         HAS_G_ENTROPY=grads.entropy is not None, HAS_G_LSE=grads.lse is not None,
-        DOT_PRECISION=dot_precision(hidden.dtype), BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-        BLOCK_K=config.block_k, BLOCK_H=config.block_h, num_warps=config.num_warps, num_stages=config.num_stages,
+        DOT_PRECISION=dot_precision(hidden.dtype),
     )
     strides = (hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1))
     options = (float(spec.softcap), float(spec.inv_temperature), float(spec.label_smoothing), float(spec.z_loss))
 
     grad_hidden = None
     if need_grad_hidden:
-        split = vocab_split(rows, vocab, config.block_m, config.block_n, device,
+        tiles = config.grad_hidden
+        split = vocab_split(rows, vocab, tiles.block_m, tiles.block_n, device,
                             waves=_HIDDEN_WAVES, max_splits=_HIDDEN_MAX_SPLITS)
         in_place = split.splits == 1 and hidden.dtype == torch.float32
         partials = torch.empty((split.splits, rows, hdim), **f32)
-        _grad_hidden_kernel[(triton.cdiv(rows, config.block_m), split.splits)](
+        _grad_hidden_kernel[(triton.cdiv(rows, tiles.block_m), split.splits)](
             *common_args, partials, rows, vocab, hdim, *strides, partials.stride(0), partials.stride(1),
-            split.cols_per_split, *options, **flags,
+            split.cols_per_split, *options, **flags, **_launch(tiles),
         )
         grad_hidden = partials[0] if in_place else partials.sum(0).to(hidden.dtype)
 
     grad_weight = torch.empty((vocab, hdim), **f32) if need_grad_weight else None
     grad_bias = torch.empty(vocab, **f32) if need_grad_bias else None
     if need_grad_weight or need_grad_bias:
-        _grad_weight_kernel[(triton.cdiv(vocab, config.block_n),)](
+        tiles = config.grad_weight
+        _grad_weight_kernel[(triton.cdiv(vocab, tiles.block_n),)](
             *common_args, grad_weight if need_grad_weight else dummy, grad_bias if need_grad_bias else dummy,
             rows, vocab, hdim, *strides, hdim, *options,
-            NEED_WEIGHT=need_grad_weight, NEED_BIAS=need_grad_bias, **flags,
+            NEED_WEIGHT=need_grad_weight, NEED_BIAS=need_grad_bias, **flags, **_launch(tiles),
         )
     return Gradients(grad_hidden, grad_weight, grad_bias)

@@ -18,7 +18,7 @@ import triton.language as tl
 from ..spec import HeadSpec
 from .config import TileConfig
 from .config import dot_precision
-from .config import tile_config
+from .config import fused_config
 from .config import vocab_split
 from .row_math import final_logits
 from .tiles import logits_tile
@@ -38,9 +38,13 @@ def _statistics_kernel(
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     split = tl.program_id(1)
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row0 = tl.program_id(0) * BLOCK_M
+    lrows = tl.arange(0, BLOCK_M)
+    lcols = tl.arange(0, BLOCK_N)
+    rows = row0 + lrows
     row_mask = rows < rows_total
-    targets = tl.load(TARGETS + rows, mask=row_mask, other=-1)
+    h_base = H + tl.cast(row0, tl.int64) * stride_hm
+    targets = tl.load(TARGETS + rows, mask=row_mask, other=-1).to(tl.int32)
     col_start = split * cols_per_split
     col_stop = tl.minimum(col_start + cols_per_split, vocab)
     run_max = tl.full((BLOCK_M,), float("-inf"), tl.float32)
@@ -49,14 +53,14 @@ def _statistics_kernel(
     run_total = tl.zeros((BLOCK_M,), tl.float32)
     target_logit = tl.zeros((BLOCK_M,), tl.float32)
     for n0 in range(col_start, col_stop, BLOCK_N):
-        cols = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
+        cols = n0 + lcols
         col_mask = cols < col_stop
         raw = logits_tile(
-            H, W, BIAS, rows, row_mask, cols, col_mask, hdim, stride_hm, stride_hk, stride_wv, stride_wk,
-            HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, DOT_PRECISION,
+            h_base, W + tl.cast(n0, tl.int64) * stride_wv, BIAS, n0, lrows, row_mask, lcols, col_mask, hdim,
+            stride_hm, stride_hk, stride_wv, stride_wk, HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, DOT_PRECISION,
         )
         # z is finite everywhere (padding columns read zeros); z_max = -inf there, out of the max and sum.
-        z, _ = final_logits(raw, softcap, inv_temperature, HAS_SOFTCAP)
+        z = final_logits(raw, softcap, inv_temperature, HAS_SOFTCAP)
         z_max = tl.where(col_mask[None, :], z, float("-inf"))
         new_max = tl.maximum(run_max, tl.max(z_max, 1))  # finite: every tile has a column < col_stop
         rescale = tl.exp(run_max - new_max)
@@ -68,7 +72,7 @@ def _statistics_kernel(
             run_total += tl.sum(tl.where(col_mask[None, :], z, 0.0), 1)
         target_logit += tl.sum(tl.where(cols[None, :] == targets[:, None], z, 0.0), 1)
         run_max = new_max
-    out = split.to(tl.int64) * rows_total + rows
+    out = tl.cast(split, tl.int64) * rows_total + rows
     tl.store(PART_MAX + out, run_max, mask=row_mask)
     tl.store(PART_SUM + out, run_sum, mask=row_mask)
     tl.store(PART_TARGET + out, target_logit, mask=row_mask)
@@ -84,20 +88,25 @@ def _target_logit_kernel(
     softcap, inv_temperature,
     HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row0 = tl.program_id(0) * BLOCK_M
+    lrows = tl.arange(0, BLOCK_M)
+    rows = row0 + lrows
     row_mask = rows < rows_total
-    targets = tl.load(TARGETS + rows, mask=row_mask, other=0)
+    targets = tl.load(TARGETS + rows, mask=row_mask, other=0)  # int64: targets * stride_wv may pass 2^31
     ks = tl.arange(0, BLOCK_K)
+    h_ptrs = H + tl.cast(row0, tl.int64) * stride_hm + lrows[:, None] * stride_hm + ks[None, :] * stride_hk
+    w_ptrs = W + targets[:, None] * stride_wv + ks[None, :] * stride_wk
     acc = tl.zeros((BLOCK_M,), tl.float32)
     for k0 in range(0, hdim, BLOCK_K):
         mask = row_mask[:, None] & (k0 + ks < hdim)[None, :]
-        h = tl.load(H + rows[:, None] * stride_hm + (k0 + ks)[None, :] * stride_hk, mask=mask, other=0.0)
-        w = tl.load(W + targets[:, None] * stride_wv + (k0 + ks)[None, :] * stride_wk, mask=mask, other=0.0)
+        h = tl.load(h_ptrs, mask=mask, other=0.0)
+        w = tl.load(w_ptrs, mask=mask, other=0.0)
         acc += tl.sum(h.to(tl.float32) * w.to(tl.float32), 1)
+        h_ptrs += BLOCK_K * stride_hk
+        w_ptrs += BLOCK_K * stride_wk
     if HAS_BIAS:
         acc += tl.load(BIAS + targets, mask=row_mask, other=0.0).to(tl.float32)
-    z, _ = final_logits(acc, softcap, inv_temperature, HAS_SOFTCAP)
-    tl.store(OUT + rows, z, mask=row_mask)
+    tl.store(OUT + rows, final_logits(acc, softcap, inv_temperature, HAS_SOFTCAP), mask=row_mask)
 
 
 def fused_target_logits(hidden, weight, bias, targets, spec: HeadSpec, config: TileConfig | None = None):
@@ -106,7 +115,7 @@ def fused_target_logits(hidden, weight, bias, targets, spec: HeadSpec, config: T
     Shapes and dtypes as in :func:`fused_statistics`.
     """
     rows, hdim = hidden.shape
-    config = config or tile_config(hidden.dtype)
+    config = config or fused_config(hidden.dtype).forward
     out = torch.empty(rows, dtype=torch.float32, device=hidden.device)
     _target_logit_kernel[(triton.cdiv(rows, config.block_m),)](
         hidden, weight, bias if bias is not None else weight, targets, out, rows, hdim,
@@ -158,7 +167,7 @@ def fused_statistics(
     Args:
         hidden: (M, H) fp32 / fp16 / bf16, any strides; weight: (V, H) same dtype, any strides;
             bias: (V,) contiguous or None; targets: (M,) int64 contiguous, in [0, V).
-        config: tile sizes (default :func:`~xtf_kernels.ops._triton.config.tile_config`).
+        config: tile sizes (default: the ``forward`` tiles of :func:`~xtf_kernels.ops._triton.config.fused_config`).
 
     Returns:
         :class:`Statistics`, matching ``torch.logsumexp(z, -1)``, ``z.gather(targets)``, ``z.mean(-1)`` and
@@ -166,7 +175,7 @@ def fused_statistics(
     """
     rows, hdim = hidden.shape
     vocab = weight.shape[0]
-    config = config or tile_config(hidden.dtype)
+    config = config or fused_config(hidden.dtype).forward
     split = vocab_split(rows, vocab, config.block_m, config.block_n, hidden.device,
                         waves=_FORWARD_WAVES, max_splits=_FORWARD_MAX_SPLITS)
     parts = torch.empty((5, split.splits, rows), dtype=torch.float32, device=hidden.device)

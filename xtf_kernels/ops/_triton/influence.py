@@ -17,8 +17,8 @@ from ..chunking import resolve_chunk_size
 from ..spec import HeadSpec
 from .config import TileConfig
 from .config import dot_precision
+from .config import fused_config
 from .config import row_config
-from .config import tile_config
 from .config import vocab_split
 from .fused_forward import merge_statistics
 from .row_math import final_logits
@@ -48,9 +48,14 @@ def _influence_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     split = tl.program_id(1)
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row0 = tl.program_id(0) * BLOCK_M
+    lrows = tl.arange(0, BLOCK_M)
+    lcols = tl.arange(0, BLOCK_N)
+    rows = row0 + lrows
     row_mask = rows < rows_total
-    targets = tl.load(TARGETS + rows, mask=row_mask, other=-1)
+    targets = tl.load(TARGETS + rows, mask=row_mask, other=-1).to(tl.int32)
+    base_h = HB + tl.cast(row0, tl.int64) * stride_hbm
+    ref_h = HR + tl.cast(row0, tl.int64) * stride_hrm
     col_start = split * cols_per_split
     col_stop = tl.minimum(col_start + cols_per_split, vocab)
     base_max = tl.full((BLOCK_M,), float("-inf"), tl.float32)
@@ -60,21 +65,21 @@ def _influence_kernel(
     base_target = tl.zeros((BLOCK_M,), tl.float32)
     ref_target = tl.zeros((BLOCK_M,), tl.float32)
     for n0 in range(col_start, col_stop, BLOCK_N):
-        cols = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
+        cols = n0 + lcols
         col_mask = cols < col_stop
         raw = logits_tile(
-            HB, WB, BB, rows, row_mask, cols, col_mask, hdim_base, stride_hbm, stride_hbk, stride_wbv, stride_wbk,
-            HAS_BASE_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, BASE_PRECISION,
+            base_h, WB + tl.cast(n0, tl.int64) * stride_wbv, BB, n0, lrows, row_mask, lcols, col_mask, hdim_base,
+            stride_hbm, stride_hbk, stride_wbv, stride_wbk, HAS_BASE_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, BASE_PRECISION,
         )
-        z, _ = final_logits(raw, softcap, inv_temperature, HAS_SOFTCAP)
+        z = final_logits(raw, softcap, inv_temperature, HAS_SOFTCAP)
         base_max, base_sum, base_target = _online_update(z, col_mask, cols, targets, base_max, base_sum, base_target)
         raw = logits_tile(
-            HR, WR, BR, rows, row_mask, cols, col_mask, hdim_ref, stride_hrm, stride_hrk, stride_wrv, stride_wrk,
-            HAS_REF_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, REF_PRECISION,
+            ref_h, WR + tl.cast(n0, tl.int64) * stride_wrv, BR, n0, lrows, row_mask, lcols, col_mask, hdim_ref,
+            stride_hrm, stride_hrk, stride_wrv, stride_wrk, HAS_REF_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, REF_PRECISION,
         )
-        z, _ = final_logits(raw, softcap, inv_temperature, HAS_SOFTCAP)
+        z = final_logits(raw, softcap, inv_temperature, HAS_SOFTCAP)
         ref_max, ref_sum, ref_target = _online_update(z, col_mask, cols, targets, ref_max, ref_sum, ref_target)
-    out = PARTS + split.to(tl.int64) * rows_total + rows
+    out = PARTS + tl.cast(split, tl.int64) * rows_total + rows
     tl.store(out, base_max, mask=row_mask)
     tl.store(out + stride_part, base_sum, mask=row_mask)
     tl.store(out + 2 * stride_part, base_target, mask=row_mask)
@@ -96,7 +101,7 @@ def fused_influence_delta(base, ref, targets: torch.Tensor, spec: HeadSpec, conf
     vocab = base_weight.shape[0]
     # fp32 operands need the smaller fp32 tiles even when the other model is 16-bit.
     dtype = torch.float32 if torch.float32 in (base_hidden.dtype, ref_hidden.dtype) else base_hidden.dtype
-    config = config or tile_config(dtype)
+    config = config or fused_config(dtype).influence
     split = vocab_split(rows, vocab, config.block_m, config.block_n, base_hidden.device,
                         waves=_FORWARD_WAVES, max_splits=_FORWARD_MAX_SPLITS)
     parts = torch.empty((6, split.splits, rows), dtype=torch.float32, device=base_hidden.device)
@@ -126,12 +131,12 @@ def _row_log_prob(z_row, target, vocab, softcap, inv_temperature, HAS_SOFTCAP: t
     for start in range(0, vocab, BLOCK_V):
         offs = start + cols
         mask = offs < vocab
-        z, _ = final_logits(tl.load(z_row + offs, mask=mask, other=0.0), softcap, inv_temperature, HAS_SOFTCAP)
+        z = final_logits(tl.load(z_row + offs, mask=mask, other=0.0), softcap, inv_temperature, HAS_SOFTCAP)
         z = tl.where(mask, z, float("-inf"))
         new_max = tl.maximum(run_max, tl.max(z, 0))
         run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(z - new_max), 0)
         run_max = new_max
-    target_logit, _ = final_logits(tl.load(z_row + target), softcap, inv_temperature, HAS_SOFTCAP)
+    target_logit = final_logits(tl.load(z_row + target), softcap, inv_temperature, HAS_SOFTCAP)
     return target_logit - run_max - tl.log(run_sum)
 
 

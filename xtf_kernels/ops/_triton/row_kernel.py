@@ -23,6 +23,7 @@ from ..spec import HeadSpec
 from ..spec import RowGrads
 from .config import row_config
 from .row_math import final_logits
+from .row_math import final_logits_and_slope
 from .row_math import grad_coefficients
 from .row_math import raw_logit_grad
 
@@ -43,7 +44,7 @@ def _row_kernel(
     z_row = Z + row * z_stride
     cols = tl.arange(0, BLOCK_V)
     target = tl.load(TARGETS + row)
-    target_logit, _ = final_logits(tl.load(z_row + target).to(tl.float32), softcap, inv_temperature, HAS_SOFTCAP)
+    target_logit = final_logits(tl.load(z_row + target).to(tl.float32), softcap, inv_temperature, HAS_SOFTCAP)
     tl.store(TARGET_OUT + row, target_logit)
 
     if STATS_PASS:
@@ -55,7 +56,7 @@ def _row_kernel(
             offs = start + cols
             mask = offs < vocab
             # z = 0 in padding columns (finite), z_max = -inf there (out of the max and of the sum).
-            z, _ = final_logits(tl.load(z_row + offs, mask=mask, other=0.0), softcap, inv_temperature, HAS_SOFTCAP)
+            z = final_logits(tl.load(z_row + offs, mask=mask, other=0.0), softcap, inv_temperature, HAS_SOFTCAP)
             z_max = tl.where(mask, z, float("-inf"))
             new_max = tl.maximum(run_max, tl.max(z_max, 0))  # finite: every block has a column < vocab
             rescale = tl.exp(run_max - new_max)
@@ -93,7 +94,8 @@ def _row_kernel(
         for start in range(0, vocab, BLOCK_V):
             offs = start + cols
             mask = offs < vocab
-            z, slope = final_logits(tl.load(z_row + offs, mask=mask, other=0.0), softcap, inv_temperature, HAS_SOFTCAP)
+            raw = tl.load(z_row + offs, mask=mask, other=0.0)
+            z, slope = final_logits_and_slope(raw, softcap, inv_temperature, HAS_SOFTCAP)
             grad = raw_logit_grad(z, slope, lse, offs == target, coef_a, coef_b, coef_c, coef_d, HAS_G_ENTROPY)
             if WRITE_F32:
                 tl.store(z_row + offs, grad, mask=mask)

@@ -22,6 +22,16 @@ def tanh(x):
 
 @triton.jit
 def final_logits(y, softcap, inv_temperature, HAS_SOFTCAP: tl.constexpr):
+    """z = softcap(y) / T in fp32, like ``y``."""
+    if HAS_SOFTCAP:
+        z = (softcap * inv_temperature) * tanh(y / softcap)
+    else:
+        z = y * inv_temperature
+    return z
+
+
+@triton.jit
+def final_logits_and_slope(y, softcap, inv_temperature, HAS_SOFTCAP: tl.constexpr):
     """(z, slope): z = softcap(y) / T and slope = dz/dy = (1 - tanh^2) / T, both fp32 like ``y``."""
     if HAS_SOFTCAP:
         t = tanh(y / softcap)
