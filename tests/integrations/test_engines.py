@@ -1,0 +1,94 @@
+"""A patched transformers model under DDP and FSDP2 (fully_shard, lm_head sharded in its own unit or in the
+root's) on 2 gloo CPU ranks: each rank trains on half of a batch with the global num_items_in_batch, and
+the loss and every gradient (gathered from the shards) equal the single-process unpatched model's on the
+whole batch. Includes a loss whose backward re-reads the head weight (per-token reduction), which needs
+FSDP2's pre-backward re-gather of the resharded weight."""
+
+from __future__ import annotations
+
+import pytest
+import torch.distributed as dist
+
+from tests.helpers import assert_close
+from tests.integrations.distributed import run_ranks
+from tests.integrations.tiny_models import VOCAB
+from tests.integrations.tiny_models import batch
+from tests.integrations.tiny_models import tiny_model
+from xtf_kernels.functional import linear_cross_entropy
+from xtf_kernels.integrations.trainer import count_label_tokens
+
+pytest.importorskip("transformers")
+
+
+def _per_token_mean(hidden, weight, targets):
+    """A loss_fn whose backward recomputes from the saved weight (reduction "none")."""
+    per_token = linear_cross_entropy(hidden, weight, targets, reduction="none")
+    return per_token.sum() / (targets != -100).sum()
+
+
+def _reference(arch: str, full: dict):
+    model = tiny_model(arch)
+    loss = model(**full).loss
+    loss.backward()
+    return loss.detach(), {name: p.grad for name, p in model.named_parameters()}
+
+
+def _check(model, loss, reference, world: int, label: str):
+    expected_loss, expected_grads = reference
+    total = loss.detach().clone()
+    dist.all_reduce(total)
+    assert_close(total, expected_loss, msg=f"{label}: loss")
+    for name, p in model.named_parameters():
+        grad = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+        assert_close(grad, expected_grads[name.removeprefix("module.")], grad=True, msg=f"{label}: {name}")
+
+
+def _run_ddp(rank, world, full, local, num_items, reference):
+    from torch.nn.parallel import DistributedDataParallel
+
+    from xtf_kernels.integrations.transformers import apply_xtf_kernels
+
+    model = DistributedDataParallel(apply_xtf_kernels(tiny_model("llama")))
+    out = model(**local, num_items_in_batch=num_items)
+    assert out.logits is None
+    (out.loss * world).backward()  # DDP averages gradients over ranks; the loss is already / global count
+    _check(model, out.loss, reference, world, f"ddp rank {rank}")
+
+
+def _run_fsdp2(rank, world, full, local, num_items, reference, *, arch, head_unit, loss_fn):
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    from xtf_kernels.integrations.transformers import apply_xtf_kernels
+
+    model = apply_xtf_kernels(tiny_model(arch), loss_fn=loss_fn)
+    for layer in model.model.layers:
+        fully_shard(layer)
+    if head_unit:
+        fully_shard(model.lm_head)
+    fully_shard(model)
+    # Outside a forward the head weight is this rank's shard: the loss must run inside the head's forward.
+    assert isinstance(model.lm_head.weight, DTensor) and model.lm_head.weight.to_local().shape[0] < VOCAB
+    for step in range(2):  # the second step runs without the first call's logits check
+        model.zero_grad(set_to_none=True)
+        out = model(**local, num_items_in_batch=num_items)
+        (out.loss * world).backward()
+        label = f"fsdp2 {arch} head_unit={head_unit} loss_fn={loss_fn is not None} rank {rank} step {step}"
+        _check(model, out.loss, reference, world, label)
+
+
+def _worker(rank: int, world: int) -> None:
+    full = batch(4, 9, seed=7)
+    half = full["input_ids"].shape[0] // world
+    local = {k: v[rank * half : (rank + 1) * half] for k, v in full.items()}
+    num_items = count_label_tokens(full)
+    llama, qwen2 = _reference("llama", full), _reference("qwen2", full)
+    _run_ddp(rank, world, full, local, num_items, llama)
+    _run_fsdp2(rank, world, full, local, num_items, llama, arch="llama", head_unit=True, loss_fn=None)
+    _run_fsdp2(rank, world, full, local, num_items, llama, arch="llama", head_unit=True, loss_fn=_per_token_mean)
+    # Tied embeddings (Qwen2): the head weight is the input embedding, so both stay in the root's unit.
+    _run_fsdp2(rank, world, full, local, num_items, qwen2, arch="qwen2", head_unit=False, loss_fn=None)
+
+
+def test_ddp_and_fsdp2_match_the_single_process_model():
+    run_ranks(_worker, 2)
