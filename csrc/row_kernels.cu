@@ -260,14 +260,17 @@ __global__ void __launch_bounds__(kThreads) row_finalize_kernel(RowFinalizeParam
   const int64_t t = c.targets[row];
 
   float lse, entropy = 0.f, mean = 0.f;
+  SoftmaxNormalizer norm;
   if (p.partials != nullptr) {
     const RowPartial merged = merge_row_partials(p.partials, row, c.splits);
     const SoftmaxStats st{merged.max, merged.sum_exp, merged.shifted};
     lse = p.lse_in != nullptr ? p.lse_in[row] : stats_lse(st);
+    norm = p.lse_in != nullptr ? normalizer_from_lse(lse) : normalizer_from_stats(st);
     entropy = stats_entropy(st);
     mean = merged.sum / static_cast<float>(c.vocab);
   } else {
     lse = p.lse_in[row];
+    norm = normalizer_from_lse(lse);
   }
   if (p.entropy_in != nullptr) entropy = p.entropy_in[row];
 
@@ -294,7 +297,7 @@ __global__ void __launch_bounds__(kThreads) row_finalize_kernel(RowFinalizeParam
       load_or_zero(p.grad_lse, row), lse, entropy, p.label_smoothing, p.z_loss, c.vocab);
   Half* half_row = p.half_grad != nullptr ? static_cast<Half*>(p.half_grad) + row * p.half_grad_stride : nullptr;
   const GradRow<Half> out{y, half_row, p.write_fp32_grad, half_rows_aligned(p)};
-  write_grad_slice(y, s, out, [&](int64_t j, float raw) { return raw_logit_grad(raw, j == t, lse, k, tr); });
+  write_grad_slice(y, s, out, [&](int64_t j, float raw) { return raw_logit_grad(raw, j == t, norm, k, tr); });
 }
 
 __global__ void __launch_bounds__(kThreads) row_delta_kernel(RowDeltaParams p) {

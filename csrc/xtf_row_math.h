@@ -118,10 +118,23 @@ XTF_HD RowGradCoefficients row_grad_coefficients(float g_loss, float g_logprob, 
   return k;
 }
 
-// dL/dy for one raw logit y of a row with log-sum-exp lse (of the final logits).
-XTF_HD float raw_logit_grad(float raw, bool is_target, float lse, RowGradCoefficients k, LogitTransform tr) {
+// p_j = exp(z_j - shift) * scale. From the row's statistics: shift = max, scale = 1 / sum_exp, so z - max
+// is exact; from a known log-sum-exp only: shift = lse, scale = 1. The first matters at large logits:
+// fp32 rounds an lse near 1e4 to ~1e-3, which would be a ~1e-3 relative error in every p_j.
+struct SoftmaxNormalizer {
+  float shift;
+  float scale;
+};
+
+XTF_HD SoftmaxNormalizer normalizer_from_stats(SoftmaxStats st) { return {st.max, 1.f / st.sum_exp}; }
+
+XTF_HD SoftmaxNormalizer normalizer_from_lse(float lse) { return {lse, 1.f}; }
+
+// dL/dy for one raw logit y of a row.
+XTF_HD float raw_logit_grad(float raw, bool is_target, SoftmaxNormalizer norm, RowGradCoefficients k,
+                            LogitTransform tr) {
   const TransformedLogit z = transform_logit(raw, tr);
-  const float p = expf(z.value - lse);
+  const float p = expf(z.value - norm.shift) * norm.scale;
   float dz = p * (k.a + k.d * z.value) + k.c;
   if (is_target) dz += k.b;
   return dz * z.derivative;

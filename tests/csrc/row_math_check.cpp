@@ -8,7 +8,9 @@
 //   coef g_loss g_logprob g_entropy g_lse lse entropy label_smoothing z_loss V
 //       -> A B C D
 //   row V target softcap inv_temperature label_smoothing z_loss g_loss g_logprob g_entropy g_lse y_1..y_V
-//       -> lse entropy mean_logit target_logit dL/dy_1..dL/dy_V   (what the kernels compute for one row)
+//       -> lse entropy mean_logit target_logit dL/dy_1..dL/dy_V   (what the kernels compute for one row,
+//          p from the row's max and sum of exponentials)
+//   row_known_lse ...  the same, with p from the log-sum-exp alone (the recomputing backward)
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -82,7 +84,7 @@ void coef(std::istream& in) {
   print({k.a, k.b, k.c, k.d});
 }
 
-void row(std::istream& in) {
+void row(std::istream& in, bool known_lse) {
   long vocab, target;
   in >> vocab >> target;
   // softcap inv_temperature label_smoothing z_loss g_loss g_logprob g_entropy g_lse
@@ -105,7 +107,10 @@ void row(std::istream& in) {
   const xtf::RowGradCoefficients k =
       xtf::row_grad_coefficients(o[4], o[5], o[6], o[7], lse, entropy, o[2], o[3], vocab);
   std::vector<float> out = {lse, entropy, sum / static_cast<float>(vocab), z[static_cast<size_t>(target)]};
-  for (long j = 0; j < vocab; ++j) out.push_back(xtf::raw_logit_grad(y[static_cast<size_t>(j)], j == target, lse, k, tr));
+  const xtf::SoftmaxNormalizer norm = known_lse ? xtf::normalizer_from_lse(lse) : xtf::normalizer_from_stats(st);
+  for (long j = 0; j < vocab; ++j) {
+    out.push_back(xtf::raw_logit_grad(y[static_cast<size_t>(j)], j == target, norm, k, tr));
+  }
   print(out);
 }
 
@@ -123,8 +128,8 @@ int main() {
       transform(in);
     } else if (command == "coef") {
       coef(in);
-    } else if (command == "row") {
-      row(in);
+    } else if (command == "row" || command == "row_known_lse") {
+      row(in, command == "row_known_lse");
     } else {
       std::fprintf(stderr, "unknown command %s\n", command.c_str());
       return 2;
