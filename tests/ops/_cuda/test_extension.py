@@ -33,6 +33,13 @@ def test_missing_extension_says_how_to_build_it(missing_extension):
         ext.extension()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer on a machine without a CUDA device")
+def test_cuda_device_without_a_gpu_is_explained(monkeypatch):
+    monkeypatch.setattr(ext, "_load", lambda: (object(), None))  # an extension that imports
+    assert ext.extension_unavailable_reason() is None
+    assert "torch sees no CUDA device" in ext.extension_unavailable_reason(torch.device("cuda"))
+
+
 def test_format_cuda_version():
     assert ext.format_cuda_version(13000) == "13.0"
     assert ext.format_cuda_version(12080) == "12.8"

@@ -71,6 +71,8 @@ def extension_unavailable_reason(device: torch.device | None = None) -> str | No
     _module, reason = _load()
     if reason is not None or device is None or device.type != "cuda":
         return reason
+    if not torch.cuda.is_available():
+        return f"torch sees no CUDA device (torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'})"
     index = device.index if device.index is not None else torch.cuda.current_device()
     return _device_reason(index)
 
