@@ -5,8 +5,8 @@
 // only when vocab % 4 == 0 (e.g. V = 128256), so up to 3 leading and 3 trailing elements of a slice go
 // through scalar loads. The loop keeps kUnroll float4 loads in flight per thread, 16 KiB per 256-thread
 // block, which with several resident blocks per SM is enough to stream at DRAM rate: these kernels do
-// about 2 flops and one exp per byte loaded, far below what an SM can issue, so memory bandwidth bounds
-// them. All arithmetic is fp32 (xtf_row_math.h); row offsets and element indices are 64-bit.
+// one exp and about ten other operations per 4-byte logit, below what an SM issues per byte of DRAM
+// bandwidth, so memory bandwidth bounds them. All arithmetic is fp32 (xtf_row_math.h); row offsets and element indices are 64-bit.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -340,8 +340,10 @@ void row_finalize(const RowFinalizeParams& p) {
                                 "with half_grad_stride >= vocab");
   }
   if (p.chunk.rows == 0) return;
-  // Without a gradient only split 0 has work (the per-row outputs).
-  const unsigned splits = writes_grad(p) ? static_cast<unsigned>(p.chunk.splits) : 1u;
+  // Every slice has work when it writes its gradient or may own the target logit to read; otherwise only
+  // split 0 has (the per-row outputs).
+  const bool per_slice = writes_grad(p) || (p.partials == nullptr && p.target_logit_out != nullptr);
+  const unsigned splits = per_slice ? static_cast<unsigned>(p.chunk.splits) : 1u;
   const dim3 grid(static_cast<unsigned>(p.chunk.rows), splits);
   switch (p.half_grad_kind) {
     case HalfKind::kFloat16:

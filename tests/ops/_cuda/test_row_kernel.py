@@ -217,6 +217,16 @@ def test_gradient_into_half_buffer(half, keep_fp32, vocab, layout):
 
 
 @gpu_test
+def test_known_lse_without_gradient_still_finds_every_target():
+    """Statistics skipped, no gradient: the target logit comes from whichever vocabulary slice holds it."""
+    z = _logits(2, 40003, seed=9)
+    targets = torch.tensor([40000, 3], device="cuda")  # the last slice and the first of split rows
+    ref = reference_rows(z, targets, HeadSpec(), None)
+    lse, target_logit, *_ = row_pass(z, targets, HeadSpec(), lse=ref[0].float().cuda())
+    _close(target_logit, ref[1], "target logit")
+
+
+@gpu_test
 def test_extreme_logits_stay_finite():
     z = torch.tensor([[1e4, -1e4, 9990.0, 0.0, 1e4 - 1.0], [-5e3, -5e3, -5e3, -5e3, -4e3]], device="cuda")
     targets = torch.tensor([2, 4], device="cuda")
