@@ -1,8 +1,9 @@
-"""A patched transformers model under DDP and FSDP2 (fully_shard, lm_head sharded in its own unit or in the
-root's) on 2 gloo CPU ranks: each rank trains on half of a batch with the global num_items_in_batch, and
-the loss and every gradient (gathered from the shards) equal the single-process unpatched model's on the
-whole batch. Includes a loss whose backward re-reads the head weight (per-token reduction), which needs
-FSDP2's pre-backward re-gather of the resharded weight."""
+"""A patched transformers model under DDP, FSDP2 (fully_shard, lm_head sharded in its own unit or in the
+root's) and DeepSpeed ZeRO-3 (CPU accelerator; skipped when deepspeed is not installed) on 2 gloo CPU
+ranks: each rank trains on half of a batch with the global num_items_in_batch, and the loss and every
+gradient (gathered from the shards) equal the single-process unpatched model's on the whole batch.
+Includes a loss whose backward re-reads the head weight (per-token reduction), which needs FSDP2's
+pre-backward re-gather of the resharded weight."""
 
 from __future__ import annotations
 
@@ -92,3 +93,43 @@ def _worker(rank: int, world: int) -> None:
 
 def test_ddp_and_fsdp2_match_the_single_process_model():
     run_ranks(_worker, 2)
+
+
+def _deepspeed_worker(rank: int, world: int) -> None:
+    import os
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), DS_ACCELERATOR="cpu")
+    import deepspeed
+    import deepspeed.comm.torch
+    from deepspeed.utils import safe_get_full_grad
+
+    from xtf_kernels.integrations.transformers import apply_xtf_kernels
+
+    # The shared-memory all-reduce is a C++ op DeepSpeed compiles on first use (minutes on 2 cores); gloo suffices.
+    deepspeed.comm.torch.build_shm_op = lambda: None
+    deepspeed.init_distributed(dist_backend="gloo")
+    full = batch(4, 9, seed=7)
+    half = full["input_ids"].shape[0] // world
+    local = {k: v[rank * half : (rank + 1) * half] for k, v in full.items()}
+    expected_loss, expected_grads = _reference("llama", full)
+    config = {
+        "train_micro_batch_size_per_gpu": half, "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": 3}, "optimizer": {"type": "SGD", "params": {"lr": 0.0}},
+        "zero_allow_untested_optimizer": True,
+    }
+    model = apply_xtf_kernels(tiny_model("llama"))
+    engine, *_ = deepspeed.initialize(model=model, config=config, model_parameters=model.parameters())
+    assert model.lm_head.weight.numel() == 0  # partitioned: only the head's own forward gathers it
+    out = engine(**local, num_items_in_batch=count_label_tokens(full))
+    assert out.logits is None
+    engine.backward(out.loss * world)  # ZeRO averages gradients over ranks
+    total = out.loss.detach().clone()
+    dist.all_reduce(total)
+    assert_close(total, expected_loss, msg=f"zero3 rank {rank}: loss")
+    for name, p in model.named_parameters():
+        assert_close(safe_get_full_grad(p), expected_grads[name], grad=True, msg=f"zero3 rank {rank}: {name}")
+
+
+def test_deepspeed_zero3_matches_the_single_process_model():
+    pytest.importorskip("deepspeed")
+    run_ranks(_deepspeed_worker, 2)
