@@ -216,15 +216,23 @@ def test_loss_fn_gets_shifted_columns_and_is_rescaled_for_gradient_accumulation(
 
 
 def test_rho1_loss_plugs_in_through_loss_fn():
+    """The patched model's loss equals rho1_loss called by hand on the final hidden states, shifted here."""
     rho1 = pytest.importorskip("xtf_kernels.methods.rho1")
-    patched = apply_xtf_kernels(
-        tiny_model("llama"), loss_fn=functools.partial(rho1.rho1_loss, keep_ratio=0.6), loss_columns=("ref_losses",)
+    reference, patched = _patched_pair(
+        "gemma2", loss_fn=functools.partial(rho1.rho1_loss, keep_ratio=0.6), loss_columns=("ref_losses",)
     )
     inputs = batch()
-    loss = patched(**inputs, ref_losses=torch.zeros(inputs["labels"].shape)).loss
-    assert loss.ndim == 0 and torch.isfinite(loss)
+    ref_losses = torch.rand(inputs["labels"].shape, generator=torch.Generator().manual_seed(6)) * 4
+    loss = patched(**inputs, ref_losses=ref_losses).loss
+    hidden = reference.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+    expected = rho1.rho1_loss(
+        hidden[:, :-1], reference.lm_head.weight, inputs["labels"][:, 1:], ref_losses[:, 1:], keep_ratio=0.6,
+        softcap=reference.config.final_logit_softcapping,
+    )
+    assert_close(loss, expected)
     loss.backward()
-    assert patched.lm_head.weight.grad is not None
+    expected.backward()
+    _assert_same_grads(patched, reference)
 
 
 # --------------------------------------------------------------------------------------------------
