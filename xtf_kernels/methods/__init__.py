@@ -6,7 +6,8 @@
 - :func:`rho1_loss` / :class:`Rho1Loss`: the selective loss of RHO-1 (:mod:`xtf_kernels.methods.rho1`).
 - :func:`score_samples` / :func:`filter_samples`: score and mask data in memory; the streaming, resumable
   version is :func:`xtf_kernels.pipeline.score_dataset`.
-- :func:`finetune`: a plain SFT loop on tokenised samples with the fused loss.
+- :func:`finetune`: a plain SFT loop on tokenised samples with the fused loss; :func:`lm_head_of` and
+  :func:`final_hidden_states` give a transformers causal LM's head and last hidden states for the fused ops.
 
 Scores are fp32 per token, aligned with ``input_ids``, NaN where not scored; ``dropped_by`` bit i set means
 rule ``rule_names[i]`` dropped the token.
@@ -14,8 +15,9 @@ rule ``rule_names[i]`` dropped the token.
 
 from __future__ import annotations
 
-import importlib
-
+from ._causal_lm import LMHead
+from ._causal_lm import final_hidden_states
+from ._causal_lm import lm_head_of
 from .base import BatchScores
 from .base import GlobalTopK
 from .base import SampleScores
@@ -24,6 +26,8 @@ from .base import filter_samples
 from .base import score_samples
 from .finetune import causal_lm_loss
 from .finetune import finetune
+from .rho1 import Rho1Loss
+from .rho1 import rho1_loss
 from .token_cleaning import SelfEvolvingResult
 from .token_cleaning import TokenCleaningConfig
 from .token_cleaning import TokenCleaningScorer
@@ -34,11 +38,11 @@ from .xtf import XTFConfig
 from .xtf import XTFScorer
 from .xtf import task_relevance
 
-_RHO1 = ("rho1_loss", "Rho1Loss")
-
 __all__ = [
     "BatchScores",
     "GlobalTopK",
+    "LMHead",
+    "Rho1Loss",
     "SampleScores",
     "SelfEvolvingResult",
     "TokenCleaningConfig",
@@ -48,20 +52,14 @@ __all__ = [
     "XTFScorer",
     "causal_lm_loss",
     "filter_samples",
+    "final_hidden_states",
     "finetune",
+    "lm_head_of",
     "score_samples",
     "self_evolving_cleaning",
     "split_parts",
     "task_relevance",
+    "rho1_loss",
     "token_cleaning",
-    *_RHO1,
 ]
 
-
-def __getattr__(name: str):
-    # RHO-1 is re-exported on first access, so this package imports without its module's dependencies.
-    if name in _RHO1:
-        value = getattr(importlib.import_module(".rho1", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
