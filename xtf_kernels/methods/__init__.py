@@ -55,11 +55,11 @@ __all__ = [
     "final_hidden_states",
     "finetune",
     "lm_head_of",
+    "rho1_loss",
     "score_samples",
     "self_evolving_cleaning",
     "split_parts",
     "task_relevance",
-    "rho1_loss",
     "token_cleaning",
 ]
 
