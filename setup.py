@@ -186,20 +186,15 @@ VERSION = base_version() + (f"+cu{PLAN.cuda_version[0]}{PLAN.cuda_version[1]}" i
 class BuildPyRecordingBuild(build_py):
     """Also writes build_info.json for a pure-Python build (a CUDA build's is written by build_ext).
 
-    A pure build also deletes an extension module left in build/lib by an earlier CUDA build there:
-    setuptools reuses that folder, and the module would otherwise ship in the pure-Python wheel.
+    It replaces any record copied from the source tree (package data "*.json"), e.g. one left there by an
+    in-place CUDA build, so a pure wheel never claims an extension.
     """
 
     def run(self):
         super().run()
         if PLAN.build:
             return
-        if getattr(self, "editable_mode", False):
-            package_dir = ROOT / PACKAGE
-        else:
-            package_dir = Path(self.build_lib) / PACKAGE
-            for stale in package_dir.glob("_C.*"):
-                stale.unlink()
+        package_dir = ROOT / PACKAGE if getattr(self, "editable_mode", False) else Path(self.build_lib) / PACKAGE
         write_json_atomically(package_dir / BUILD_INFO_NAME, build_info(VERSION, built=False, reason=PLAN.reason))
 
 
