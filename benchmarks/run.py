@@ -38,10 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         "--output", action="append", help=f"results CSV to append to (repeatable; default {DEFAULT_DATA})"
     )
     parser.add_argument("--plot", help="write a PNG of this run")
-    parser.add_argument("--warmup", type=int, help="untimed steps per worker (default: 5 CUDA, 1 CPU)")
-    parser.add_argument("--repeats", type=int, help="timed steps per worker (default: 20 CUDA, 3 CPU)")
+    parser.add_argument("--warmup", type=int, help="untimed steps per worker (default: 3 CUDA, 1 CPU)")
+    parser.add_argument("--repeats", type=int, help="timed steps per worker (default: 10 CUDA, 3 CPU)")
     parser.add_argument("--rounds", type=int, help="workers per (case, provider), interleaved (default 1)")
     parser.add_argument("--timeout", type=float, help="seconds per worker process")
+    parser.add_argument("--run-id", help="share one run id across invocations that split a run (see report.py)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         if not entries:
             parser.error(f"--providers {args.providers!r} leaves no (case, provider) to run in this suite")
     settings = RunSettings.for_device(
-        device, warmup=args.warmup, repeats=args.repeats, rounds=args.rounds, timeout_s=args.timeout
+        device, warmup=args.warmup, repeats=args.repeats, rounds=args.rounds, timeout_s=args.timeout,
+        run_id=args.run_id,
     )
     measure_and_record(entries, settings, outputs=args.output or [DEFAULT_DATA], plot=args.plot)
     return 0

@@ -84,6 +84,6 @@ def test_settings_validation_and_device_defaults():
     cpu = RunSettings.for_device(torch.device("cpu"))
     cuda = RunSettings.for_device(torch.device("cuda"), repeats=7)
     assert (cpu.warmup, cpu.repeats) == (1, 3)
-    assert (cuda.warmup, cuda.repeats) == (5, 7)
+    assert (cuda.warmup, cuda.repeats) == (3, 7)
     with pytest.raises(ValueError, match="repeats"):
         RunSettings.for_device(torch.device("cpu"), repeats=0)
