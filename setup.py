@@ -180,7 +180,11 @@ def write_json_atomically(path: Path, record: dict) -> None:
     os.replace(tmp, path)
 
 
-VERSION = base_version() + (f"+cu{PLAN.cuda_version[0]}{PLAN.cuda_version[1]}" if PLAN.build else "")
+# An sdist is source for any machine: no +cu tag (the wheel built from it gets one if it compiles CUDA).
+BUILDING_SDIST = "sdist" in sys.argv[1:]
+VERSION = base_version() + (
+    f"+cu{PLAN.cuda_version[0]}{PLAN.cuda_version[1]}" if PLAN.build and not BUILDING_SDIST else ""
+)
 
 
 class BuildPyRecordingBuild(build_py):
