@@ -71,3 +71,13 @@ def tv_by_integration_2d(mean_p, cov_p, mean_q, cov_q, points: int = 801) -> flo
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
     values = np.abs(rv_p.pdf(grid) - rv_q.pdf(grid))
     return 0.5 * float(integrate.simpson(integrate.simpson(values, x=axes[1], axis=1), x=axes[0]))
+
+
+def tv_by_monte_carlo(sample_p, log_p, log_q, n: int, seed: int = 0) -> tuple[float, float]:
+    """(TV, standard error) from TV = E_{x ~ P}[max(0, 1 - q(x) / p(x))], with exact log-densities.
+
+    sample_p(n, rng) -> (n, d) rows of P; log_p, log_q map rows to (n,) float64 log-densities.
+    """
+    x = sample_p(n, np.random.default_rng(seed))
+    terms = np.clip(1.0 - np.exp(log_q(x) - log_p(x)), 0.0, None)
+    return float(terms.mean()), float(terms.std(ddof=1) / np.sqrt(n))

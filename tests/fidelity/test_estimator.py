@@ -8,6 +8,7 @@ import torch
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
+from scipy import stats
 
 from xtf_kernels.fidelity import ClassifierOptions
 from xtf_kernels.fidelity import TVEstimate
@@ -17,6 +18,7 @@ from .reference import gaussian_pair
 from .reference import sample_gaussian
 from .reference import tv_by_integration_1d
 from .reference import tv_by_integration_2d
+from .reference import tv_by_monte_carlo
 from .reference import tv_equal_covariance
 
 FAST_MLP = ClassifierOptions(mlp_steps=60, mlp_hidden=16)
@@ -106,6 +108,11 @@ def test_integration_reference_matches_closed_form():
     assert tv_by_integration_2d(np.zeros(2), cov, mean_q, cov) == pytest.approx(
         tv_equal_covariance(mahalanobis), abs=2e-7
     )
+    normal = stats.norm(0.0, 1.0)
+    shifted = stats.norm(1.5, 1.0)
+    tv, standard_error = tv_by_monte_carlo(lambda n, rng: rng.normal(size=(n, 1)), lambda x: normal.logpdf(x[:, 0]),
+                                           lambda x: shifted.logpdf(x[:, 0]), 200_000)
+    assert abs(tv - tv_equal_covariance(1.5)) < 4 * standard_error < 0.01
 
 
 def test_selection_is_on_validation_rows_and_unbiased_when_p_equals_q():
