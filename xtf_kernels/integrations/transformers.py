@@ -48,18 +48,26 @@ the token-weighted mean, as for the default loss. RHO-1::
     apply_xtf_kernels(model, loss_fn=partial(rho1_loss, keep_ratio=0.6), loss_columns=("ref_losses",))
     # batches carry "ref_losses" (B, T): the reference model's per-token loss at each label position
 
-Distributed engines (apply before wrapping; nothing else to do):
-- DDP: the loss is part of the module's forward; gradients are all-reduced as usual.
+Distributed engines (apply before wrapping, or before ``fully_shard``; nothing else to do). With
+``num_items_in_batch`` the global token count, multiply each rank's loss by the world size before backward
+(engines average gradients over ranks; Trainer does this with ``average_tokens_across_devices``):
+- DDP: the loss is part of the module's forward; gradients are all-reduced as usual (tested, 2 CPU ranks).
 - FSDP2 (``fully_shard``) with the lm_head in its own unit or in the root's: the loss runs inside the
-  head's (or root's) forward, on the unsharded weight, with FSDP2's backward hooks on its output.
-- FSDP1: the head's wrapper forwards the loss request to the inner ``nn.Linear``.
-- DeepSpeed ZeRO-3: the head module's pre-forward hook gathers its weight for the loss call and the loss is
-  that module's output, so ZeRO-3 arms the backward re-gather and gradient reduction on it; the whole
-  forward must run inside the DeepSpeed engine's forward (``engine(**batch)``, as Trainer does). A custom
-  loop that needs the weight elsewhere wraps the call in
-  ``deepspeed.zero.GatheredParameters([head.weight])`` and still runs it inside the engine's forward.
+  head's (or root's) forward on the unsharded weight, and FSDP2's pre-backward re-gather and post-backward
+  reduce-scatter hooks sit on that call's output and input (tested, 2 CPU ranks, with and without a
+  separate head unit, tied embeddings, and a loss whose backward re-reads the weight).
+- DeepSpeed ZeRO-3: the head module's pre-forward hook gathers its partitioned weight for the loss call
+  and the loss is that module's output, so ZeRO-3 arms the backward re-gather and gradient reduction on
+  it; the model's forward must run inside the engine's forward (``engine(**batch)``, as Trainer does)
+  (tested, 2 CPU ranks, ``DS_ACCELERATOR=cpu``). A custom loop that needs the weight elsewhere wraps the
+  call in ``deepspeed.zero.GatheredParameters([head.weight])`` and still runs it inside the engine's forward.
+- FSDP1: the head's ``FullyShardedDataParallel`` wrapper forwards the loss request to the inner
+  ``nn.Linear`` inside its unsharded forward (not tested here: FSDP1 is deprecated and CPU-hostile).
 Under FSDP2 / ZeRO-3 with the head in its own unit, each training step gathers the head weight once for
 the loss call (the capture call does not touch it); the first step gathers it once more for the check.
+
+torch.compile: the patched forward traces into one graph (``fullgraph=True`` works; the check above is
+skipped while compiling), the fused op being a ``torch.library`` custom op with a fake implementation.
 """
 
 from __future__ import annotations
