@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <stdexcept>
+#include <string>
 
 #include "xtf_kernels.h"
 
@@ -22,7 +23,28 @@ T* pointer(std::uintptr_t address) {
   return reinterpret_cast<T*>(address);
 }
 
-cudaStream_t stream_of(std::uintptr_t handle) { return reinterpret_cast<cudaStream_t>(handle); }
+std::string error_text(cudaError_t err) {
+  cudaGetLastError();  // clear it: the next call must not report it again
+  return std::string(cudaGetErrorName(err)) + ": " + cudaGetErrorString(err);
+}
+
+// Makes `device` current for this module's CUDA runtime (a static copy, separate from torch's) and returns
+// the stream. The Python side launches inside `torch.cuda.device(device)`, so this is the device torch
+// already made current: the call changes nothing for torch and pins the launch to the stream's device.
+cudaStream_t on_device(int device, std::uintptr_t stream) {
+  const cudaError_t err = cudaSetDevice(device);
+  if (err != cudaSuccess) {
+    throw std::runtime_error("xtf_kernels: cudaSetDevice(" + std::to_string(device) + ") failed: " + error_text(err));
+  }
+  return reinterpret_cast<cudaStream_t>(stream);
+}
+
+// "" when `device` can run the kernels, else the CUDA error (driver too old for this runtime, no kernel
+// image for the device's architecture, no device).
+std::string device_support(int device) {
+  const cudaError_t err = cudaSetDevice(device);
+  return err == cudaSuccess ? xtf::current_device_support() : error_text(err);
+}
 
 xtf::LogitsChunk chunk_of(std::uintptr_t logits, int64_t rows, int64_t vocab, int64_t row_stride,
                           std::uintptr_t targets, float softcap, float inv_temperature, int splits) {
@@ -32,9 +54,9 @@ xtf::LogitsChunk chunk_of(std::uintptr_t logits, int64_t rows, int64_t vocab, in
 
 void row_stats(std::uintptr_t logits, int64_t rows, int64_t vocab, int64_t row_stride, std::uintptr_t targets,
                float softcap, float inv_temperature, int splits, std::uintptr_t partials, std::uintptr_t target_logit,
-               std::uintptr_t stream) {
+               int device, std::uintptr_t stream) {
   xtf::row_stats({chunk_of(logits, rows, vocab, row_stride, targets, softcap, inv_temperature, splits),
-                  pointer<xtf::RowPartial>(partials), pointer<float>(target_logit), stream_of(stream)});
+                  pointer<xtf::RowPartial>(partials), pointer<float>(target_logit), on_device(device, stream)});
 }
 
 void row_finalize(std::uintptr_t logits, int64_t rows, int64_t vocab, int64_t row_stride, std::uintptr_t targets,
@@ -43,7 +65,7 @@ void row_finalize(std::uintptr_t logits, int64_t rows, int64_t vocab, int64_t ro
                   std::uintptr_t grad_entropy, std::uintptr_t grad_lse, float label_smoothing, float z_loss,
                   bool write_fp32_grad, std::uintptr_t half_grad, int half_grad_kind, int64_t half_grad_stride,
                   std::uintptr_t lse_out, std::uintptr_t target_logit_out, std::uintptr_t mean_logit_out,
-                  std::uintptr_t entropy_out, std::uintptr_t stream) {
+                  std::uintptr_t entropy_out, int device, std::uintptr_t stream) {
   if (half_grad_kind < 0 || half_grad_kind > 2) {
     throw std::invalid_argument("half_grad_kind must be 0 (none), 1 (float16) or 2 (bfloat16)");
   }
@@ -66,23 +88,23 @@ void row_finalize(std::uintptr_t logits, int64_t rows, int64_t vocab, int64_t ro
   p.target_logit_out = pointer<float>(target_logit_out);
   p.mean_logit_out = pointer<float>(mean_logit_out);
   p.entropy_out = pointer<float>(entropy_out);
-  p.stream = stream_of(stream);
+  p.stream = on_device(device, stream);
   xtf::row_finalize(p);
 }
 
 void row_delta(int64_t rows, int splits, std::uintptr_t base_partials, std::uintptr_t base_target_logit,
                std::uintptr_t ref_partials, std::uintptr_t ref_target_logit, std::uintptr_t delta,
-               std::uintptr_t stream) {
+               int device, std::uintptr_t stream) {
   xtf::row_delta({rows, splits, pointer<const xtf::RowPartial>(base_partials), pointer<const float>(base_target_logit),
                   pointer<const xtf::RowPartial>(ref_partials), pointer<const float>(ref_target_logit),
-                  pointer<float>(delta), stream_of(stream)});
+                  pointer<float>(delta), on_device(device, stream)});
 }
 
 xtf::RowCopyParams copy_params(std::uintptr_t src, std::uintptr_t dst, std::uintptr_t index, int64_t rows,
                                int64_t index_bound, int64_t row_bytes, int64_t src_stride, int64_t dst_stride,
-                               std::uintptr_t stream) {
+                               int device, std::uintptr_t stream) {
   return {pointer<const char>(src), pointer<char>(dst), pointer<const int64_t>(index), rows, index_bound, row_bytes,
-          src_stride, dst_stride, stream_of(stream)};
+          src_stride, dst_stride, on_device(device, stream)};
 }
 
 int driver_version() {
@@ -104,7 +126,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("row_stats", &row_stats, nogil, "Online softmax statistics per (row, vocabulary slice).", py::kw_only(),
         py::arg("logits"), py::arg("rows"), py::arg("vocab"), py::arg("row_stride"), py::arg("targets"),
         py::arg("softcap"), py::arg("inv_temperature"), py::arg("splits"), py::arg("partials"),
-        py::arg("target_logit"), py::arg("stream"));
+        py::arg("target_logit"), py::arg("device"), py::arg("stream"));
   m.def("row_finalize", &row_finalize, nogil,
         "Per-row lse / mean logit / entropy from the partials; dL/dy over the fp32 logits and / or into a 16-bit "
         "buffer (half_grad_kind 1 = float16, 2 = bfloat16).", py::kw_only(),
@@ -113,33 +135,37 @@ PYBIND11_MODULE(_C, m) {
         py::arg("entropy_in"), py::arg("grad_loss"), py::arg("grad_logprob"), py::arg("grad_entropy"),
         py::arg("grad_lse"), py::arg("label_smoothing"), py::arg("z_loss"), py::arg("write_fp32_grad"),
         py::arg("half_grad"), py::arg("half_grad_kind"), py::arg("half_grad_stride"), py::arg("lse_out"),
-        py::arg("target_logit_out"), py::arg("mean_logit_out"), py::arg("entropy_out"), py::arg("stream"));
+        py::arg("target_logit_out"), py::arg("mean_logit_out"), py::arg("entropy_out"), py::arg("device"),
+        py::arg("stream"));
   m.def("row_delta", &row_delta, nogil, "Per-row logp_ref - logp_base from two models' row_stats outputs.",
         py::kw_only(), py::arg("rows"), py::arg("splits"), py::arg("base_partials"), py::arg("base_target_logit"),
-        py::arg("ref_partials"), py::arg("ref_target_logit"), py::arg("delta"), py::arg("stream"));
+        py::arg("ref_partials"), py::arg("ref_target_logit"), py::arg("delta"), py::arg("device"),
+        py::arg("stream"));
   m.def(
       "gather_rows",
       [](std::uintptr_t src, std::uintptr_t dst, std::uintptr_t index, int64_t rows, int64_t index_bound,
-         int64_t row_bytes, int64_t src_stride, int64_t dst_stride, std::uintptr_t stream) {
-        xtf::gather_rows(copy_params(src, dst, index, rows, index_bound, row_bytes, src_stride, dst_stride, stream));
+         int64_t row_bytes, int64_t src_stride, int64_t dst_stride, int device, std::uintptr_t stream) {
+        xtf::gather_rows(
+            copy_params(src, dst, index, rows, index_bound, row_bytes, src_stride, dst_stride, device, stream));
       },
       nogil, "dst row i <- src row index[i] (strides in bytes).", py::kw_only(), py::arg("src"), py::arg("dst"),
       py::arg("index"), py::arg("rows"), py::arg("index_bound"), py::arg("row_bytes"), py::arg("src_stride"),
-      py::arg("dst_stride"), py::arg("stream"));
+      py::arg("dst_stride"), py::arg("device"), py::arg("stream"));
   m.def(
       "scatter_rows",
       [](std::uintptr_t src, std::uintptr_t dst, std::uintptr_t index, int64_t rows, int64_t index_bound,
-         int64_t row_bytes, int64_t src_stride, int64_t dst_stride, std::uintptr_t stream) {
-        xtf::scatter_rows(copy_params(src, dst, index, rows, index_bound, row_bytes, src_stride, dst_stride, stream));
+         int64_t row_bytes, int64_t src_stride, int64_t dst_stride, int device, std::uintptr_t stream) {
+        xtf::scatter_rows(
+            copy_params(src, dst, index, rows, index_bound, row_bytes, src_stride, dst_stride, device, stream));
       },
       nogil, "dst row index[i] <- src row i (strides in bytes).", py::kw_only(), py::arg("src"), py::arg("dst"),
       py::arg("index"), py::arg("rows"), py::arg("index_bound"), py::arg("row_bytes"), py::arg("src_stride"),
-      py::arg("dst_stride"), py::arg("stream"));
+      py::arg("dst_stride"), py::arg("device"), py::arg("stream"));
 
   m.def("max_splits", [] { return xtf::kMaxSplits; }, "Most vocabulary slices per row.");
   m.def("compiled_archs", &xtf::compiled_archs, "Virtual architectures of the device code, e.g. [800, 900].");
   m.def("cuda_runtime_version", [] { return CUDART_VERSION; }, "CUDA runtime version built against (13000 = 13.0).");
   m.def("cuda_driver_version", &driver_version, "CUDA version the installed driver supports; 0 without a driver.");
-  m.def("current_device_support", &xtf::current_device_support,
-        "'' when the current CUDA device can run the kernels, else the CUDA error saying why not.");
+  m.def("device_support", &device_support, py::arg("device"),
+        "'' when CUDA device `device` can run the kernels, else the CUDA error saying why not.");
 }

@@ -6,7 +6,8 @@
 // through scalar loads. The loop keeps kUnroll float4 loads in flight per thread, 16 KiB per 256-thread
 // block, which with several resident blocks per SM is enough to stream at DRAM rate: these kernels do
 // one exp and about ten other operations per 4-byte logit, below what an SM issues per byte of DRAM
-// bandwidth, so memory bandwidth bounds them. All arithmetic is fp32 (xtf_row_math.h); row offsets and element indices are 64-bit.
+// bandwidth, so memory bandwidth bounds them. All arithmetic is fp32 (xtf_row_math.h); row offsets and
+// element indices are 64-bit.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>

@@ -117,8 +117,8 @@ void scatter_rows(const RowCopyParams& p);
 
 // The virtual architectures the device code was compiled for (nvcc's __CUDA_ARCH_LIST__, e.g. {800, 900}).
 std::vector<int> compiled_archs();
-// "" when the current device can run these kernels, else the CUDA error (no kernel image for the
-// device's architecture, driver older than the runtime, no device).
+// "" when the current device (of this module's CUDA runtime) can run these kernels, else the CUDA error
+// (no kernel image for the device's architecture, driver older than the runtime, no device).
 std::string current_device_support();
 
 }  // namespace xtf

@@ -88,6 +88,12 @@ out = {"file": xtf_kernels.__file__, "info": info._asdict(), "reason": extension
 if out["reason"] is None:
     import xtf_kernels._C as C
     out["module"] = dict(runtime=C.cuda_runtime_version(), archs=C.compiled_archs(), driver=C.cuda_driver_version())
+    if out["module"]["driver"] == 0:  # no driver: a launch must fail with a Python error, not crash
+        try:
+            C.row_delta(rows=1, splits=1, base_partials=0, base_target_logit=0, ref_partials=0, ref_target_logit=0,
+                        delta=0, device=0, stream=0)
+        except RuntimeError as exc:
+            out["launch_error"] = str(exc)
 try:
     h, w, t = torch.randn(3, 4), torch.randn(5, 4), torch.tensor([0, 1, 2])
     xtf_kernels.linear_cross_entropy(h, w, t, backend="cuda")
@@ -137,8 +143,9 @@ def test_cuda_wheel_builds_installs_and_records_its_build(source_copy, tmp_path)
     module = probe["module"]
     assert module["archs"] == [int(CI_ARCH) * 10]
     assert module["runtime"] == int(nvcc_release[0]) * 1000 + int(nvcc_release[1]) * 10
-    if module["driver"] == 0:  # this machine has no GPU driver: the typed error, at first use
+    if module["driver"] == 0:  # this machine has no GPU driver: errors, never a crash
         assert "needs CUDA tensors" in probe["cuda_backend"]
+        assert "cudaSetDevice(0) failed: cudaErrorInsufficientDriver" in probe["launch_error"]
 
     env_report = _run([python, "-m", "xtf_kernels.env"], cwd=tmp_path, check=False)
     assert env_report.returncode == 0, env_report.stdout + env_report.stderr

@@ -60,7 +60,7 @@ def influence_delta(base, ref, targets: torch.Tensor, spec: HeadSpec, chunk_size
     module = extension()
     max_splits = module.max_splits()
     with torch.cuda.device(device):
-        stream = torch.cuda.current_stream(device).cuda_stream
+        launch = dict(device=device.index, stream=torch.cuda.current_stream(device).cuda_stream)
         for start in range(0, rows, chunk):
             stop = min(start + chunk, rows)
             n = stop - start
@@ -75,12 +75,12 @@ def influence_delta(base, ref, targets: torch.Tensor, spec: HeadSpec, chunk_size
                     logits=z.data_ptr(), rows=n, vocab=vocab, row_stride=z.stride(0),
                     targets=targets[start:stop].data_ptr(), softcap=float(spec.softcap),
                     inv_temperature=float(spec.inv_temperature), splits=splits, partials=partials.data_ptr(),
-                    target_logit=target_logit.data_ptr(), stream=stream,
+                    target_logit=target_logit.data_ptr(), **launch,
                 )
                 stats[name] = (partials, target_logit)
             module.row_delta(
                 rows=n, splits=splits, base_partials=stats["base"][0].data_ptr(),
                 base_target_logit=stats["base"][1].data_ptr(), ref_partials=stats["ref"][0].data_ptr(),
-                ref_target_logit=stats["ref"][1].data_ptr(), delta=delta[start:stop].data_ptr(), stream=stream,
+                ref_target_logit=stats["ref"][1].data_ptr(), delta=delta[start:stop].data_ptr(), **launch,
             )
     return delta

@@ -36,7 +36,7 @@ def explain_device_error(error: str, *, runtime: int, driver: int, capability: t
                          index: int) -> str:
     """The sentence for a device the kernels cannot run on, from what the extension reports.
 
-    error: the CUDA error of ``current_device_support()``; runtime / driver: CUDA versions as the runtime
+    error: the CUDA error of ``device_support(index)``; runtime / driver: CUDA versions as the runtime
     encodes them (13000 = 13.0; driver 0 = no driver); archs: ``compiled_archs()`` (e.g. [800, 900]).
     """
     if driver < runtime:
@@ -56,8 +56,8 @@ def explain_device_error(error: str, *, runtime: int, driver: int, capability: t
 @functools.cache
 def _device_reason(index: int) -> str | None:
     module = extension()
-    with torch.cuda.device(index):
-        error = module.current_device_support()
+    with torch.cuda.device(index):  # torch's current device is restored on exit
+        error = module.device_support(index)
     if not error:
         return None
     return explain_device_error(

@@ -39,7 +39,8 @@ def _launch(kernel, src: torch.Tensor, dst: torch.Tensor, index: torch.Tensor, i
         kernel(
             src=src.data_ptr(), dst=dst.data_ptr(), index=index.data_ptr(), rows=index.shape[0],
             index_bound=index_bound, row_bytes=src.shape[1] * item, src_stride=src.stride(0) * item,
-            dst_stride=dst.stride(0) * item, stream=torch.cuda.current_stream(src.device).cuda_stream,
+            dst_stride=dst.stride(0) * item, device=src.device.index,
+            stream=torch.cuda.current_stream(src.device).cuda_stream,
         )
 
 

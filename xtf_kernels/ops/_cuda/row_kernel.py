@@ -139,10 +139,10 @@ def row_pass(
         softcap=float(spec.softcap), inv_temperature=float(spec.inv_temperature), splits=splits,
     )
     with torch.cuda.device(device):
-        stream = torch.cuda.current_stream(device).cuda_stream
+        launch = dict(device=device.index, stream=torch.cuda.current_stream(device).cuda_stream)
         partials = torch.empty((rows, splits, 4), **f32) if stats_pass else None  # RowPartial: 4 floats
         if stats_pass:
-            module.row_stats(**chunk, partials=partials.data_ptr(), target_logit=target_out.data_ptr(), stream=stream)
+            module.row_stats(**chunk, partials=partials.data_ptr(), target_logit=target_out.data_ptr(), **launch)
         module.row_finalize(
             **chunk,
             partials=_address(partials),
@@ -162,7 +162,7 @@ def row_pass(
             target_logit_out=0 if stats_pass else target_out.data_ptr(),
             mean_logit_out=_address(mean_out),
             entropy_out=_address(entropy_out) if need_entropy_stat else 0,
-            stream=stream,
+            **launch,
         )
     return lse_out, target_out, mean_out, entropy_out if want_entropy else None, grad
 
