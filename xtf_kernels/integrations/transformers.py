@@ -345,7 +345,7 @@ def _softcap(model: nn.Module) -> float | None:
 
 def _check_logits_transform(model: nn.Module, output, capture: _HeadCapture, softcap: float | None) -> None:
     """The model's logits must be softcap(head(hidden)); checked on the first fused call's probe row."""
-    logits = output["logits"] if not isinstance(output, tuple) else output[0]
+    logits = output[0] if isinstance(output, tuple) else getattr(output, "logits", None)
     head_logits = capture.head_logits
     name = type(model).__name__
     if logits is None or head_logits is None or logits.shape != head_logits.shape:
@@ -437,6 +437,10 @@ def _forward(model: nn.Module, base_forward, call: dict):
             f"{reference_name} shape {tuple(targets.shape)} does not match the head's input {tuple(hidden.shape)}; "
             "with labels, logits_to_keep must keep every position (0)"
         )
+    # As ForCausalLMLoss moves labels to the logits' device (models split over devices).
+    targets = targets.to(hidden.device)
+    token_weights = None if token_weights is None else token_weights.to(hidden.device)
+    columns = {name: value.to(hidden.device) for name, value in columns.items()}
 
     if model.training and options.loss_fn is not None:
         extra = dict(columns)
