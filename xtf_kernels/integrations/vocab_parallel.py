@@ -139,7 +139,7 @@ class _VocabParallelStats(torch.autograd.Function):
 
         ctx.save_for_backward(kept_hidden, weight, bias, kept_targets, lse, entropy)
         ctx.comp, ctx.layout, ctx.group = comp, layout, group
-        ctx.options = (softcap, inv_temperature, hidden.dtype, hidden.shape)
+        ctx.options = (softcap, inv_temperature, hidden.dtype)
         outputs = [comp.scatter(lse), comp.scatter(target_logit)]
         outputs.append(comp.scatter(mean_logit) if want_mean else None)
         outputs.append(comp.scatter(entropy) if want_entropy else None)
@@ -150,7 +150,7 @@ class _VocabParallelStats(torch.autograd.Function):
     def backward(ctx, grad_lse, grad_target, grad_mean, grad_entropy):
         kept_hidden, weight, bias, kept_targets, lse, entropy = ctx.saved_tensors
         comp, layout, group = ctx.comp, ctx.layout, ctx.group
-        softcap, inv_temperature, hidden_dtype, hidden_shape = ctx.options
+        softcap, inv_temperature, hidden_dtype = ctx.options
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         f32 = dict(dtype=torch.float32, device=kept_hidden.device)
         zeros = torch.zeros(comp.kept, **f32)
@@ -190,11 +190,9 @@ class _VocabParallelStats(torch.autograd.Function):
 
         grad_hidden = None
         if need_h:
-            if comp.kept:
+            if comp.kept:  # the same on every rank (checked in forward), so all or none join the collective
                 dist.all_reduce(grad_hidden_kept, group=group)
             grad_hidden = comp.scatter(grad_hidden_kept.to(hidden_dtype))
-            if comp.kept == 0:
-                grad_hidden = torch.zeros(hidden_shape, dtype=hidden_dtype, device=kept_hidden.device)
         return (
             grad_hidden,
             None if grad_weight is None else grad_weight.to(weight.dtype),
