@@ -10,6 +10,7 @@ isolation, from the setuptools / wheel / pybind11 / ninja of this environment, s
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -63,6 +64,9 @@ def source_copy(tmp_path_factory) -> tuple[Path, str | None]:
 
 
 def _build_wheel(src: Path, out: Path, **flags: str) -> Path:
+    missing = [name for name in ("setuptools", "wheel", "pybind11") if importlib.util.find_spec(name) is None]
+    if missing:
+        pytest.fail(f"build requirements missing from this environment: {missing}; `pip install {' '.join(missing)}`")
     env = dict(os.environ, MAX_JOBS="2", **flags)
     _run([sys.executable, "-m", "pip", "wheel", src, "--no-deps", "--no-build-isolation", "-w", out], env=env)
     (wheel,) = out.glob("xtf_kernels-*.whl")
