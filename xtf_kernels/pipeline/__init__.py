@@ -15,6 +15,7 @@
   fingerprint differs (:class:`~xtf_kernels.errors.FingerprintMismatchError`); every file is validated on
   read (:class:`~xtf_kernels.errors.CorruptFileError`).
 - :func:`write_report`: counts per rule, overlaps, histograms with thresholds, highlighted samples (HTML).
+- :func:`load_causal_lm` / :func:`load_tokenizer`: a local transformers model folder, one-line errors.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from __future__ import annotations
 from .fingerprint import config_fingerprint
 from .fingerprint import data_fingerprint
 from .fingerprint import model_fingerprint
+from .loading import load_causal_lm
+from .loading import load_tokenizer
 from .report import precision_recall
 from .report import rule_statistics
 from .report import write_report
@@ -34,6 +37,8 @@ __all__ = [
     "Shard",
     "config_fingerprint",
     "data_fingerprint",
+    "load_causal_lm",
+    "load_tokenizer",
     "model_fingerprint",
     "precision_recall",
     "rule_statistics",

@@ -23,7 +23,6 @@ import os
 import torch
 
 from ..datasets.samples import IGNORE_INDEX
-from ..datasets.samples import as_source
 from .result import ScoreResult
 from .store import atomic_write_bytes
 
@@ -266,7 +265,7 @@ def write_report(result: ScoreResult | str | os.PathLike, out_dir: str | os.Path
         result = ScoreResult(result)
     out_dir = os.fspath(out_dir or result.out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    source = None if data is None else as_source(data, tokenizer, max_length=max_length)
+    source = None if data is None else result.check_data(data, tokenizer, max_length=max_length)
     statistics = rule_statistics(result)
     accuracy = None if source is None else precision_recall(result, source)
     lines = thresholds(result)

@@ -67,6 +67,7 @@ class ScoreResult:
         self.config_fingerprint: str = self.manifest["config_fingerprint"]
         self.num_samples: int = self.manifest["num_samples"]
         self.num_tokens: int = self.manifest["num_tokens"]
+        self._checked_sources: list[SampleSource] = []  # sources already hashed and found equal to the scored data
 
     @property
     def complete(self) -> bool:
@@ -120,12 +121,15 @@ class ScoreResult:
             yield from shard.samples(self.rule_names)
 
     def check_data(self, data, tokenizer=None, *, max_length: int | None = None) -> SampleSource:
-        """The data as a :class:`~xtf_kernels.datasets.SampleSource`, after checking it is the scored data.
+        """The data as a :class:`~xtf_kernels.datasets.SampleSource`, after checking it is the scored data
+        (one pass over it; a SampleSource this result already checked is returned at once).
 
         Raises:
             FingerprintMismatchError: the tokenised data (ids, labels, order, count) differs.
         """
         source = as_source(data, tokenizer, max_length=max_length)
+        if any(source is checked for checked in self._checked_sources):
+            return source
         fingerprint = DataFingerprint()
         for sample in source:
             fingerprint.update(sample)
@@ -136,6 +140,7 @@ class ScoreResult:
                 f"samples, {self.num_tokens} tokens, fingerprint {self.data_fingerprint[:12]}); masks apply only "
                 "to the exact tokenised data they were computed on (same file, tokenizer and max_length)"
             )
+        self._checked_sources.append(source)
         return source
 
     def apply(self, data, tokenizer=None, *, max_length: int | None = None) -> Iterator[TokenizedSample]:
