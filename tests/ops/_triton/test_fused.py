@@ -89,6 +89,16 @@ def test_only_requested_gradients(fused, needs):
 
 
 @pytest.mark.interpret
+def test_no_rows(fused):
+    hidden, weight, bias, targets = random_head(0, 31, 123, torch.float32, bias=True)
+    result = fused(hidden, weight, bias, targets, ALL_OPTIONS, want_entropy=True, want_mean_logit=True,
+                   grads=random_row_grads(0), need_grad_hidden=True, need_grad_weight=True, need_grad_bias=True)
+    assert all(getattr(result, name).shape == (0,) for name in STAT_NAMES)
+    assert result.grad_hidden.shape == (0, 31)
+    assert torch.equal(result.grad_weight, torch.zeros(123, 31)) and torch.equal(result.grad_bias, torch.zeros(123))
+
+
+@pytest.mark.interpret
 def test_recompute_with_saved_statistics(fused):
     """Given lse and entropy (the recomputing backward) the forward is skipped; target logits are formed alone."""
     hidden, weight, bias, targets = random_head(13, 31, 123, torch.float32, bias=True, seed=2)

@@ -215,6 +215,12 @@ def fused_gradients(
     device = hidden.device
     config = config or fused_config(hidden.dtype)
     f32 = dict(dtype=torch.float32, device=device)
+    if rows == 0:  # no row block would run, so nothing would initialise d_weight / d_bias
+        return Gradients(
+            torch.empty_like(hidden) if need_grad_hidden else None,
+            torch.zeros((vocab, hdim), **f32) if need_grad_weight else None,
+            torch.zeros(vocab, **f32) if need_grad_bias else None,
+        )
     dummy = lse  # never read: the matching HAS_* / NEED_* flag is off
     common_args = (
         hidden, weight, bias if bias is not None else dummy, targets, lse,
