@@ -4,6 +4,7 @@ in, against the float64 reference."""
 from __future__ import annotations
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -73,6 +74,8 @@ def test_the_request_aware_head_behaves_as_before_for_ordinary_calls():
     assert torch.equal(copy.deepcopy(head)(hidden), before(hidden))
     output_head_leaves(head)  # idempotent: the class is derived once
     assert type(head).__mro__[1] is nn.Linear
+    restored = pickle.loads(pickle.dumps(head))  # the derived class cannot be found by name: it is rebuilt
+    assert type(restored) is type(head) and torch.equal(restored(hidden), before(hidden))
 
 
 def test_loss_fn_receives_the_weight_bias_and_options():

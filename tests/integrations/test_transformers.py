@@ -3,9 +3,12 @@ batch columns, unsupported models, PEFT, and the memory the fused path saves."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
+import io
 import math
+import pickle
 
 import pytest
 import torch
@@ -165,6 +168,20 @@ def test_reapply_replaces_options_and_remove_restores_the_class():
     remove_xtf_kernels(model)
     assert type(model) is original_class and not hasattr(model, "_xtf_options")
     assert model(**batch()).logits is not None
+
+
+def test_a_patched_model_survives_pickle_and_deepcopy():
+    patched = apply_xtf_kernels(tiny_model("llama"), loss_columns=("ref_losses",))
+    inputs = batch()
+    expected = patched(**inputs).loss
+    buffer = io.BytesIO()
+    torch.save(patched, buffer)
+    buffer.seek(0)
+    for clone in (pickle.loads(pickle.dumps(patched)), copy.deepcopy(patched), torch.load(buffer, weights_only=False)):
+        assert type(clone) is not type(patched) and type(clone).__mro__[1] is type(patched).__mro__[1]
+        assert clone._xtf_options == patched._xtf_options
+        out = clone(**inputs)
+        assert out.logits is None and torch.equal(out.loss, expected)
 
 
 def test_top_level_name_is_the_integration():

@@ -115,6 +115,13 @@ def _class_names(module: nn.Module) -> set[str]:
 _REQUEST_AWARE: dict[type, type] = {}
 
 
+def _new_request_aware(cls: type) -> nn.Module:
+    """Unpickling / deepcopy constructor: a bare instance of the derived class (state is set afterwards)."""
+    instance = cls.__new__(cls)
+    instance.__class__ = _request_aware_class(cls)
+    return instance
+
+
 def _request_aware_class(cls: type) -> type:
     if getattr(cls, "_xtf_request_aware", False):
         return cls
@@ -126,11 +133,16 @@ def _request_aware_class(cls: type) -> type:
                 return args[0].run(self, input)
             return cls.forward(self, input, *args, **kwargs)
 
+        def __reduce_ex__(self, protocol):
+            # The derived class shares the original's name, so pickle cannot find it by name: rebuild it.
+            return _new_request_aware, (cls,), self.__getstate__()
+
         derived = type(
             cls.__name__,
             (cls,),
             {
                 "forward": forward,
+                "__reduce_ex__": __reduce_ex__,
                 "_xtf_request_aware": True,
                 "__module__": cls.__module__,
                 "__qualname__": cls.__qualname__,

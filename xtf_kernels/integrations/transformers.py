@@ -174,6 +174,10 @@ def _patched_class(base_cls: type, columns: tuple[str, ...]) -> type:
                 call[name] = value
         return _forward(self, base_forward, call)
 
+    def __reduce_ex__(self, protocol):
+        # The patched class shares the model class's name, so pickle cannot find it by name: rebuild it.
+        return _new_patched, (base_cls, columns), self.__getstate__()
+
     forward.__signature__ = _forward_signature(base_forward, columns)
     forward.__doc__ = base_forward.__doc__
     return type(
@@ -181,12 +185,20 @@ def _patched_class(base_cls: type, columns: tuple[str, ...]) -> type:
         (base_cls,),
         {
             "forward": forward,
+            "__reduce_ex__": __reduce_ex__,
             "_xtf_base_class": base_cls,
             "__module__": base_cls.__module__,
             "__qualname__": base_cls.__qualname__,
             "__doc__": base_cls.__doc__,
         },
     )
+
+
+def _new_patched(base_cls: type, columns: tuple[str, ...]) -> nn.Module:
+    """Unpickling / deepcopy constructor: a bare instance of the patched class (state is set afterwards)."""
+    instance = base_cls.__new__(base_cls)
+    instance.__class__ = _patched_class(base_cls, columns)
+    return instance
 
 
 def apply_xtf_kernels(
