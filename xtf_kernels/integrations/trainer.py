@@ -11,6 +11,11 @@ wrap the collator in :class:`TokenColumnsCollator`::
     collator = TokenColumnsCollator(DataCollatorForSeq2Seq(tokenizer), {"token_weights": 0.0})
     Trainer(model=model, args=TrainingArguments(...), train_dataset=ds, data_collator=collator).train()
 
+Leave ``TrainingArguments.label_smoothing_factor`` at 0 and ``compute_loss_func`` unset: with either, Trainer
+takes the labels out of the batch and computes the loss from logits, so the fused path never runs (and a
+``token_weights`` column then arrives without labels, a ValueError). Use ``apply_xtf_kernels(model,
+label_smoothing=...)`` or its ``loss_fn`` instead.
+
 Masks from the XTF / Token Cleaning pipeline: data whose labels already hold -100 on dropped tokens needs
 nothing at all (preferred: Trainer's ``num_items_in_batch`` then counts kept tokens only); 0/1 or soft
 masks go in a ``token_weights`` column. RHO-1 (selective loss on the excess over a reference model's
