@@ -100,3 +100,28 @@ def test_property_random_problems(impl, tokens, hidden_size, vocab, temperature,
     if softcap is not None:
         options["softcap"] = softcap
     _run(impl, (tokens,), hidden_size, vocab, torch.float32, options, seed=seed)
+
+
+def test_vocabulary_masked_by_minus_inf_bias(impl):
+    """A -inf bias removes a vocabulary entry: equal to the same head without that row, finite gradients."""
+    case = make_case((23,), 16, 41, device=impl.device, bias=True)
+    masked = 7
+    bias = case.bias.detach().clone()
+    bias[masked] = float("-inf")
+    targets = torch.where(case.targets == masked, -100, case.targets)
+    out = xk.token_logprobs(case.hidden, case.weight, targets, bias=bias, return_entropy=True, return_lse=True,
+                            backend=impl.backend)
+    keep_rows = torch.arange(41, device=impl.device) != masked
+    reduced_targets = torch.where(targets > masked, targets - 1, targets)
+    hidden64 = case.hidden.detach().double().requires_grad_()
+    weight64 = case.weight.detach().double().requires_grad_()
+    expected = reference_token_logprobs(hidden64, weight64[keep_rows], reduced_targets.cpu(), bias=bias[keep_rows],
+                                        ignore_index=-100)
+    for name, got, want in zip(out._fields, out, expected):
+        assert_close(got, want, msg=name)
+    upstream = [torch.randn(23, dtype=torch.float64) for _ in range(3)]
+    got = torch.autograd.grad(list(out), [case.hidden, case.weight], [u.float() for u in upstream])
+    want = torch.autograd.grad(list(expected), [hidden64, weight64], upstream)
+    assert all(torch.isfinite(g).all() for g in got)
+    assert_close(got[0], want[0], grad=True, msg="grad hidden")
+    assert_close(got[1], want[1], grad=True, msg="grad weight")

@@ -52,7 +52,7 @@ def _cuda_available(device: torch.device) -> str | None:
         return f"the CUDA extension needs CUDA tensors (got {device.type})"
     from ._cuda.extension import extension_unavailable_reason
 
-    return extension_unavailable_reason()
+    return extension_unavailable_reason(device)
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,9 @@ from ..spec import RowGrads
 def extra_row_buffers(spec: HeadSpec, *, want_entropy: bool, grads: RowGrads | None) -> int:
     """How many (C, V) fp32 buffers :func:`row_pass` allocates besides the logits it is given."""
     keeps_logits = want_entropy or (grads is not None and spec.softcap > 0)
+    entropy_terms = want_entropy or (grads is not None and grads.entropy is not None)
     entropy_grad = grads is not None and grads.entropy is not None
-    return int(keeps_logits) + int(entropy_grad)
+    return int(keeps_logits) + int(entropy_terms) + int(entropy_grad)
 
 
 def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -79,14 +80,19 @@ def row_pass(
     else:
         probs = torch.sub(z, lse.unsqueeze(1)) if keep_logits else z.sub_(lse.unsqueeze(1))
         probs.exp_()
+    finite_z = z
+    if want_entropy or (grads is not None and grads.entropy is not None):
+        # A -inf logit (e.g. a vocabulary entry masked by a -inf bias) has p = 0 and contributes 0 to
+        # sum p z and to p (A + D z); replacing it by 0 avoids 0 * -inf = NaN.
+        finite_z = torch.where(probs > 0, z, torch.zeros((), dtype=z.dtype, device=z.device))
     if want_entropy or (grads is not None and grads.entropy is not None and entropy is None):
-        entropy = lse - _row_dot(probs, z)
+        entropy = lse - _row_dot(probs, finite_z)
     if grads is None:
         return lse, target_logit, mean_logit, entropy if want_entropy else None, None
 
     coef_a, coef_b, coef_c, coef_d = row_grad_coefficients(grads, spec, lse, entropy, vocab)
     if coef_d is not None:
-        probs.mul_(torch.addcmul(coef_a.unsqueeze(1), z, coef_d.unsqueeze(1)))
+        probs.mul_(torch.addcmul(coef_a.unsqueeze(1), finite_z, coef_d.unsqueeze(1)))
     else:
         probs.mul_(coef_a.unsqueeze(1))
     if coef_c is not None:
