@@ -70,3 +70,25 @@ def test_compaction_gather_and_scatter_round_trip():
     assert comp.scatter(values).tolist() == [10.0, 0.0, 0.0, 30.0, 0.0]
     everything = compaction.compact_rows(torch.tensor([0, 1]), None, -100, vocab=2)
     assert everything.index is None and everything.gather(values) is values
+
+
+def test_backend_row_mover_is_used_for_cuda_tensors_only():
+    moved = []
+
+    class Mover:
+        @staticmethod
+        def gather_rows(x, index):
+            moved.append("gather")
+            return x.index_select(0, index)
+
+        @staticmethod
+        def scatter_rows(values, index, total, fill):
+            moved.append("scatter")
+            return values.new_full((total, *values.shape[1:]), fill).index_copy_(0, index, values)
+
+    targets = torch.tensor([1, -100, 2])
+    comp = compaction.compact_rows(targets, None, -100, vocab=5, mover=Mover)
+    assert comp.gather(targets).tolist() == [1, 2] and comp.scatter(torch.ones(2)).tolist() == [1.0, 0.0, 1.0]
+    assert moved == []  # CPU tensors keep index_select / index_copy_
+    without = compaction.compact_rows(targets, None, -100, vocab=5, mover=object())
+    assert without.mover is None

@@ -9,28 +9,42 @@ no extra synchronisation. Inside a ``torch.library`` custom op this sync does no
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import NamedTuple
 
 import torch
 
 
 class Compaction(NamedTuple):
-    """index: (M,) int64 positions of kept rows, or None when all N rows are kept."""
+    """index: (M,) int64 positions of kept rows, or None when all N rows are kept.
+
+    mover: a backend module with its own row-copy kernels, ``gather_rows(x, index)`` and
+    ``scatter_rows(values, index, total, fill)`` (the CUDA extension's), used for tensors on its device;
+    otherwise ``index_select`` / ``index_copy_``.
+    """
 
     index: torch.Tensor | None
     kept: int
     total: int
+    mover: ModuleType | None = None
+
+    def _moves(self, x: torch.Tensor) -> bool:
+        return self.mover is not None and x.is_cuda
 
     def gather(self, x: torch.Tensor | None) -> torch.Tensor | None:
         """x[kept rows] (no copy when every row is kept)."""
         if x is None or self.index is None:
             return x
+        if self._moves(x):
+            return self.mover.gather_rows(x, self.index)
         return x.index_select(0, self.index)
 
     def scatter(self, values: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
         """(M, ...) -> (N, ...) with ``fill`` at dropped rows."""
         if self.index is None:
             return values
+        if self._moves(values):
+            return self.mover.scatter_rows(values, self.index, self.total, fill)
         out = values.new_full((self.total, *values.shape[1:]), fill)
         return out.index_copy_(0, self.index, values)
 
@@ -46,6 +60,7 @@ def compact_rows(
     vocab: int,
     *,
     validate: bool = True,
+    mover: ModuleType | None = None,
 ) -> Compaction:
     """Kept rows: targets != ignore_index and (when given) row_weights != 0.
 
@@ -54,7 +69,10 @@ def compact_rows(
         row_weights: (N,) fp32 or None.
         validate: raise ValueError naming the argument on targets outside [0, vocab) that are not
             ignore_index, and on negative or non-finite weights.
+        mover: see :class:`Compaction`; a module without ``gather_rows`` is ignored.
     """
+    if mover is not None and not hasattr(mover, "gather_rows"):
+        mover = None
     total = targets.shape[0]
     keep = targets != ignore_index
     counters = [keep.sum()]
@@ -82,6 +100,6 @@ def compact_rows(
         )
     kept = counts[0]
     if kept == total:
-        return Compaction(None, kept, total)
+        return Compaction(None, kept, total, mover)
     index = torch.nonzero_static(keep, size=kept).squeeze(1)
-    return Compaction(index, kept, total)
+    return Compaction(index, kept, total, mover)

@@ -85,7 +85,8 @@ def linear_cross_entropy_op(
     """
     vocab = weight.shape[0]
     spec = HeadSpec(softcap=softcap, label_smoothing=label_smoothing, z_loss=z_loss)
-    comp = compact_rows(targets, token_weights, ignore_index, vocab)
+    impl = get_backend(backend)
+    comp = compact_rows(targets, token_weights, ignore_index, vocab, mover=impl)
     kept_weights = comp.gather(token_weights)
     precompute = reduction != "none" and (need_grad_hidden or need_grad_weight or need_grad_bias)
     f32 = dict(dtype=torch.float32, device=hidden.device)
@@ -108,7 +109,7 @@ def linear_cross_entropy_op(
             if reduction == "mean":
                 g_loss = g_loss * inv_denom
             grads = RowGrads(loss=g_loss)
-        result = get_backend(backend).head_pass(
+        result = impl.head_pass(
             comp.gather(hidden),
             weight,
             bias,
@@ -249,11 +250,12 @@ def head_backward_op(
     row gradients follow the formula in :mod:`xtf_kernels.ops.spec`.
     """
     spec = HeadSpec(softcap, inv_temperature, label_smoothing, z_loss)
-    comp = compact_rows(targets, row_weights, ignore_index, weight.shape[0], validate=False)
+    impl = get_backend(backend)
+    comp = compact_rows(targets, row_weights, ignore_index, weight.shape[0], validate=False, mover=impl)
     result = None
     if comp.kept:
         grads = RowGrads(*(comp.gather(g) for g in (grad_loss, grad_logprob, grad_entropy, grad_lse)))
-        result = get_backend(backend).head_pass(
+        result = impl.head_pass(
             comp.gather(hidden), weight, bias, comp.gather(targets), spec,
             grads=grads, lse=comp.gather(lse), entropy=comp.gather(entropy),
             need_grad_hidden=need_grad_hidden, need_grad_weight=need_grad_weight,
@@ -296,12 +298,13 @@ def token_logprobs_op(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(logprobs (N,), entropy (N,) or empty, lse (N,)), all fp32 and 0 at ignored rows."""
     spec = HeadSpec(softcap=softcap, inv_temperature=inv_temperature)
-    comp = compact_rows(targets, None, ignore_index, weight.shape[0])
+    impl = get_backend(backend)
+    comp = compact_rows(targets, None, ignore_index, weight.shape[0], mover=impl)
     f32 = dict(dtype=torch.float32, device=hidden.device)
     if not comp.kept:
         zeros = torch.zeros(comp.total, **f32)
         return zeros, zeros.clone() if want_entropy else zeros.new_empty(0), zeros.clone()
-    result = get_backend(backend).head_pass(
+    result = impl.head_pass(
         comp.gather(hidden), weight, bias, comp.gather(targets), spec,
         want_entropy=want_entropy, chunk_size=_chunk(chunk_size),
     )
@@ -373,10 +376,10 @@ def influence_delta_op(
 ) -> Tensor:
     """(N,) fp32 logp_ref - logp_base, 0 at ignored rows."""
     spec = HeadSpec(softcap=softcap, inv_temperature=inv_temperature)
-    comp = compact_rows(targets, None, ignore_index, base_weight.shape[0])
+    impl = get_backend(backend)
+    comp = compact_rows(targets, None, ignore_index, base_weight.shape[0], mover=impl)
     if not comp.kept:
         return torch.zeros(comp.total, dtype=torch.float32, device=base_hidden.device)
-    impl = get_backend(backend)
     kept_targets = comp.gather(targets)
     base = (comp.gather(base_hidden), base_weight, base_bias)
     ref = (comp.gather(ref_hidden), ref_weight, ref_bias)

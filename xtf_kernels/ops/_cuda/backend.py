@@ -17,6 +17,8 @@ from ..engine import chunked_head_pass
 from ..spec import HeadPassResult
 from ..spec import HeadSpec
 from .extension import extension
+from .row_copy import gather_rows  # noqa: F401  (the backend's row mover, see ops/compaction.py)
+from .row_copy import scatter_rows  # noqa: F401
 from .row_kernel import extra_row_buffers
 from .row_kernel import row_pass
 from .row_kernel import sm_count
