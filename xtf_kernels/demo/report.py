@@ -82,8 +82,8 @@ scored response tokens of the training pool: labelled positions t >= 1 (eos incl
                                         the two comparisons)
     verdict.findings                    the report's conclusions in sentences (what the run showed)
     timings.*                           (timing) seconds per stage: "data", "pretrain" (model built and
-                                        pretrained), "reference",
-                                        "scoring", "finetune", "evaluation", "memory", "report", "total"
+                                        pretrained), "reference", "scoring", "finetune", "evaluation",
+                                        "memory", "report", "total"
     files.json                          "report.json"
     files.html                          "report.html"
     files.scores.*                      per scored method, its results folder (relative to the output folder)
@@ -274,7 +274,10 @@ def without_timings(report: dict) -> dict:
             child_path = f"{path}.{key}" if path else key
             if any(fnmatch.fnmatchcase(child_path, pattern) for pattern in TIMING_FIELDS):
                 continue
-            out[key] = strip(child, child_path)
+            stripped = strip(child, child_path)
+            if child and stripped == {}:
+                continue  # a group of timings only (``timings``) goes with them
+            out[key] = stripped
         return out
 
     return strip(report, "")
