@@ -6,6 +6,7 @@ on the CPU, where bfloat16 matmuls are slow.
 
 from __future__ import annotations
 
+import json
 import os
 
 import torch
@@ -83,12 +84,32 @@ def load_causal_lm(path: str | os.PathLike, *, device: str = "auto", dtype: str 
     return model.to(torch_device).eval()
 
 
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
 def load_tokenizer(path: str | os.PathLike):
-    """``AutoTokenizer`` from a local folder (one-line ValueError if there is none)."""
+    """The tokenizer of a local folder (one-line ValueError if there is none).
+
+    A folder whose ``tokenizer_config.json`` names a generic fast tokenizer (``TokenizersBackend`` /
+    ``PreTrainedTokenizerFast``, e.g. :meth:`xtf_kernels.datasets.ArithmeticTokenizer.to_transformers` saved
+    with ``save_pretrained``) is loaded as exactly that: transformers 5's ``AutoTokenizer`` would otherwise
+    rebuild the tokenizer of the model type in ``config.json`` (Qwen2's BPE for a Qwen2 config) from the
+    same ``tokenizer.json`` and encode different ids. Every other folder goes through ``AutoTokenizer``.
+    """
     path = os.fspath(path)
     check_model_dir(path)
     transformers = _transformers()
+    declared = None
+    config_path = os.path.join(path, "tokenizer_config.json")
+    if os.path.isfile(config_path):
+        try:
+            with open(config_path, encoding="utf-8") as handle:
+                declared = json.load(handle).get("tokenizer_class")
+        except (ValueError, OSError, AttributeError):
+            declared = None  # AutoTokenizer reports the problem below
     try:
+        if declared in GENERIC_TOKENIZER_CLASSES:
+            return transformers.PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
         return transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - as above
         raise ValueError(f"cannot load a tokenizer from {path!r}: {_one_line(exc)}") from None
