@@ -41,6 +41,9 @@ def test_ranking_experiment_quick(tmp_path):
     assert (tmp_path / "ranking_experiment.png").read_bytes()[:4] == b"\x89PNG"
     assert set(saved["patches"][0]["kendall_tau"]) == {"noise", "blur", "quantise"}
     assert set(saved["mixture"][0]["kendall_tau"]) == {"drop modes", "shrink"}
+    pairs = saved["patches"][0]["separated_pairs"]["noise"]
+    assert sum(pairs.values()) == 3  # clean, sigma 8, sigma 32: three pairs
+    assert -1.0 <= saved["mixture"][0]["kendall_tau_all_sets_vs_true_tv"] <= 1.0
     truth = report["mixture_truth"]
     assert truth["exact"]["true_tv"] == 0.0 and truth["shrink x0.4"]["true_tv"] > 0.9
     assert len(saved["patches"][0]["order"]) == 1 + 2 * 3  # clean + two strengths per family

@@ -139,8 +139,9 @@ def estimate_tv(
         test_fraction: share of the balanced rows held out for the reported estimate.
         validation_fraction: share used for selection; only taken when several classes are compared.
         confidence: level of the binomial interval, in (0, 1).
-        seed: fixes the subsampling, the split and the MLP initialisation; same seed and inputs -> same result
-            (on CPU; GPU matmuls may differ in the last bits).
+        seed: fixes the subsampling, the split and the MLP initialisation: same seed, inputs, device and
+            thread count -> same result (the MLP's 500 optimizer steps amplify summation-order differences, so
+            its estimate moves by a few hundredths across thread counts or devices).
         max_samples: cap on rows used per set (after balancing), None = all of the smaller set.
         options: :class:`ClassifierOptions` for the hypothesis classes.
 
