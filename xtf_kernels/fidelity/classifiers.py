@@ -84,7 +84,8 @@ def fit_classifier(
     def standardise(x: torch.Tensor) -> torch.Tensor:
         return ((x.double() - mean) / std).float()
 
-    # The fits need autograd even when the caller is inside torch.no_grad() / torch.inference_mode().
+    # The fits need autograd even when the caller is inside torch.no_grad() / torch.inference_mode(); a clone
+    # made outside inference mode turns an inference tensor into an ordinary one that autograd may save.
     with torch.inference_mode(False), torch.enable_grad():
         train = standardise(features.clone())
         labels = labels.clone()
