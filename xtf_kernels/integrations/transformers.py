@@ -435,6 +435,10 @@ def _forward(model: nn.Module, base_forward, call: dict):
         mode = "empty" if model._xtf_checked or torch.compiler.is_compiling() else "check"
     else:
         mode = "full"
+    # Ask for the output object (its aux_loss, its field names) and honour return_dict=False at the end.
+    wants_tuple = call.get("return_dict") is False
+    if wants_tuple:
+        call["return_dict"] = True
     with _capturing_head(model, head, mode) as capture:
         output = base_forward(model, **call)
     hidden = capture.hidden
@@ -477,5 +481,6 @@ def _forward(model: nn.Module, base_forward, call: dict):
     aux_coef = getattr(model, "router_aux_loss_coef", None)
     if aux_loss is not None and aux_coef:
         loss = loss + aux_coef * aux_loss.to(loss.device)
-    return _with_loss(output, loss, drop_logits=fused)
+    output = _with_loss(output, loss, drop_logits=fused)
+    return output.to_tuple() if wants_tuple and not isinstance(output, tuple) else output
 
