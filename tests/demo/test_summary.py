@@ -63,6 +63,14 @@ def test_findings_state_precision_recall_and_chance():
                            "logits (4.0x less)."
 
 
+def test_heldout_losses_are_reported_per_method():
+    report = fake_report()
+    for key, loss in (("all_tokens", 0.5), ("xtf", 0.9), ("token_cleaning", 0.4)):
+        report["methods"][key]["heldout_loss"] = loss
+    assert ("Held-out loss on the clean responses: all tokens 0.500, XTF 0.900, Token Cleaning 0.400; the base model "
+            "0.700.") in verdict(report)["findings"]
+
+
 def test_the_kn_explanation_only_when_kn_is_below_chance():
     report = fake_report()
     report["methods"]["xtf"]["rules"]["KN"]["precision"] = 0.5

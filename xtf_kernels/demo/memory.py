@@ -17,7 +17,10 @@ the device (for Triton, its fused path); the materialised one is ``logits.float(
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
+import sys
 
 import torch
 
@@ -47,13 +50,30 @@ def _side(provider: str, status: str, reason: str, peak: int | None, extra: int 
             "tokens_per_second": tokens / (ms * 1e-3) if ok and ms else None}
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """fd 2 to /dev/null: the profiler behind the CPU memory figure prints two lines per step from C++
+    ("profiler_start" / "profiler_stop"), which no logging setting turns off. Python-level failures are not
+    lost: :func:`~xtf_kernels.bench.worker.run_job` returns them as a status and a reason."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _measure_here(case: Case, providers: tuple[str, ...], device: torch.device, seed: int, warmup: int,
                   repeats: int) -> tuple[list[dict], str]:
     sides, method = [], ""
     for provider in providers:
         job = {"case": case.to_dict(), "provider": provider, "device": device.type, "seed": seed,
                "warmup": warmup, "repeats": repeats, "memory": True}
-        result = run_job(job, single=False)
+        with _native_stderr_silenced():
+            result = run_job(job, single=False)
         samples = result["samples_ms"]
         method = method or result["mem_method"]
         sides.append(_side(provider, result["status"], result["reason"], result["peak_bytes"],

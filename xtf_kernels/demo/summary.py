@@ -57,6 +57,9 @@ def verdict(report: dict) -> dict:
         findings.append("KN drops the tokens the base model already predicts with p > 0.95 (no new knowledge); "
                         "a corrupted token is rarely that predictable, so what KN drops here is mostly clean text "
                         "the base model already knows.")
+    findings.append("Held-out loss on the clean responses: " + ", ".join(
+        f"{METHOD_LABELS[m]} {methods[m]['heldout_loss']:.3f}" for m in METHOD_LABELS
+    ) + f"; the base model {report['base']['heldout_loss']:.3f}.")
     comparisons = []
     for m in FILTERED:
         diff = methods[m]["exact_match"] - baseline
