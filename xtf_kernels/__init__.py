@@ -30,6 +30,7 @@ _LAZY = {
     "attention_received": "xtf_kernels.attention",
     "apply_xtf_kernels": "xtf_kernels.integrations.transformers",
     "select": "xtf_kernels.select",
+    "datasets": "xtf_kernels.datasets",
     "fidelity": "xtf_kernels.fidelity",
     "methods": "xtf_kernels.methods",
     "pipeline": "xtf_kernels.pipeline",
