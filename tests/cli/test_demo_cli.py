@@ -46,6 +46,7 @@ def quick(tmp_path_factory):
     return out, stdout, stderr
 
 
+@pytest.mark.slow
 def test_quick_report_has_the_documented_fields(quick):
     out, _stdout, _stderr = quick
     report = read_report(out / "report.json")  # validates every documented field and type
@@ -80,6 +81,7 @@ def test_quick_report_has_the_documented_fields(quick):
     assert report["environment"]["threads"] == 1 and report["timings"]["total"] > 0
 
 
+@pytest.mark.slow
 def test_quick_html_is_self_contained(quick):
     out, _stdout, _stderr = quick
     page = (out / "report.html").read_text()
@@ -93,6 +95,7 @@ def test_quick_html_is_self_contained(quick):
     assert sorted(os.listdir(out)) == ["report.html", "report.json", "scores"]
 
 
+@pytest.mark.slow
 def test_quick_prints_the_report_and_shows_progress(quick):
     _out, stdout, stderr = quick
     report = read_report(_out / "report.json")
@@ -106,6 +109,7 @@ def test_quick_prints_the_report_and_shows_progress(quick):
     assert "Traceback" not in stderr
 
 
+@pytest.mark.slow
 def test_same_seed_same_report_other_seed_other_report(tmp_path):
     # three runs side by side (one thread each)
     runs = {name: start_demo(tmp_path / name, *TINY, "--seed", seed)

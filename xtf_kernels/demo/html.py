@@ -61,7 +61,8 @@ def _pyplot():
 
 
 def loss_curves_png(methods: dict) -> str:
-    """Left: training loss per step (moving average over 8 steps); right: held-out loss at the eval steps."""
+    """Left: training loss per step (moving average over 8 steps); right: held-out loss at the eval steps (log
+    scale)."""
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
     for key, label in METHOD_LABELS.items():
@@ -72,7 +73,8 @@ def loss_curves_png(methods: dict) -> str:
         right.plot(methods[key]["eval_steps"], methods[key]["heldout_loss_curve"], marker="o", markersize=3,
                    label=label, color=METHOD_COLOURS[key])
     left.set_title("training loss (over each run's kept tokens)")
-    right.set_title("held-out loss (every response token, clean)")
+    right.set_title("held-out loss (every response token, clean; log scale)")
+    right.set_yscale("log")  # a run that diverges would otherwise flatten the others
     for ax in (left, right):
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
