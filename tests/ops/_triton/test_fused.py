@@ -129,6 +129,27 @@ def test_strided_inputs(fused):
 
 
 @pytest.mark.interpret
+def test_minus_inf_bias_masks_vocabulary(fused):
+    """A -inf bias on the whole first tile and scattered entries: equal to the head without those entries,
+    zero gradients for them, finite entropy."""
+    hidden, weight, bias, targets = random_head(13, 31, 123, torch.float32, bias=True, seed=5)
+    masked = torch.zeros(123, dtype=torch.bool)
+    masked[:32] = True
+    masked[[40, 77, 122]] = True
+    bias[masked] = float("-inf")
+    kept = (~masked).nonzero().squeeze(1)
+    targets = kept[targets % kept.numel()]
+    spec = HeadSpec(inv_temperature=1 / 0.7, z_loss=1e-2)
+    grads = random_row_grads(13)
+    expected = reference_head_pass(hidden, weight[kept], bias[kept], torch.searchsorted(kept, targets), spec, grads)
+    result = fused(hidden, weight, bias, targets, spec, want_entropy=True, grads=grads, need_grad_hidden=True,
+                   need_grad_weight=True, need_grad_bias=True)
+    assert torch.all(result.grad_weight[masked] == 0) and torch.all(result.grad_bias[masked] == 0)
+    _compare(result._replace(grad_weight=result.grad_weight[kept], grad_bias=result.grad_bias[kept]), expected,
+             torch.float32)
+
+
+@pytest.mark.interpret
 def test_extreme_logits_stay_finite(fused):
     hidden, weight, _, targets = random_head(13, 31, 123, torch.float32, logit_std=1e4, seed=4)
     grads = RowGrads(loss=torch.ones(13), entropy=torch.ones(13))

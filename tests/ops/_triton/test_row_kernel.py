@@ -125,6 +125,27 @@ def test_half_gradient_written_directly(row_pass, keep_fp32_grad):
         assert torch.equal(z, raw), "without keep_fp32_grad the fp32 logits are not overwritten"
 
 
+def test_minus_inf_logits_are_masked_vocabulary(row_pass):
+    """-inf logits (a whole first block and scattered columns): p = 0 there, finite entropy and gradients
+    equal to the same rows without those columns."""
+    spec = HeadSpec(inv_temperature=1 / 0.7, z_loss=1e-2)
+    raw, _ = _raw_logits(6, 150, seed=7)
+    masked = torch.zeros(150, dtype=torch.bool)
+    masked[:64] = True
+    masked[[70, 99, 149]] = True
+    raw[:, masked] = float("-inf")
+    kept = (~masked).nonzero().squeeze(1)
+    targets = kept[torch.randint(0, kept.numel(), (6,), generator=torch.Generator().manual_seed(8))]
+    grads = random_row_grads(6)
+    expected = _reference(raw[:, kept], torch.searchsorted(kept, targets), spec, grads)
+    lse, target_logit, _, entropy, grad = row_pass(raw.clone(), targets, spec, want_entropy=True, grads=grads)
+    for name, got, want in zip(("lse", "target_logit", "entropy"), (lse, target_logit, entropy),
+                               (expected[0], expected[1], expected[3])):
+        assert_close(got, want, msg=name)
+    assert torch.all(grad[:, masked] == 0)
+    assert_close(grad[:, kept], expected[4], grad=True)
+
+
 def test_extreme_logits_stay_finite(row_pass):
     raw, targets = _raw_logits(5, 77, scale=1e4, seed=6)
     grads = RowGrads(loss=torch.ones(5), entropy=torch.ones(5))

@@ -130,23 +130,32 @@ def _llama_head(dtype):
     return hidden, weight, bias, targets
 
 
-def _every_option(rows):
-    spec = HeadSpec(softcap=30.0, inv_temperature=0.7, label_smoothing=0.1, z_loss=1e-4)
-    grads = RowGrads(*(torch.empty(rows, device="meta") for _ in range(4)))
-    return spec, grads
+def _meta_rows(rows):
+    return torch.empty(rows, device="meta")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("path", ["fused", "chunked"])
 def test_head_pass_kernels_compile_for_sm90(launches, monkeypatch, path, dtype):
+    """The specialisations the public ops launch, each with every option they can take."""
     monkeypatch.setenv("XTF_TRITON_PATH", path)
     hidden, weight, bias, targets = _llama_head(dtype)
-    spec, grads = _every_option(hidden.shape[0])
-    backend.head_pass(hidden, weight, bias, targets, spec, want_entropy=True, want_mean_logit=True, grads=grads,
-                      need_grad_hidden=True, need_grad_weight=True, need_grad_bias=True)
-    # The plain cross-entropy specialisation (no bias, softcap or extra gradients) and the recompute pass.
-    backend.head_pass(hidden, weight, None, targets, HeadSpec(), grads=RowGrads(loss=grads.loss),
-                      lse=grads.lse, need_grad_hidden=True, need_grad_weight=True)
+    rows = hidden.shape[0]
+    loss_spec = HeadSpec(softcap=30.0, label_smoothing=0.1, z_loss=1e-4)
+    logprob_spec = HeadSpec(softcap=30.0, inv_temperature=0.7)
+    grads = RowGrads(loss=_meta_rows(rows))
+    every = dict(need_grad_hidden=True, need_grad_weight=True, need_grad_bias=True)
+    # linear_cross_entropy, mean / sum: statistics and gradients in one pass.
+    backend.head_pass(hidden, weight, bias, targets, loss_spec, want_mean_logit=True, grads=grads, **every)
+    # linear_cross_entropy, reduction="none": the recomputing backward given the forward's lse.
+    backend.head_pass(hidden, weight, bias, targets, loss_spec, grads=grads, lse=_meta_rows(rows), **every)
+    # token_logprobs with entropy: forward, then the backward through log-prob, entropy and lse.
+    backend.head_pass(hidden, weight, bias, targets, logprob_spec, want_entropy=True)
+    backend.head_pass(hidden, weight, bias, targets, logprob_spec, grads=RowGrads(None, *(_meta_rows(rows),) * 3),
+                      lse=_meta_rows(rows), entropy=_meta_rows(rows), **every)
+    # Plain cross-entropy without bias (the common case).
+    backend.head_pass(hidden, weight, None, targets, HeadSpec(), grads=grads, need_grad_hidden=True,
+                      need_grad_weight=True)
     _check_compiles(launches)
 
 

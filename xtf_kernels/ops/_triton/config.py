@@ -1,10 +1,12 @@
 """Launch configurations of the Triton kernels: tile sizes, warps, vocabulary splits.
 
-Every choice here is a heuristic with its reason written next to it. None of them has been tuned on a
-GPU yet: the tile sizes are the usual starting points of Triton matmuls on Hopper (128 x 128 x 64 tiles,
-8 warps, 3 stages for 16-bit inputs), and the figures to confirm or replace them are the fused path's
-effective TFLOP/s at the Llama-3 head (H 4096, V 128256) for N = 4096 and 16384, swept over
-:class:`FusedConfig` values passed to :func:`xtf_kernels.ops._triton.fused.fused_head_pass`.
+Every choice here is a heuristic with its reason written next to it. None of them has been timed on a
+GPU yet: the tiles start from the usual Triton matmul tiles on Hopper (128 x 128 x 64, 8 warps, 3 stages
+for 16-bit inputs) and were shrunk only where compiling for sm_90 showed register spills. The figures to
+confirm or replace them are the fused path's effective TFLOP/s at the Llama-3 head (H 4096, V 128256) for
+N = 4096 and 16384, swept over :class:`FusedConfig` values passed to
+:func:`xtf_kernels.ops._triton.fused.fused_head_pass`, and the chunked path's row-kernel time per chunk
+over ``row_config`` choices.
 
 Environment flag (read once, at import, as Triton itself reads it):
     TRITON_INTERPRET=1  runs every kernel on CPU tensors, one program at a time (tests only). Tiles then
@@ -84,12 +86,15 @@ def fused_config(dtype: torch.dtype) -> FusedConfig:
     to a cubin, read with ``cuobjdump --dump-resource-usage``), not from running them.
 
     16-bit: the forward uses 128 x 128 logits tiles with 64-wide K steps, 8 warps, 3 stages (96 KiB of
-    shared memory, 255 registers, no spill). The backward kernels also hold the gradient tile and an fp32
-    (tile x block_h) product, and at 128 x 128 they spill (72-264 bytes of stack with every option on), so
-    each gets a 128 x 64 / 64 x 128 tile instead, keeping the long side where it pays: a d_hidden program
-    reads and rewrites its fp32 (block_m x H) accumulator once per vocabulary tile, 2 FLOP per byte moved per
-    tile column (block_n = 128), and a d_weight program its (block_n x H) rows once per row block
-    (block_m = 128). Both compile without spills (251-255 registers, 72-80 KiB shared).
+    shared memory, 255 registers, no spill for what the public ops ask: the mean logit with label smoothing,
+    or the entropy; asking for both at once with softcap and bias spills 48 bytes). The backward kernels
+    also hold the gradient tile and an fp32 (tile x block_h) product, and at 128 x 128 they spill (72-264
+    bytes of stack with every option on), so each gets a 128 x 64 / 64 x 128 tile instead, keeping the long
+    side where it pays: a d_hidden program reads and rewrites its fp32 (block_m x H) accumulator once per
+    vocabulary tile, 4 block_m block_n H FLOP (recompute + product) per 8 block_m H bytes, i.e.
+    block_n / 2 = 64 FLOP per byte at block_n = 128; a d_weight program does the same with its
+    (block_n x H) rows once per row block, block_m / 2 = 64 FLOP per byte at block_m = 128. Both compile
+    without spills (251-255 registers, 72-80 KiB shared).
     fp32: ``tl.dot`` runs in IEEE fp32 on the FMA units, which needs its operands in registers: the forward's
     64 x 64 tiles with 32-wide K steps compile without spills over 8 warps (with 4 they spill); the backward
     kernels, which also hold the product slice, fit only with 32 x 64 / 64 x 32 tiles over 4 warps

@@ -21,6 +21,8 @@ from .config import dot_precision
 from .config import fused_config
 from .config import vocab_split
 from .row_math import final_logits
+from .row_math import finite_or_zero
+from .row_math import logit_where_probable
 from .tiles import logits_tile
 
 # A forward program is cheap to merge (O(M) per split), so aim for two waves of programs; 16 splits at
@@ -59,15 +61,15 @@ def _statistics_kernel(
             h_base, W + tl.cast(n0, tl.int64) * stride_wv, BIAS, n0, lrows, row_mask, lcols, col_mask, hdim,
             stride_hm, stride_hk, stride_wv, stride_wk, HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, DOT_PRECISION,
         )
-        # z is finite everywhere (padding columns read zeros); z_max = -inf there, out of the max and sum.
-        z = final_logits(raw, softcap, inv_temperature, HAS_SOFTCAP)
-        z_max = tl.where(col_mask[None, :], z, float("-inf"))
-        new_max = tl.maximum(run_max, tl.max(z_max, 1))  # finite: every tile has a column < col_stop
-        rescale = tl.exp(run_max - new_max)
-        e = tl.exp(z_max - new_max[:, None])
+        # Padding columns become -inf: out of the max and the sums (one (BLOCK_M, BLOCK_N) tensor live, not two).
+        z = tl.where(col_mask[None, :], final_logits(raw, softcap, inv_temperature, HAS_SOFTCAP), float("-inf"))
+        new_max = tl.maximum(run_max, tl.max(z, 1))
+        shift = finite_or_zero(new_max)
+        rescale = tl.exp(run_max - shift)
+        e = tl.exp(z - shift[:, None])
         run_sum = run_sum * rescale + tl.sum(e, 1)
         if ENTROPY_STAT:
-            run_pz = run_pz * rescale + tl.sum(e * z, 1)
+            run_pz = run_pz * rescale + tl.sum(e * logit_where_probable(e, z), 1)
         if WANT_MEAN:
             run_total += tl.sum(tl.where(col_mask[None, :], z, 0.0), 1)
         target_logit += tl.sum(tl.where(cols[None, :] == targets[:, None], z, 0.0), 1)

@@ -22,6 +22,7 @@ from .config import row_config
 from .config import vocab_split
 from .fused_forward import merge_statistics
 from .row_math import final_logits
+from .row_math import finite_or_zero
 from .tiles import logits_tile
 
 _FORWARD_WAVES = 2
@@ -32,7 +33,8 @@ _FORWARD_MAX_SPLITS = 16
 def _online_update(z, col_mask, cols, targets, run_max, run_sum, target_logit):
     z = tl.where(col_mask[None, :], z, float("-inf"))
     new_max = tl.maximum(run_max, tl.max(z, 1))
-    run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(z - new_max[:, None]), 1)
+    shift = finite_or_zero(new_max)
+    run_sum = run_sum * tl.exp(run_max - shift) + tl.sum(tl.exp(z - shift[:, None]), 1)
     target_logit += tl.sum(tl.where(cols[None, :] == targets[:, None], z, 0.0), 1)
     return new_max, run_sum, target_logit
 
@@ -134,7 +136,8 @@ def _row_log_prob(z_row, target, vocab, softcap, inv_temperature, HAS_SOFTCAP: t
         z = final_logits(tl.load(z_row + offs, mask=mask, other=0.0), softcap, inv_temperature, HAS_SOFTCAP)
         z = tl.where(mask, z, float("-inf"))
         new_max = tl.maximum(run_max, tl.max(z, 0))
-        run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(z - new_max), 0)
+        shift = finite_or_zero(new_max)
+        run_sum = run_sum * tl.exp(run_max - shift) + tl.sum(tl.exp(z - shift), 0)
         run_max = new_max
     target_logit = final_logits(tl.load(z_row + target), softcap, inv_temperature, HAS_SOFTCAP)
     return target_logit - run_max - tl.log(run_sum)

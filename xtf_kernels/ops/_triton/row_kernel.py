@@ -24,7 +24,9 @@ from ..spec import RowGrads
 from .config import row_config
 from .row_math import final_logits
 from .row_math import final_logits_and_slope
+from .row_math import finite_or_zero
 from .row_math import grad_coefficients
+from .row_math import logit_where_probable
 from .row_math import raw_logit_grad
 
 
@@ -55,15 +57,16 @@ def _row_kernel(
         for start in range(0, vocab, BLOCK_V):
             offs = start + cols
             mask = offs < vocab
-            # z = 0 in padding columns (finite), z_max = -inf there (out of the max and of the sum).
+            # Padding columns become -inf: out of the max and of the sums.
             z = final_logits(tl.load(z_row + offs, mask=mask, other=0.0), softcap, inv_temperature, HAS_SOFTCAP)
-            z_max = tl.where(mask, z, float("-inf"))
-            new_max = tl.maximum(run_max, tl.max(z_max, 0))  # finite: every block has a column < vocab
-            rescale = tl.exp(run_max - new_max)
-            e = tl.exp(z_max - new_max)
+            z = tl.where(mask, z, float("-inf"))
+            new_max = tl.maximum(run_max, tl.max(z, 0))
+            shift = finite_or_zero(new_max)
+            rescale = tl.exp(run_max - shift)
+            e = tl.exp(z - shift)
             run_sum = run_sum * rescale + tl.sum(e, 0)
             if ENTROPY_STAT:
-                run_pz = run_pz * rescale + tl.sum(e * z, 0)
+                run_pz = run_pz * rescale + tl.sum(e * logit_where_probable(e, z), 0)
             if WANT_MEAN:
                 run_total += tl.sum(tl.where(mask, z, 0.0), 0)
             run_max = new_max

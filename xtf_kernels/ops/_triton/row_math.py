@@ -32,15 +32,28 @@ def final_logits(y, softcap, inv_temperature, HAS_SOFTCAP: tl.constexpr):
 
 @triton.jit
 def final_logits_and_slope(y, softcap, inv_temperature, HAS_SOFTCAP: tl.constexpr):
-    """(z, slope): z = softcap(y) / T and slope = dz/dy = (1 - tanh^2) / T, both fp32 like ``y``."""
+    """(z, slope): z = softcap(y) / T and slope = dz/dy = (1 - tanh^2) / T, fp32 (slope a scalar without softcap)."""
     if HAS_SOFTCAP:
         t = tanh(y / softcap)
         z = (softcap * inv_temperature) * t
         slope = inv_temperature * (1.0 - t * t)
     else:
         z = y * inv_temperature
-        slope = z * 0.0 + inv_temperature
+        slope = inv_temperature  # a scalar: broadcasting it keeps a -inf logit from turning it into NaN
     return z, slope
+
+
+@triton.jit
+def finite_or_zero(running_max):
+    """The running max, or 0 where it is still -inf (every logit so far -inf, e.g. vocabulary entries masked
+    by a -inf bias): exponents are taken against it, so exp(-inf - 0) = 0 instead of exp(-inf + inf) = NaN."""
+    return tl.where(running_max == float("-inf"), 0.0, running_max)
+
+
+@triton.jit
+def logit_where_probable(p, z):
+    """z where p > 0, else 0: a -inf logit has p = 0, and its terms p z and p D z must be 0, not 0 * -inf = NaN."""
+    return tl.where(p > 0, z, 0.0)
 
 
 @triton.jit
@@ -80,7 +93,7 @@ def raw_logit_grad(z, slope, lse, is_target, coef_a, coef_b, coef_c, coef_d, HAS
     """d loss / d y for raw logits y given final logits z, their slope dz/dy and the row coefficients."""
     p = tl.exp(z - lse)
     if HAS_G_ENTROPY:
-        dz = p * (coef_a + coef_d * z)
+        dz = p * (coef_a + coef_d * logit_where_probable(p, z))
     else:
         dz = p * coef_a
     dz = dz + coef_c + tl.where(is_target, coef_b, 0.0)
