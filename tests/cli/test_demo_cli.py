@@ -148,6 +148,18 @@ def test_output_dir_that_is_a_file(capsys, tmp_path):
     assert capsys.readouterr().err == f"xtf demo: error: --output-dir {path} exists and is not a folder\n"
 
 
+def test_missing_optional_dependencies_say_how_to_install(capsys, tmp_path, monkeypatch):
+    from xtf_kernels.cli import demo
+
+    real_find_spec = demo.importlib.util.find_spec
+    monkeypatch.setattr(demo.importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("matplotlib", "safetensors") else real_find_spec(name, *a))
+    assert main(["demo", "--output-dir", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == ("xtf demo: error: xtf demo needs safetensors, matplotlib: "
+                                       "pip install 'xtf_kernels[hf]'\n")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
 def test_cuda_without_a_gpu(capsys, tmp_path):
     assert main(["demo", "--device", "cuda", "--output-dir", str(tmp_path / "out")]) == 2

@@ -19,6 +19,7 @@ there is one (``--device``). The same ``--seed`` gives the same report except it
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 
 from ..demo.config import DEVICES
@@ -63,11 +64,18 @@ def _config(args: argparse.Namespace):
     return preset.replace(**changes)
 
 
+# What the demo needs beyond torch: the model (transformers), the scoring results (safetensors), the plots.
+NEEDS = ("transformers", "safetensors", "matplotlib")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..demo.run import resolve_device
     from ..demo.run import run_demo
     from ..demo.summary import format_summary
 
+    missing = [name for name in NEEDS if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(f"xtf demo needs {', '.join(missing)}: pip install 'xtf_kernels[hf]'")
     config = _config(args)
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
