@@ -7,8 +7,9 @@ stored. Two kernels share that tile math:
 - d_hidden: programs over (row block, vocabulary range) walk their V range; each gradient tile (rounded to
   the input dtype, as the chunked path rounds it before its matmuls) is multiplied by the weight tile and
   added into the program's own rows of an fp32 accumulator, H slice by H slice. Each program owns its
-  rows x range slice exclusively, so the read-add-write needs no atomics; the ranges' partials are summed
-  in a fixed order afterwards.
+  rows x range slice exclusively, so the read-add-write needs no atomics (the load and the store go through
+  the same pointer tensor, hence the same thread-to-element layout, so each thread re-reads what it wrote);
+  the ranges' partials are summed in a fixed order afterwards.
 - d_weight (+ d_bias): programs over V tiles walk all row blocks, adding gradient^T @ hidden into their
   own rows of the fp32 d_weight (and the column sums into d_bias).
 
