@@ -113,8 +113,8 @@ def _method_entry(run: TrainingRun, exact_match: float, response_tokens: int, sc
         kept, precision, recall, f1, rules, scoring_seconds = response_tokens, None, 0.0, None, {}, None
     else:
         union = scores.accuracy["union"]
-        kept = response_tokens - scores.statistics["dropped_tokens"]
         dropped = scores.statistics["dropped_tokens"]
+        kept = response_tokens - dropped
         precision = union["precision"] if dropped else None
         f1 = union["f1"] if dropped else None
         recall = union["recall"]
@@ -150,6 +150,8 @@ def run_demo(config: DemoConfig, output_dir: str | os.PathLike, *, device: torch
     os.makedirs(output_dir, exist_ok=True)
     torch.manual_seed(config.seed)
     stages = _Stages(7, log)
+    # Sample-order seeds of the training runs (10 s + 1, 2, 3), apart from each other; all three fine-tuning runs
+    # share one, so they see the same samples in the same steps.
     heldout = config.heldout_problems
 
     with stages("data", f"data: {config.train_samples} noisy samples, {config.pretrain_samples} pretraining, "
