@@ -1,6 +1,6 @@
 """The ``xtf`` dispatcher's error paths and ``--help`` on every subcommand.
 
-A user error is one line naming the problem (argparse prints its usage above it), a non-zero exit
+A user error is one line naming the problem (bad command lines too: no usage block), a non-zero exit
 status and never a traceback; ``XTF_DEBUG=1`` shows the traceback instead.
 """
 
@@ -40,7 +40,7 @@ def test_unknown_subcommand_in_a_subprocess():
     done = xtf("nosuchcommand")
     assert done.returncode == 2 and done.stdout == ""
     assert "Traceback" not in done.stderr
-    assert error_lines(done.stderr) == [done.stderr.splitlines()[-1]]
+    assert len(done.stderr.strip().splitlines()) == 1
     assert "invalid choice: 'nosuchcommand'" in done.stderr
 
 
@@ -72,10 +72,10 @@ def test_unknown_option_on_every_subcommand(name, capsys):
         main([name, "--no-such-option"])
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and len(error_lines(err)) == 1
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     # the subcommand's parser reports missing required arguments first; the top-level parser reports the
     # unknown option ("xtf: error: unrecognized arguments: --no-such-option")
-    last = err.splitlines()[-1]
+    last = err.strip()
     assert last.startswith(("xtf: error:", f"xtf {name}: error:"))
     assert "--no-such-option" in last or "the following arguments are required" in last
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from tests.methods import tiny
+from xtf_kernels._atomic import atomic_write_bytes
 from xtf_kernels.datasets import as_source
 from xtf_kernels.errors import CorruptFileError
 from xtf_kernels.errors import FingerprintMismatchError
 from xtf_kernels.methods import XTFScorer
 from xtf_kernels.pipeline import ScoreResult
 from xtf_kernels.pipeline import score_dataset
-from xtf_kernels.pipeline.store import atomic_write_bytes
 
 pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")

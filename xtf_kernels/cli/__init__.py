@@ -32,8 +32,15 @@ class CliError(Exception):
     """A user-fixable problem; printed as one line, exit status 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one line (no usage block) and exits with status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="xtf", description="Fused token-level loss kernels and token filtering for LLM fine-tuning."
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

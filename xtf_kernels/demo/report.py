@@ -101,8 +101,8 @@ import json
 import os
 from dataclasses import dataclass
 
+from .._atomic import atomic_write_bytes
 from ..errors import CorruptFileError
-from ..pipeline.store import atomic_write_bytes
 from .config import DemoConfig
 
 FORMAT = "xtf-demo-report"

@@ -27,11 +27,11 @@ from collections.abc import Callable
 import torch
 
 from .. import __version__
+from .._atomic import atomic_write_bytes
 from ..bench.environment import device_description
 from ..datasets import exact_match_accuracy
 from ..datasets import tiny_causal_lm
 from ..pipeline.report import render_samples_html
-from ..pipeline.store import atomic_write_bytes
 from .config import DemoConfig
 from .data import DemoData
 from .data import build_data

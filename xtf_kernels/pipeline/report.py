@@ -22,9 +22,9 @@ import os
 
 import torch
 
+from .._atomic import atomic_write_bytes
 from ..datasets.samples import IGNORE_INDEX
 from .result import ScoreResult
-from .store import atomic_write_bytes
 
 RULE_COLOURS = ("#f4a261", "#2a9d8f", "#8ecae6", "#e76f51", "#b5838d", "#90be6d")
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
 from .. import select
+from .._atomic import atomic_open
 from ..datasets.samples import SampleSource
 from ..datasets.samples import TokenizedSample
 from ..datasets.samples import as_source
@@ -188,20 +188,10 @@ class ScoreResult:
                                 {"format": "xtf-filtered", "data_fingerprint": self.data_fingerprint,
                                  "config_fingerprint": self.config_fingerprint})
             return len(offsets) - 1
-        folder = os.path.dirname(os.path.abspath(path))
-        handle, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
         count = 0
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as out:
-                for sample in masked:
-                    out.write(json.dumps({"input_ids": sample.input_ids.tolist(), "labels": sample.labels.tolist()})
-                              + "\n")
-                    count += 1
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_open(path, "w", encoding="utf-8") as out:
+            for sample in masked:
+                out.write(json.dumps({"input_ids": sample.input_ids.tolist(), "labels": sample.labels.tolist()})
+                          + "\n")
+                count += 1
         return count

@@ -18,10 +18,10 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 
 import torch
 
+from .._atomic import atomic_write_bytes
 from ..errors import CorruptFileError
 
 MANIFEST = "manifest.json"
@@ -31,22 +31,6 @@ MANIFEST_FORMAT = "xtf-scores"
 
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}.safetensors"
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _safetensors():
