@@ -6,7 +6,9 @@ for 16-bit inputs) and were shrunk only where compiling for sm_90 showed registe
 confirm or replace them are the fused path's effective TFLOP/s at the Llama-3 head (H 4096, V 128256) for
 N = 4096 and 16384, swept over :class:`FusedConfig` values passed to
 :func:`xtf_kernels.ops._triton.fused.fused_head_pass`, and the chunked path's row-kernel time per chunk
-over ``row_config`` choices.
+over ``row_config`` choices. There is no autotuning: a tuned choice can differ between processes, and
+with it the order of the fp32 sums, so fixed configurations keep results bitwise reproducible from run to
+run; sweeping them belongs to the benchmark run.
 
 Environment flag (read once, at import, as Triton itself reads it):
     TRITON_INTERPRET=1  runs every kernel on CPU tensors, one program at a time (tests only). Tiles then
