@@ -19,17 +19,18 @@ GRAD_TOLERANCES = {
 }
 
 
-def assert_close(actual, expected, dtype=torch.float32, *, grad=False, msg=""):
+def assert_close(actual, expected, dtype=torch.float32, *, grad=False, msg="", floor=1e-3):
     """|actual - expected| <= atol * max|expected| + rtol * |expected|, elementwise.
 
     The absolute part scales with the largest reference value, so gradients of any magnitude (mean
-    over many tokens, or sum) are held to the same relative standard.
+    over many tokens, or sum) are held to the same relative standard. ``floor`` bounds that scale from
+    below, for references that are exactly zero through cancellation of O(1) terms.
     """
     tol = (GRAD_TOLERANCES if grad else TOLERANCES)[dtype]
     actual = actual.detach().double().cpu()
     expected = expected.detach().double().cpu()
     assert actual.shape == expected.shape, f"{msg}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    scale = max(expected.abs().max().item(), 1e-3) if expected.numel() else 1.0
+    scale = max(expected.abs().max().item(), floor) if expected.numel() else 1.0
     torch.testing.assert_close(
         actual, expected, atol=tol["atol"] * scale, rtol=tol["rtol"], msg=lambda m: f"{msg}\n{m}"
     )

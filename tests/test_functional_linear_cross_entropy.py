@@ -249,11 +249,13 @@ def test_property_random_problems(impl, tokens, hidden_size, vocab, reduction, i
         softcap=softcap, label_smoothing=label_smoothing, z_loss=z_loss,
     )
     assert_close(loss, expected)
-    grad_out = torch.randn(loss.shape, dtype=torch.float64)
+    grad_out = torch.randn(loss.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     got = torch.autograd.grad(loss, case.leaves(), grad_out.float().to(impl.device))
     want = torch.autograd.grad(expected, ref_leaves, grad_out, allow_unused=True)
     for g, w, leaf in zip(got, want, ref_leaves):
-        assert_close(g, torch.zeros_like(leaf) if w is None else w, grad=True)
+        # floor=1: with V = 1 and label smoothing the exact gradient is 0 = g - (1 - eps) g - eps g, and
+        # fp32 leaves ~1e-7 of the O(1) terms.
+        assert_close(g, torch.zeros_like(leaf) if w is None else w, grad=True, floor=1.0)
 
 
 def test_module_matches_functional(impl):
