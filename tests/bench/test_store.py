@@ -20,6 +20,19 @@ def test_round_trip_keeps_types_and_none(tmp_path):
     assert read_rows(path) == rows
 
 
+def test_new_files_get_the_umask_mode_and_replaced_files_keep_theirs(tmp_path):
+    path = tmp_path / "r.csv"
+    umask = os.umask(0o022)
+    try:
+        write_rows(path, [make_row()])
+        assert path.stat().st_mode & 0o777 == 0o644
+        path.chmod(0o640)
+        append_rows(path, [make_row()])
+        assert path.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(umask)
+
+
 def test_append_keeps_existing_rows(tmp_path):
     path = tmp_path / "sub" / "r.csv"
     assert read_rows(path) == []

@@ -43,7 +43,8 @@ def plot_rows(rows: list[ResultRow], png_path: str | os.PathLike) -> Path:
             values = [getattr(r, metric) if r.status == "ok" and getattr(r, metric) is not None else 0.0 for r in group]
             ax.barh(names, values, color=colors)
             for y, (row, value) in enumerate(zip(group, values)):
-                note = f" {value:.3g}" if row.status == "ok" and value else f" {row.status}"
+                shown = f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+                note = f" {shown}" if row.status == "ok" and value else f" {row.status}"
                 ax.text(value, y, note, va="center", fontsize=7)
             ax.invert_yaxis()
             ax.set_xlabel(unit, fontsize=8)
