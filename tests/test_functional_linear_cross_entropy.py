@@ -266,3 +266,16 @@ def test_module_matches_functional(impl):
                                    z_loss=1e-3, label_smoothing=0.1, backend=impl.backend)
     assert torch.equal(got, want)
     assert "z_loss=0.001" in repr(module)
+
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_retained_graph_second_backward(impl, reduction):
+    """Two backwards through a retained graph give the same gradients (nothing is scaled twice)."""
+    case = make_case((13,), 8, 17, device=impl.device)
+    loss = xk.linear_cross_entropy(case.hidden, case.weight, case.targets, reduction=reduction,
+                                   backend=impl.backend)
+    first = torch.autograd.grad(loss.sum(), case.leaves(), retain_graph=True)
+    second = torch.autograd.grad(loss.sum(), case.leaves())
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
