@@ -41,3 +41,11 @@ def test_permissions_follow_the_umask(tmp_path):
     mode = stat.S_IMODE(target.stat().st_mode)
     assert mode & stat.S_IRUSR and mode & stat.S_IWUSR
     assert mode == 0o666 & ~mask
+
+
+def test_replaced_file_keeps_its_mode(tmp_path):
+    target = tmp_path / "results.csv"
+    atomic_write_text(target, "a")
+    target.chmod(0o640)
+    atomic_write_text(target, "b")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640

@@ -29,7 +29,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", *, encoding: str | No
     os.makedirs(folder, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
-        os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600; give the file the mode open() would
+        # mkstemp creates 0600: keep the replaced file's mode, or give a new file the mode open() would.
+        os.chmod(tmp, os.stat(path).st_mode & 0o777 if os.path.exists(path) else _FILE_MODE)
         with os.fdopen(handle, mode, encoding=encoding) as out:
             yield out
             out.flush()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .._atomic import atomic_open
 from .report import group_by_case
 from .store import ResultRow
 
@@ -53,8 +54,7 @@ def plot_rows(rows: list[ResultRow], png_path: str | os.PathLike) -> Path:
     fig.tight_layout()
     path = Path(png_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_open(path, "wb") as out:
+        fig.savefig(out, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path

@@ -22,10 +22,10 @@ import dataclasses
 import io
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._atomic import atomic_write_text
 from ..errors import CorruptFileError
 from .cases import DTYPES
 from .cases import MODES
@@ -165,31 +165,9 @@ def read_rows(path: str | os.PathLike) -> list[ResultRow]:
     return rows
 
 
-def _file_mode(path: Path) -> int:
-    """The replaced file's permissions, or what a plain open() would give a new file (0o666 less umask)."""
-    if path.exists():
-        return path.stat().st_mode & 0o777
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def write_rows(path: str | os.PathLike, rows: list[ResultRow]) -> None:
     """Replace ``path`` with ``rows`` atomically (temporary sibling + fsync + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp_name, _file_mode(path))  # mkstemp creates 0o600
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(rows_to_csv(rows))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+    atomic_write_text(path, rows_to_csv(rows))
 
 
 def append_rows(path: str | os.PathLike, rows: list[ResultRow]) -> int:
