@@ -50,7 +50,7 @@ class DemoConfig:
     states against an lm_head of memory_vocab rows (the demo model's own 64-row head makes logits
     negligible); memory_batches_cuda on a GPU, where the fused op's chunks are larger. On the CPU each side
     is timed as the median of memory_repeats steps after memory_warmup untimed ones (a GPU uses the
-    benchmark's 5 and 20).
+    benchmark's GPU defaults, 3 and 10).
 
     Report: highlighted_samples training samples are shown token by token in report.html.
     """

@@ -98,7 +98,8 @@ def compare_memory(*, tokens: int, hidden: int, vocab: int, device: torch.device
     """Measure both providers at (tokens, hidden, vocab) fp32 fwd_bwd on ``device``: the report's ``memory``.
 
     A CPU step at V = 128256 takes about a second on 2 cores, so the CPU gets ``cpu_warmup`` untimed and
-    ``cpu_repeats`` timed steps; a GPU step takes milliseconds and gets the benchmark's 5 and 20.
+    ``cpu_repeats`` timed steps; a GPU step takes milliseconds and gets the benchmark's GPU defaults
+    (3 warm-up, 10 timed).
     """
     case = Case(tokens=tokens, hidden=hidden, vocab=vocab, mode="fwd_bwd", dtype="float32")
     providers = (fused_provider(device), MATERIALISED_PROVIDER)
