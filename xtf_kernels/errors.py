@@ -23,6 +23,10 @@ class BackendUnavailableError(XtfError, RuntimeError):
         super().__init__(f"backend={backend!r} is not available: {reason}")
 
 
+class UnsupportedModelError(XtfError, TypeError):
+    """A model whose structure does not let the fused loss reproduce its own loss (says what and why)."""
+
+
 class FingerprintMismatchError(XtfError, ValueError):
     """Masks or scores were computed for different data or a different config than they are applied to."""
 

@@ -31,12 +31,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..errors import XtfError
+from ..errors import UnsupportedModelError
 from ..functional import linear_cross_entropy
-
-
-class UnsupportedModelError(XtfError, TypeError):
-    """The model's structure does not let the fused loss reproduce its own loss (says what and why)."""
 
 
 class HeadLossRequest:

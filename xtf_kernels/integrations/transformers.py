@@ -80,8 +80,8 @@ import torch
 from torch import nn
 
 from .. import _validation as v
+from ..errors import UnsupportedModelError
 from ..ops.registry import check_backend_name
-from .output_head import UnsupportedModelError
 from .output_head import head_loss
 from .output_head import output_head_leaves
 
