@@ -5,30 +5,17 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 from pathlib import Path
 
 import torch
 
+from xtf_kernels._atomic import atomic_write_text
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def write_atomically(path: Path, write) -> None:
-    """Call write(temporary_path), then move the file into place, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; results are meant to be read by everyone
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
 def write_json(path: Path, payload: dict) -> None:
-    write_atomically(path, lambda temporary: temporary.write_text(json.dumps(payload, indent=2) + "\n"))
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 def machine() -> dict:

@@ -25,11 +25,11 @@ import torch
 from tests.fidelity.reference import gaussian_pair
 from tests.fidelity.reference import sample_gaussian
 from tests.fidelity.reference import tv_equal_covariance
+from xtf_kernels._atomic import atomic_open
 from xtf_kernels.fidelity import estimate_tv
 
 from ._common import RESULTS
 from ._common import machine
-from ._common import write_atomically
 from ._common import write_json
 
 FULL = {"dims": [2, 8, 32], "separations": [0.5, 1.0, 2.0, 4.0], "sizes": [250, 1000, 4000, 16000], "seeds": 20}
@@ -115,7 +115,8 @@ def plot(summary: list[dict], path: Path) -> None:
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     figure.suptitle("estimate_tv vs closed form, N(m1, S) vs N(m2, S): mean over seeds", fontsize=10)
     figure.tight_layout()
-    write_atomically(path, lambda temporary: figure.savefig(temporary, dpi=130, format="png"))
+    with atomic_open(path, "wb") as out:
+        figure.savefig(out, dpi=130, format="png")
     plt.close(figure)
 
 
@@ -132,13 +133,10 @@ def main(argv: list[str] | None = None) -> dict:
     summary = summarise(rows)
     report = {"grid": grid, "machine": machine(), "wall_seconds": time.perf_counter() - start, "summary": summary}
 
-    def write_csv(temporary: Path) -> None:
-        with temporary.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-
-    write_atomically(args.out / "gaussian_error.csv", write_csv)
+    with atomic_open(args.out / "gaussian_error.csv", "w") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
     write_json(args.out / "gaussian_error.json", report)
     plot(summary, args.out / "gaussian_error.png")
     print(f"{len(rows)} runs in {report['wall_seconds']:.0f} s; mean |error| (linear class):")

@@ -34,12 +34,12 @@ from scipy import stats
 from scipy.special import logsumexp
 
 from tests.fidelity.reference import tv_by_monte_carlo
+from xtf_kernels._atomic import atomic_open
 from xtf_kernels.fidelity import ClassifierOptions
 from xtf_kernels.fidelity import rank_fidelity
 
 from ._common import RESULTS
 from ._common import machine
-from ._common import write_atomically
 from ._common import write_json
 
 PATCH = 8
@@ -260,7 +260,8 @@ def plot(report: dict, path: Path) -> None:
     figure.suptitle("Ranking by TV_hat (classifier max: best of linear / quadratic / mlp on validation rows); "
                     "bars: 95% Newcombe intervals", fontsize=10)
     figure.tight_layout()
-    write_atomically(path, lambda temporary: figure.savefig(temporary, dpi=120, format="png"))
+    with atomic_open(path, "wb") as out:
+        figure.savefig(out, dpi=120, format="png")
     plt.close(figure)
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._atomic import atomic_open
 from .samples import IGNORE_INDEX
 from .samples import TokenizedSample
 from .tokenizer import ArithmeticTokenizer
@@ -175,12 +176,9 @@ class ArithmeticSFT:
 
     def to_jsonl(self, path: str | os.PathLike, *, tokenised: bool = False) -> None:
         """Write :meth:`records` to ``path``, one JSON object per line (atomically: temp file + rename)."""
-        path = os.fspath(path)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as handle:
+        with atomic_open(path, "w", encoding="utf-8") as handle:
             for record in self.records(tokenised=tokenised):
                 handle.write(json.dumps(record) + "\n")
-        os.replace(tmp, path)
 
 
 def make_arithmetic_sft(
