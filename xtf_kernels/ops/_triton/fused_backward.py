@@ -100,6 +100,8 @@ def _grad_hidden_kernel(
             HAS_SOFTCAP, HAS_G_ENTROPY,
         ).to(W.dtype.element_ty)
         accumulate = n0 > col_start  # the first tile of the range initialises the partial
+        # (the scalar condition is broadcast to the tile explicitly below: Triton 3.9's interpreter rejects a
+        # load mask that combines a tile with a bare scalar)
         for h0 in range(0, hdim, BLOCK_H):
             h_mask = h0 + hs < hdim
             w_tile = tl.load(
@@ -109,7 +111,7 @@ def _grad_hidden_kernel(
             part = tl.dot(grad, w_tile, input_precision=DOT_PRECISION)
             io_mask = row_mask[:, None] & h_mask[None, :]
             ptrs = dh_base + lrows[:, None] * stride_dh_m + (h0 + hs)[None, :]
-            part += tl.load(ptrs, mask=io_mask & accumulate, other=0.0)
+            part += tl.load(ptrs, mask=io_mask & (tl.zeros_like(io_mask) | accumulate), other=0.0)
             tl.store(ptrs, part, mask=io_mask)
 
 
@@ -163,7 +165,7 @@ def _grad_weight_kernel(
                 part = tl.dot(grad_t, h_tile, input_precision=DOT_PRECISION)
                 io_mask = col_mask[:, None] & h_mask[None, :]
                 ptrs = dw_base + lcols[:, None] * stride_dw_v + (h0 + hs)[None, :]
-                part += tl.load(ptrs, mask=io_mask & accumulate, other=0.0)
+                part += tl.load(ptrs, mask=io_mask & (tl.zeros_like(io_mask) | accumulate), other=0.0)
                 tl.store(ptrs, part, mask=io_mask)
     if NEED_BIAS:
         tl.store(DB + cols, bias_grad, mask=col_mask)
