@@ -14,13 +14,11 @@ machine) and results/gaussian_error.png (mean |error| against n, one panel per d
 
 from __future__ import annotations
 
-import argparse
 import csv
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from tests.fidelity.reference import gaussian_pair
 from tests.fidelity.reference import sample_gaussian
@@ -28,8 +26,8 @@ from tests.fidelity.reference import tv_equal_covariance
 from xtf_kernels._atomic import atomic_open
 from xtf_kernels.fidelity import estimate_tv
 
-from ._common import RESULTS
 from ._common import machine
+from ._common import parse_experiment_args
 from ._common import write_json
 
 FULL = {"dims": [2, 8, 32], "separations": [0.5, 1.0, 2.0, 4.0], "sizes": [250, 1000, 4000, 16000], "seeds": 20}
@@ -121,12 +119,7 @@ def plot(summary: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny grid (smoke run)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="output directory (default results/)")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_experiment_args(__doc__.splitlines()[0], "tiny grid (smoke run)", argv)
     grid = QUICK if args.quick else FULL
     start = time.perf_counter()
     rows = run_grid(grid)

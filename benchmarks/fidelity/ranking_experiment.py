@@ -24,12 +24,10 @@ Writes results/ranking_experiment.json and results/ranking_experiment.png.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy import stats
 from scipy.special import logsumexp
 
@@ -38,8 +36,8 @@ from xtf_kernels._atomic import atomic_open
 from xtf_kernels.fidelity import ClassifierOptions
 from xtf_kernels.fidelity import rank_fidelity
 
-from ._common import RESULTS
 from ._common import machine
+from ._common import parse_experiment_args
 from ._common import write_json
 
 PATCH = 8
@@ -266,12 +264,7 @@ def plot(report: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sets, one seed (smoke run)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="output directory (default results/)")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_experiment_args(__doc__.splitlines()[0], "small sets, one seed (smoke run)", argv)
     grid = QUICK if args.quick else FULL
     start = time.perf_counter()
     report = {"grid": grid, **run(grid)}
