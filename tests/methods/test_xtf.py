@@ -226,3 +226,30 @@ def test_tr_needs_the_dataset_pass():
         scorer.begin_dataset_pass()
         bad = tiny.data().samples[0]
         scorer.observe(type(bad)(bad.input_ids + 1000, bad.labels))
+
+
+def test_dataset_statistics_of_disjoint_parts_add_up_to_the_whole_pass():
+    """What a distributed run does: each part observed apart, statistics summed, then one fit."""
+    model = tiny.model()
+    samples = tiny.data().samples
+    whole = XTFScorer(model)
+    whole.begin_dataset_pass()
+    for sample in samples:
+        whole.observe(sample)
+    whole.end_dataset_pass()
+
+    parts = []
+    for part in (samples[: len(samples) // 3], samples[len(samples) // 3:]):
+        scorer = XTFScorer(model)
+        scorer.begin_dataset_pass()
+        for sample in part:
+            scorer.observe(sample)
+        parts.append(scorer.dataset_statistics())
+    merged = XTFScorer(model)
+    merged.begin_dataset_pass()
+    merged.load_dataset_statistics({"token_counts": parts[0]["token_counts"] + parts[1]["token_counts"]})
+    merged.end_dataset_pass()
+    assert torch.equal(merged.tr_noisy_ids, whole.tr_noisy_ids)
+    torch.testing.assert_close(merged.s_tr, whole.s_tr, equal_nan=True, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="token_counts"):
+        merged.load_dataset_statistics({"token_counts": torch.zeros(3, dtype=torch.int64)})

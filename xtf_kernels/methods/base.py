@@ -110,8 +110,21 @@ class TokenScorer(abc.ABC):
         """Sees every sample once, in order, before scoring (only if :attr:`needs_dataset_pass`)."""
         return None  # default: nothing to learn from the dataset
 
+    def dataset_statistics(self) -> dict[str, torch.Tensor]:
+        """What :meth:`observe` has accumulated so far, as CPU tensors that ADD UP over disjoint parts of
+        the dataset (counts, sums). A distributed run sums them across ranks (all-reduce SUM) and hands
+        the total to :meth:`load_dataset_statistics` before :meth:`end_dataset_pass`, so every rank fits
+        exactly what one process that saw every sample would fit."""
+        return {}
+
+    def load_dataset_statistics(self, statistics: dict[str, torch.Tensor]) -> None:
+        """Replace what :meth:`observe` accumulated by ``statistics`` (same keys and shapes as
+        :meth:`dataset_statistics`, e.g. their sum over ranks)."""
+        return None  # default: nothing to learn from the dataset
+
     def end_dataset_pass(self) -> None:
-        """Called after the last :meth:`observe`."""
+        """Called after the last :meth:`observe` (and, in a distributed run, after the statistics of every
+        rank were summed in with :meth:`load_dataset_statistics`)."""
         return None  # default: nothing to learn from the dataset
 
     def state_tensors(self) -> dict[str, torch.Tensor]:

@@ -236,6 +236,18 @@ class XTFScorer(TokenScorer):
                              f"[{int(ids.min())}, {int(ids.max())}]")
         self._counts += torch.bincount(ids, minlength=self.vocab_size)
 
+    def dataset_statistics(self) -> dict[str, torch.Tensor]:
+        if self._counts is None:
+            raise RuntimeError("call begin_dataset_pass() and observe() first")
+        return {"token_counts": self._counts}
+
+    def load_dataset_statistics(self, statistics: dict[str, torch.Tensor]) -> None:
+        counts = statistics["token_counts"]
+        if counts.shape != (self.vocab_size,) or counts.dtype != torch.int64:
+            raise ValueError(f"token_counts must be ({self.vocab_size},) int64, got {tuple(counts.shape)} "
+                             f"{counts.dtype}")
+        self._counts = counts.cpu().clone()
+
     def end_dataset_pass(self) -> None:
         if self._counts is None:
             raise RuntimeError("call begin_dataset_pass() and observe() first")
