@@ -29,6 +29,8 @@ def fused_head_pass(
     need_grad_hidden: bool = False,
     need_grad_weight: bool = False,
     need_grad_bias: bool = False,
+    want_argmax: bool = False,
+    class_weights: torch.Tensor | None = None,
     config: FusedConfig | None = None,
 ) -> HeadPassResult:
     """The contract of :func:`xtf_kernels.ops.engine.chunked_head_pass`, without chunks.
@@ -39,6 +41,9 @@ def fused_head_pass(
         grads: upstream per-row gradients, each (M,) fp32 or None; None for a statistics-only pass.
         lse, entropy: (M,) fp32 from an earlier forward: with ``lse`` and nothing else to compute, the
             forward pass is skipped (only the O(M H) target logits are formed).
+        want_argmax: also form the (M,) int64 index of the first maximal final logit (needs the forward pass).
+        class_weights: (V,) fp32 contiguous per-class weights of the loss, or None (mean logit and loss
+            gradient as in the op contract).
         config: tiles of the fused kernels (default :func:`~xtf_kernels.ops._triton.config.fused_config`).
 
     Returns:
@@ -49,16 +54,16 @@ def fused_head_pass(
     if not want_grad:
         grads = None
     need_entropy_stat = (want_entropy or (want_grad and grads.entropy is not None)) and entropy is None
-    mean_logit = None
+    mean_logit = argmax = None
     forward_tiles = None if config is None else config.forward
-    if lse is None or want_mean_logit or need_entropy_stat:
+    if lse is None or want_mean_logit or need_entropy_stat or want_argmax:
         stats = fused_statistics(
             hidden, weight, bias, targets, spec, want_entropy=need_entropy_stat, want_mean_logit=want_mean_logit,
-            config=forward_tiles,
+            want_argmax=want_argmax, class_weights=class_weights, config=forward_tiles,
         )
         lse = stats.lse if lse is None else lse
         entropy = stats.entropy if entropy is None else entropy
-        target_logit, mean_logit = stats.target_logit, stats.mean_logit
+        target_logit, mean_logit, argmax = stats.target_logit, stats.mean_logit, stats.argmax
     else:
         target_logit = fused_target_logits(hidden, weight, bias, targets, spec, forward_tiles)
     grad_hidden = grad_weight = grad_bias = None
@@ -66,8 +71,9 @@ def fused_head_pass(
         grad_hidden, grad_weight, grad_bias = fused_gradients(
             hidden, weight, bias, targets, spec, grads, lse, entropy,
             need_grad_hidden=need_grad_hidden, need_grad_weight=need_grad_weight, need_grad_bias=need_grad_bias,
-            config=config,
+            class_weights=class_weights, config=config,
         )
-    return HeadPassResult(
+    result = HeadPassResult(
         lse, target_logit, mean_logit, entropy if want_entropy else None, grad_hidden, grad_weight, grad_bias
     )
+    return result._replace(argmax=argmax) if want_argmax else result

@@ -7,11 +7,18 @@ stored. Two kernels share that tile math:
 - d_hidden: programs over (row block, vocabulary range) walk their V range; each gradient tile (rounded to
   the input dtype, as the chunked path rounds it before its matmuls) is multiplied by the weight tile and
   added into the program's own rows of an fp32 accumulator, H slice by H slice. Each program owns its
-  rows x range slice exclusively, so the read-add-write needs no atomics (the load and the store go through
-  the same pointer tensor, hence the same thread-to-element layout, so each thread re-reads what it wrote);
-  the ranges' partials are summed in a fixed order afterwards.
+  rows x range slice exclusively, so the read-add-write needs no atomics; the ranges' partials are summed
+  in a fixed order afterwards.
 - d_weight (+ d_bias): programs over V tiles walk all row blocks, adding gradient^T @ hidden into their
   own rows of the fp32 d_weight (and the column sums into d_bias).
+
+Ordering of the read-add-write: the accumulator load and store go through the same pointers, but the
+compiler is free to give them different thread layouts (compiled for sm_90, the d_hidden load gets a
+[1, 8] and the store a [1, 4] blocked layout), so the thread that reads an element at the next tile need
+not be the one that wrote it. A ``tl.debug_barrier()`` (bar.sync: the CTA's global writes before it are
+visible to the CTA after it) ends every tile's updates, so each read-add-write sees the previous tile's
+store by construction, not through barriers the compiler happens to emit. One barrier per
+(BLOCK_M x BLOCK_N) tile against 2 x BLOCK_M x BLOCK_N x H FLOP of recompute and product.
 
 Cost: each kernel recomputes the logits (2 N H V FLOP) besides its product (2 N H V), so forward + both
 gradients is 10 N H V FLOP against 6 N H V for the chunked path; a variant sharing one recompute between
@@ -36,6 +43,7 @@ from .config import dot_precision
 from .config import fused_config
 from .config import vocab_split
 from .row_math import grad_coefficients
+from .row_math import logit_transform
 from .tiles import grad_tile
 from .tiles import logits_tile
 
@@ -46,8 +54,10 @@ _HIDDEN_MAX_SPLITS = 8
 
 @triton.jit
 def _row_block_coefficients(
-    rows, row_mask, TARGETS, LSE, ENTROPY, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, z_loss, label_smoothing, vocab,
+    rows, row_mask, TARGETS, LSE, ENTROPY, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, CLASS_WEIGHTS, CLASS_WEIGHT_SUM,
+    z_loss, label_smoothing, vocab,
     HAS_G_LOSS: tl.constexpr, HAS_G_LOGPROB: tl.constexpr, HAS_G_ENTROPY: tl.constexpr, HAS_G_LSE: tl.constexpr,
+    HAS_CLASS_WEIGHTS: tl.constexpr,
 ):
     """(targets int32, lse, A, B, C, D), each (BLOCK_M,), for the rows of one block."""
     targets = tl.load(TARGETS + rows, mask=row_mask, other=-1).to(tl.int32)
@@ -55,22 +65,27 @@ def _row_block_coefficients(
     entropy = lse
     if HAS_G_ENTROPY:
         entropy = tl.load(ENTROPY + rows, mask=row_mask, other=0.0)
+    target_weight = 1.0
+    weight_mean = 1.0
+    if HAS_CLASS_WEIGHTS:
+        target_weight = tl.load(CLASS_WEIGHTS + targets, mask=row_mask, other=0.0)
+        weight_mean = tl.load(CLASS_WEIGHT_SUM) / vocab
     coef_a, coef_b, coef_c, coef_d = grad_coefficients(
         rows, row_mask, lse, entropy, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, z_loss, label_smoothing, vocab,
-        HAS_G_LOSS, HAS_G_LOGPROB, HAS_G_ENTROPY, HAS_G_LSE,
+        target_weight, weight_mean, HAS_G_LOSS, HAS_G_LOGPROB, HAS_G_ENTROPY, HAS_G_LSE, HAS_CLASS_WEIGHTS,
     )
     return targets, lse, coef_a, coef_b, coef_c, coef_d
 
 
 @triton.jit
 def _grad_hidden_kernel(
-    H, W, BIAS, TARGETS, LSE, ENTROPY, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, DH,
+    H, W, BIAS, TARGETS, LSE, ENTROPY, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, CLASS_WEIGHTS, CLASS_WEIGHT_SUM, DH,
     rows_total, vocab, hdim, stride_hm, stride_hk, stride_wv, stride_wk, stride_dh_split, stride_dh_m,
-    cols_per_split, softcap, inv_temperature, label_smoothing, z_loss,
+    cols_per_split, tanh_scale, out_scale, slope_scale, label_smoothing, z_loss,
     HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     HAS_G_LOSS: tl.constexpr, HAS_G_LOGPROB: tl.constexpr, HAS_G_ENTROPY: tl.constexpr, HAS_G_LSE: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_H: tl.constexpr,
+    HAS_CLASS_WEIGHTS: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     split = tl.program_id(1)
     row0 = tl.program_id(0) * BLOCK_M
@@ -80,8 +95,8 @@ def _grad_hidden_kernel(
     rows = row0 + lrows
     row_mask = rows < rows_total
     targets, lse, coef_a, coef_b, coef_c, coef_d = _row_block_coefficients(
-        rows, row_mask, TARGETS, LSE, ENTROPY, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, z_loss, label_smoothing,
-        vocab, HAS_G_LOSS, HAS_G_LOGPROB, HAS_G_ENTROPY, HAS_G_LSE,
+        rows, row_mask, TARGETS, LSE, ENTROPY, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, CLASS_WEIGHTS, CLASS_WEIGHT_SUM,
+        z_loss, label_smoothing, vocab, HAS_G_LOSS, HAS_G_LOGPROB, HAS_G_ENTROPY, HAS_G_LSE, HAS_CLASS_WEIGHTS,
     )
     h_base = H + tl.cast(row0, tl.int64) * stride_hm
     dh_base = DH + tl.cast(split, tl.int64) * stride_dh_split + tl.cast(row0, tl.int64) * stride_dh_m
@@ -96,8 +111,8 @@ def _grad_hidden_kernel(
             stride_wk, HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, DOT_PRECISION,
         )
         grad = grad_tile(
-            raw, row_mask, cols, col_mask, targets, lse, coef_a, coef_b, coef_c, coef_d, softcap, inv_temperature,
-            HAS_SOFTCAP, HAS_G_ENTROPY,
+            raw, row_mask, cols, col_mask, targets, lse, coef_a, coef_b, coef_c, coef_d, CLASS_WEIGHTS,
+            tanh_scale, out_scale, slope_scale, HAS_SOFTCAP, HAS_G_ENTROPY, HAS_CLASS_WEIGHTS,
         ).to(W.dtype.element_ty)
         accumulate = n0 > col_start  # the first tile of the range initialises the partial
         # (the scalar condition is broadcast to the tile explicitly below: Triton 3.9's interpreter rejects a
@@ -113,16 +128,18 @@ def _grad_hidden_kernel(
             ptrs = dh_base + lrows[:, None] * stride_dh_m + (h0 + hs)[None, :]
             part += tl.load(ptrs, mask=io_mask & (tl.zeros_like(io_mask) | accumulate), other=0.0)
             tl.store(ptrs, part, mask=io_mask)
+        # This tile's stores happen before the next tile's loads of the same elements (module docstring).
+        tl.debug_barrier()
 
 
 @triton.jit
 def _grad_weight_kernel(
-    H, W, BIAS, TARGETS, LSE, ENTROPY, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, DW, DB,
+    H, W, BIAS, TARGETS, LSE, ENTROPY, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, CLASS_WEIGHTS, CLASS_WEIGHT_SUM, DW, DB,
     rows_total, vocab, hdim, stride_hm, stride_hk, stride_wv, stride_wk, stride_dw_v,
-    softcap, inv_temperature, label_smoothing, z_loss,
+    tanh_scale, out_scale, slope_scale, label_smoothing, z_loss,
     HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     HAS_G_LOSS: tl.constexpr, HAS_G_LOGPROB: tl.constexpr, HAS_G_ENTROPY: tl.constexpr, HAS_G_LSE: tl.constexpr,
-    NEED_WEIGHT: tl.constexpr, NEED_BIAS: tl.constexpr,
+    HAS_CLASS_WEIGHTS: tl.constexpr, NEED_WEIGHT: tl.constexpr, NEED_BIAS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
@@ -139,8 +156,9 @@ def _grad_weight_kernel(
         rows = m0 + lrows
         row_mask = rows < rows_total
         targets, lse, coef_a, coef_b, coef_c, coef_d = _row_block_coefficients(
-            rows, row_mask, TARGETS, LSE, ENTROPY, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, z_loss, label_smoothing,
-            vocab, HAS_G_LOSS, HAS_G_LOGPROB, HAS_G_ENTROPY, HAS_G_LSE,
+            rows, row_mask, TARGETS, LSE, ENTROPY, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, CLASS_WEIGHTS,
+            CLASS_WEIGHT_SUM, z_loss, label_smoothing, vocab, HAS_G_LOSS, HAS_G_LOGPROB, HAS_G_ENTROPY, HAS_G_LSE,
+            HAS_CLASS_WEIGHTS,
         )
         h_base = H + tl.cast(m0, tl.int64) * stride_hm
         raw = logits_tile(
@@ -148,8 +166,8 @@ def _grad_weight_kernel(
             stride_wk, HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, DOT_PRECISION,
         )
         grad = grad_tile(
-            raw, row_mask, cols, col_mask, targets, lse, coef_a, coef_b, coef_c, coef_d, softcap, inv_temperature,
-            HAS_SOFTCAP, HAS_G_ENTROPY,
+            raw, row_mask, cols, col_mask, targets, lse, coef_a, coef_b, coef_c, coef_d, CLASS_WEIGHTS,
+            tanh_scale, out_scale, slope_scale, HAS_SOFTCAP, HAS_G_ENTROPY, HAS_CLASS_WEIGHTS,
         )
         if NEED_BIAS:
             bias_grad += tl.sum(grad, 0)
@@ -167,6 +185,8 @@ def _grad_weight_kernel(
                 ptrs = dw_base + lcols[:, None] * stride_dw_v + (h0 + hs)[None, :]
                 part += tl.load(ptrs, mask=io_mask & (tl.zeros_like(io_mask) | accumulate), other=0.0)
                 tl.store(ptrs, part, mask=io_mask)
+            # As in the d_hidden kernel: this row block's stores before the next one's loads.
+            tl.debug_barrier()
     if NEED_BIAS:
         tl.store(DB + cols, bias_grad, mask=col_mask)
 
@@ -199,6 +219,7 @@ def fused_gradients(
     need_grad_hidden: bool,
     need_grad_weight: bool,
     need_grad_bias: bool,
+    class_weights: torch.Tensor | None = None,
     config: FusedConfig | None = None,
 ) -> Gradients:
     """Gradients of sum_i (g_loss_i loss_i + g_logprob_i logprob_i + g_entropy_i entropy_i + g_lse_i lse_i).
@@ -208,6 +229,8 @@ def fused_gradients(
         targets: (M,) int64 contiguous in [0, V); lse: (M,) fp32 of the final logits.
         grads: each field (M,) fp32 contiguous or None.
         entropy: (M,) fp32, required when ``grads.entropy`` is given.
+        class_weights: (V,) fp32 contiguous per-class weights of the loss, or None (the op contract's
+            class-weighted row gradient).
         config: tiles of the two kernels (default :func:`~xtf_kernels.ops._triton.config.fused_config`).
 
     Matches the chunked path: the logits gradient is rounded to the input dtype before the products, which
@@ -225,19 +248,22 @@ def fused_gradients(
             torch.zeros(vocab, **f32) if need_grad_bias else None,
         )
     dummy = lse  # never read: the matching HAS_* / NEED_* flag is off
+    weight_sum = None if class_weights is None else class_weights.sum(dtype=torch.float32).reshape(1)
     common_args = (
         hidden, weight, bias if bias is not None else dummy, targets, lse,
         entropy if grads.entropy is not None else dummy,
         *(g if g is not None else dummy for g in (grads.loss, grads.logprob, grads.entropy, grads.lse)),
+        class_weights if class_weights is not None else dummy, weight_sum if weight_sum is not None else dummy,
     )
+    transform = logit_transform(spec)
     flags = dict(
-        HAS_BIAS=bias is not None, HAS_SOFTCAP=spec.softcap > 0,
+        HAS_BIAS=bias is not None, HAS_SOFTCAP=transform.has_softcap,
         HAS_G_LOSS=grads.loss is not None, HAS_G_LOGPROB=grads.logprob is not None,
         HAS_G_ENTROPY=grads.entropy is not None, HAS_G_LSE=grads.lse is not None,
-        DOT_PRECISION=dot_precision(hidden.dtype),
+        HAS_CLASS_WEIGHTS=class_weights is not None, DOT_PRECISION=dot_precision(hidden.dtype),
     )
     strides = (hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1))
-    options = (float(spec.softcap), float(spec.inv_temperature), float(spec.label_smoothing), float(spec.z_loss))
+    options = (*transform[:3], float(spec.label_smoothing), float(spec.z_loss))
 
     grad_hidden = None
     if need_grad_hidden:

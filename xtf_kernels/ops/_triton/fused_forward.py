@@ -1,10 +1,12 @@
 """Fused forward: per-row log-sum-exp, target logit, mean logit and entropy without the logits in memory.
 
 Programs over (row block, vocabulary range): each walks its V range in tiles, forms the logits tile
-``hidden @ weight.T + bias`` with ``tl.dot`` (fp32 accumulation), applies softcap / temperature, and merges
-an online max / sum-exp per row in fp32 together with sum p z (entropy), sum z (mean logit) and the target
-logit. The per-range partials, (splits, M) fp32 each, are merged by :func:`merge_statistics` in a fixed
-order, so results are deterministic. Extra memory: 5 x splits x M x 4 bytes.
+``hidden @ weight.T + bias`` with ``tl.dot`` (fp32 accumulation), applies logit scale / softcap /
+temperature, and merges an online max / sum-exp per row in fp32 together with the shifted sum
+sum exp(z - max)(z - max) (entropy; see ``row_math.online_softmax_update``), sum w z (mean logit, w the
+class weights or 1) and the target logit, and the first index of the maximum when asked. The per-range
+partials, (splits, M) fp32 each, are merged by :func:`merge_statistics` in a fixed order, so results are
+deterministic. Extra memory: 5 x splits x M x 4 bytes (+ splits x M x 8 for the argmax).
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from .config import dot_precision
 from .config import fused_config
 from .config import vocab_split
 from .row_math import final_logits
-from .row_math import finite_or_zero
-from .row_math import logit_where_probable
+from .row_math import logit_transform
+from .row_math import online_softmax_update
 from .tiles import logits_tile
 
 # A forward program is cheap to merge (O(M) per split), so aim for two waves of programs; 16 splits at
@@ -33,10 +35,11 @@ _FORWARD_MAX_SPLITS = 16
 
 @triton.jit
 def _statistics_kernel(
-    H, W, BIAS, TARGETS, PART_MAX, PART_SUM, PART_PZ, PART_TOTAL, PART_TARGET,
+    H, W, BIAS, TARGETS, CLASS_WEIGHTS, PART_MAX, PART_SUM, PART_SHIFTED, PART_TOTAL, PART_TARGET, PART_ARGMAX,
     rows_total, vocab, hdim, stride_hm, stride_hk, stride_wv, stride_wk, cols_per_split,
-    softcap, inv_temperature,
+    tanh_scale, out_scale,
     HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, ENTROPY_STAT: tl.constexpr, WANT_MEAN: tl.constexpr,
+    WANT_ARGMAX: tl.constexpr, HAS_CLASS_WEIGHTS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     split = tl.program_id(1)
@@ -51,9 +54,10 @@ def _statistics_kernel(
     col_stop = tl.minimum(col_start + cols_per_split, vocab)
     run_max = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     run_sum = tl.zeros((BLOCK_M,), tl.float32)
-    run_pz = tl.zeros((BLOCK_M,), tl.float32)
+    run_shifted = tl.zeros((BLOCK_M,), tl.float32)
     run_total = tl.zeros((BLOCK_M,), tl.float32)
     target_logit = tl.zeros((BLOCK_M,), tl.float32)
+    run_arg = tl.zeros((BLOCK_M,), tl.int32) + col_start  # the range's first column while all are -inf
     for n0 in range(col_start, col_stop, BLOCK_N):
         cols = n0 + lcols
         col_mask = cols < col_stop
@@ -62,32 +66,34 @@ def _statistics_kernel(
             stride_hm, stride_hk, stride_wv, stride_wk, HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, DOT_PRECISION,
         )
         # Padding columns become -inf: out of the max and the sums (one (BLOCK_M, BLOCK_N) tensor live, not two).
-        z = tl.where(col_mask[None, :], final_logits(raw, softcap, inv_temperature, HAS_SOFTCAP), float("-inf"))
-        new_max = tl.maximum(run_max, tl.max(z, 1))
-        shift = finite_or_zero(new_max)
-        rescale = tl.exp(run_max - shift)
-        e = tl.exp(z - shift[:, None])
-        run_sum = run_sum * rescale + tl.sum(e, 1)
-        if ENTROPY_STAT:
-            run_pz = run_pz * rescale + tl.sum(e * logit_where_probable(e, z), 1)
+        z = tl.where(col_mask[None, :], final_logits(raw, tanh_scale, out_scale, HAS_SOFTCAP), float("-inf"))
+        if WANT_ARGMAX:
+            # strictly greater: an equal maximum in a later tile keeps the earlier index
+            run_arg = tl.where(tl.max(z, 1) > run_max, n0 + tl.argmax(z, 1, tie_break_left=True), run_arg)
         if WANT_MEAN:
-            run_total += tl.sum(tl.where(col_mask[None, :], z, 0.0), 1)
+            if HAS_CLASS_WEIGHTS:
+                w = tl.load(CLASS_WEIGHTS + cols, mask=col_mask, other=0.0)
+                run_total += tl.sum(tl.where(col_mask[None, :], w[None, :] * z, 0.0), 1)
+            else:
+                run_total += tl.sum(tl.where(col_mask[None, :], z, 0.0), 1)
         target_logit += tl.sum(tl.where(cols[None, :] == targets[:, None], z, 0.0), 1)
-        run_max = new_max
+        run_max, run_sum, run_shifted = online_softmax_update(z, run_max, run_sum, run_shifted, 1, ENTROPY_STAT)
     out = tl.cast(split, tl.int64) * rows_total + rows
     tl.store(PART_MAX + out, run_max, mask=row_mask)
     tl.store(PART_SUM + out, run_sum, mask=row_mask)
     tl.store(PART_TARGET + out, target_logit, mask=row_mask)
     if ENTROPY_STAT:
-        tl.store(PART_PZ + out, run_pz, mask=row_mask)
+        tl.store(PART_SHIFTED + out, run_shifted, mask=row_mask)
     if WANT_MEAN:
         tl.store(PART_TOTAL + out, run_total, mask=row_mask)
+    if WANT_ARGMAX:
+        tl.store(PART_ARGMAX + out, run_arg.to(tl.int64), mask=row_mask)
 
 
 @triton.jit
 def _target_logit_kernel(
     H, W, BIAS, TARGETS, OUT, rows_total, hdim, stride_hm, stride_hk, stride_wv, stride_wk,
-    softcap, inv_temperature,
+    tanh_scale, out_scale,
     HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     row0 = tl.program_id(0) * BLOCK_M
@@ -108,7 +114,7 @@ def _target_logit_kernel(
         w_ptrs += BLOCK_K * stride_wk
     if HAS_BIAS:
         acc += tl.load(BIAS + targets, mask=row_mask, other=0.0).to(tl.float32)
-    tl.store(OUT + rows, final_logits(acc, softcap, inv_temperature, HAS_SOFTCAP), mask=row_mask)
+    tl.store(OUT + rows, final_logits(acc, tanh_scale, out_scale, HAS_SOFTCAP), mask=row_mask)
 
 
 def fused_target_logits(hidden, weight, bias, targets, spec: HeadSpec, config: TileConfig | None = None):
@@ -118,39 +124,54 @@ def fused_target_logits(hidden, weight, bias, targets, spec: HeadSpec, config: T
     """
     rows, hdim = hidden.shape
     config = config or fused_config(hidden.dtype).forward
+    transform = logit_transform(spec)
     out = torch.empty(rows, dtype=torch.float32, device=hidden.device)
     _target_logit_kernel[(triton.cdiv(rows, config.block_m),)](
         hidden, weight, bias if bias is not None else weight, targets, out, rows, hdim,
-        hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1),
-        float(spec.softcap), float(spec.inv_temperature),
-        HAS_BIAS=bias is not None, HAS_SOFTCAP=spec.softcap > 0, BLOCK_M=config.block_m, BLOCK_K=config.block_k,
+        hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), *transform[:2],
+        HAS_BIAS=bias is not None, HAS_SOFTCAP=transform.has_softcap, BLOCK_M=config.block_m, BLOCK_K=config.block_k,
         num_warps=config.num_warps,
     )
     return out
 
 
 class Statistics(NamedTuple):
-    """(M,) fp32 per-row statistics; mean_logit / entropy are None when not asked for."""
+    """(M,) fp32 per-row statistics; mean_logit / entropy / argmax (int64) are None when not asked for."""
 
     lse: torch.Tensor
     target_logit: torch.Tensor
     mean_logit: torch.Tensor | None
     entropy: torch.Tensor | None
+    argmax: torch.Tensor | None = None
 
 
-def merge_statistics(run_max, run_sum, run_pz, run_total, target_logit, vocab: int) -> Statistics:
-    """Merge (splits, M) fp32 partials over the split axis (fixed order: deterministic).
+def merge_statistics(run_max, run_sum, run_shifted, run_total, target_logit, vocab: int,
+                     run_argmax=None) -> Statistics:
+    """Merge (splits, M) partials over the split axis (fixed order: deterministic).
 
-    run_max, run_sum: the online max and sum exp(z - max) of each range; run_pz: sum exp(z - max) z or None;
-    run_total: sum z or None; target_logit: z_t in the range holding t, 0 elsewhere (so the sum is exact).
+    run_max, run_sum: the online max and sum exp(z - shift) of each range, shift = its max (0 while -inf);
+    run_shifted: sum exp(z - shift)(z - shift) or None; run_total: sum w z or None; target_logit: z_t in the
+    range holding t, 0 elsewhere (so the sum is exact); run_argmax: (splits, M) int64 first index of each
+    range's maximum, or None. Ranges are contiguous and in column order, so the first range holding the row
+    maximum holds its first index (torch.argmax's tie rule).
     """
     row_max = run_max.amax(0)
-    rescale = torch.exp(run_max - row_max)  # 0 for a range that saw no column (max = -inf)
+    row_shift = torch.where(row_max == float("-inf"), 0.0, row_max)
+    rescale = torch.exp(run_max - row_shift)  # 0 for a range that saw no finite logit (max = -inf)
     sum_exp = (run_sum * rescale).sum(0)
     lse = row_max + torch.log(sum_exp)
-    entropy = None if run_pz is None else lse - (run_pz * rescale).sum(0) / sum_exp
+    entropy = None
+    if run_shifted is not None:
+        # Re-shift each range's sum to the row's shift: sum e^(z - M)(z - M) = f (shifted + (m - M) sum).
+        range_shift = torch.where(run_max == float("-inf"), 0.0, run_max)
+        shifted = ((run_shifted + (range_shift - row_shift) * run_sum) * rescale).sum(0)
+        entropy = torch.log(sum_exp) - shifted / sum_exp
     mean = None if run_total is None else run_total.sum(0) / vocab
-    return Statistics(lse, target_logit.sum(0), mean, entropy)
+    argmax = None
+    if run_argmax is not None:
+        first_range = (run_max == row_max).to(torch.int8).argmax(0, keepdim=True)
+        argmax = run_argmax.gather(0, first_range).squeeze(0)
+    return Statistics(lse, target_logit.sum(0), mean, entropy, argmax)
 
 
 def fused_statistics(
@@ -162,37 +183,45 @@ def fused_statistics(
     *,
     want_entropy: bool = False,
     want_mean_logit: bool = False,
+    want_argmax: bool = False,
+    class_weights: torch.Tensor | None = None,
     config: TileConfig | None = None,
 ) -> Statistics:
-    """Per-row statistics of ``z = softcap(hidden @ weight.T + bias) / T`` in one fused pass.
+    """Per-row statistics of ``z = softcap(logit_scale * (hidden @ weight.T + bias)) / T`` in one fused pass.
 
     Args:
         hidden: (M, H) fp32 / fp16 / bf16, any strides; weight: (V, H) same dtype, any strides;
             bias: (V,) contiguous or None; targets: (M,) int64 contiguous, in [0, V).
+        class_weights: (V,) fp32 contiguous or None: the mean logit becomes (1 / V) sum_j cw_j z_j.
         config: tile sizes (default: the ``forward`` tiles of :func:`~xtf_kernels.ops._triton.config.fused_config`).
 
     Returns:
-        :class:`Statistics`, matching ``torch.logsumexp(z, -1)``, ``z.gather(targets)``, ``z.mean(-1)`` and
-        ``-(softmax(z) * log_softmax(z)).sum(-1)`` computed in fp32.
+        :class:`Statistics`, matching ``torch.logsumexp(z, -1)``, ``z.gather(targets)``, ``z.mean(-1)``,
+        ``-(softmax(z) * log_softmax(z)).sum(-1)`` and ``z.argmax(-1)`` computed in fp32.
     """
     rows, hdim = hidden.shape
     vocab = weight.shape[0]
     config = config or fused_config(hidden.dtype).forward
+    transform = logit_transform(spec)
     split = vocab_split(rows, vocab, config.block_m, config.block_n, hidden.device,
                         waves=_FORWARD_WAVES, max_splits=_FORWARD_MAX_SPLITS)
     parts = torch.empty((5, split.splits, rows), dtype=torch.float32, device=hidden.device)
+    part_argmax = torch.empty((split.splits, rows), dtype=torch.int64, device=hidden.device) if want_argmax else None
     grid = (triton.cdiv(rows, config.block_m), split.splits)
     _statistics_kernel[grid](
-        hidden, weight, bias if bias is not None else weight, targets, *parts,
+        hidden, weight, bias if bias is not None else weight, targets,
+        class_weights if class_weights is not None else parts, *parts,
+        part_argmax if part_argmax is not None else targets,
         rows, vocab, hdim, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1),
-        split.cols_per_split, float(spec.softcap), float(spec.inv_temperature),
-        HAS_BIAS=bias is not None, HAS_SOFTCAP=spec.softcap > 0, ENTROPY_STAT=want_entropy,
-        WANT_MEAN=want_mean_logit, DOT_PRECISION=dot_precision(hidden.dtype),
+        split.cols_per_split, *transform[:2],
+        HAS_BIAS=bias is not None, HAS_SOFTCAP=transform.has_softcap, ENTROPY_STAT=want_entropy,
+        WANT_MEAN=want_mean_logit, WANT_ARGMAX=want_argmax,
+        HAS_CLASS_WEIGHTS=want_mean_logit and class_weights is not None, DOT_PRECISION=dot_precision(hidden.dtype),
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
-    run_max, run_sum, run_pz, run_total, target_logit = parts
+    run_max, run_sum, run_shifted, run_total, target_logit = parts
     return merge_statistics(
-        run_max, run_sum, run_pz if want_entropy else None, run_total if want_mean_logit else None,
-        target_logit, vocab,
+        run_max, run_sum, run_shifted if want_entropy else None, run_total if want_mean_logit else None,
+        target_logit, vocab, part_argmax,
     )

@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from ..chunking import resolve_chunk_size
+from ..engine import _logits_into
 from ..spec import HeadSpec
 from .config import TileConfig
 from .config import dot_precision
@@ -23,6 +24,7 @@ from .config import vocab_split
 from .fused_forward import merge_statistics
 from .row_math import final_logits
 from .row_math import finite_or_zero
+from .row_math import logit_transform
 from .tiles import logits_tile
 
 _FORWARD_WAVES = 2
@@ -44,7 +46,7 @@ def _influence_kernel(
     HB, WB, BB, HR, WR, BR, TARGETS, PARTS,
     rows_total, vocab, hdim_base, hdim_ref,
     stride_hbm, stride_hbk, stride_wbv, stride_wbk, stride_hrm, stride_hrk, stride_wrv, stride_wrk,
-    stride_part, cols_per_split, softcap, inv_temperature,
+    stride_part, cols_per_split, tanh_scale, out_scale,
     HAS_BASE_BIAS: tl.constexpr, HAS_REF_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     BASE_PRECISION: tl.constexpr, REF_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -73,13 +75,13 @@ def _influence_kernel(
             base_h, WB + tl.cast(n0, tl.int64) * stride_wbv, BB, n0, lrows, row_mask, lcols, col_mask, hdim_base,
             stride_hbm, stride_hbk, stride_wbv, stride_wbk, HAS_BASE_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, BASE_PRECISION,
         )
-        z = final_logits(raw, softcap, inv_temperature, HAS_SOFTCAP)
+        z = final_logits(raw, tanh_scale, out_scale, HAS_SOFTCAP)
         base_max, base_sum, base_target = _online_update(z, col_mask, cols, targets, base_max, base_sum, base_target)
         raw = logits_tile(
             ref_h, WR + tl.cast(n0, tl.int64) * stride_wrv, BR, n0, lrows, row_mask, lcols, col_mask, hdim_ref,
             stride_hrm, stride_hrk, stride_wrv, stride_wrk, HAS_REF_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, REF_PRECISION,
         )
-        z = final_logits(raw, softcap, inv_temperature, HAS_SOFTCAP)
+        z = final_logits(raw, tanh_scale, out_scale, HAS_SOFTCAP)
         ref_max, ref_sum, ref_target = _online_update(z, col_mask, cols, targets, ref_max, ref_sum, ref_target)
     out = PARTS + tl.cast(split, tl.int64) * rows_total + rows
     tl.store(out, base_max, mask=row_mask)
@@ -104,6 +106,7 @@ def fused_influence_delta(base, ref, targets: torch.Tensor, spec: HeadSpec, conf
     # fp32 operands need the smaller fp32 tiles even when the other model is 16-bit.
     dtype = torch.float32 if torch.float32 in (base_hidden.dtype, ref_hidden.dtype) else base_hidden.dtype
     config = config or fused_config(dtype).influence
+    transform = logit_transform(spec)
     split = vocab_split(rows, vocab, config.block_m, config.block_n, base_hidden.device,
                         waves=_FORWARD_WAVES, max_splits=_FORWARD_MAX_SPLITS)
     parts = torch.empty((6, split.splits, rows), dtype=torch.float32, device=base_hidden.device)
@@ -113,8 +116,8 @@ def fused_influence_delta(base, ref, targets: torch.Tensor, spec: HeadSpec, conf
         rows, vocab, base_hidden.shape[1], ref_hidden.shape[1],
         base_hidden.stride(0), base_hidden.stride(1), base_weight.stride(0), base_weight.stride(1),
         ref_hidden.stride(0), ref_hidden.stride(1), ref_weight.stride(0), ref_weight.stride(1),
-        parts.stride(0), split.cols_per_split, float(spec.softcap), float(spec.inv_temperature),
-        HAS_BASE_BIAS=base_bias is not None, HAS_REF_BIAS=ref_bias is not None, HAS_SOFTCAP=spec.softcap > 0,
+        parts.stride(0), split.cols_per_split, *transform[:2],
+        HAS_BASE_BIAS=base_bias is not None, HAS_REF_BIAS=ref_bias is not None, HAS_SOFTCAP=transform.has_softcap,
         BASE_PRECISION=dot_precision(base_hidden.dtype), REF_PRECISION=dot_precision(ref_hidden.dtype),
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
         num_warps=config.num_warps, num_stages=config.num_stages,
@@ -125,7 +128,7 @@ def fused_influence_delta(base, ref, targets: torch.Tensor, spec: HeadSpec, conf
 
 
 @triton.jit
-def _row_log_prob(z_row, target, vocab, softcap, inv_temperature, HAS_SOFTCAP: tl.constexpr, BLOCK_V: tl.constexpr):
+def _row_log_prob(z_row, target, vocab, tanh_scale, out_scale, HAS_SOFTCAP: tl.constexpr, BLOCK_V: tl.constexpr):
     """log softmax(z)[target] of one fp32 raw logits row (online max / sum-exp over blocks)."""
     cols = tl.arange(0, BLOCK_V)
     run_max = float("-inf")
@@ -133,39 +136,26 @@ def _row_log_prob(z_row, target, vocab, softcap, inv_temperature, HAS_SOFTCAP: t
     for start in range(0, vocab, BLOCK_V):
         offs = start + cols
         mask = offs < vocab
-        z = final_logits(tl.load(z_row + offs, mask=mask, other=0.0), softcap, inv_temperature, HAS_SOFTCAP)
+        z = final_logits(tl.load(z_row + offs, mask=mask, other=0.0), tanh_scale, out_scale, HAS_SOFTCAP)
         z = tl.where(mask, z, float("-inf"))
         new_max = tl.maximum(run_max, tl.max(z, 0))
         shift = finite_or_zero(new_max)
         run_sum = run_sum * tl.exp(run_max - shift) + tl.sum(tl.exp(z - shift), 0)
         run_max = new_max
-    target_logit = final_logits(tl.load(z_row + target), softcap, inv_temperature, HAS_SOFTCAP)
+    target_logit = final_logits(tl.load(z_row + target), tanh_scale, out_scale, HAS_SOFTCAP)
     return target_logit - run_max - tl.log(run_sum)
 
 
 @triton.jit
 def _delta_row_kernel(
-    BASE_Z, REF_Z, z_stride, TARGETS, OUT, vocab, softcap, inv_temperature,
+    BASE_Z, REF_Z, z_stride, TARGETS, OUT, vocab, tanh_scale, out_scale,
     HAS_SOFTCAP: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     target = tl.load(TARGETS + row)
-    base = _row_log_prob(BASE_Z + row * z_stride, target, vocab, softcap, inv_temperature, HAS_SOFTCAP, BLOCK_V)
-    ref = _row_log_prob(REF_Z + row * z_stride, target, vocab, softcap, inv_temperature, HAS_SOFTCAP, BLOCK_V)
+    base = _row_log_prob(BASE_Z + row * z_stride, target, vocab, tanh_scale, out_scale, HAS_SOFTCAP, BLOCK_V)
+    ref = _row_log_prob(REF_Z + row * z_stride, target, vocab, tanh_scale, out_scale, HAS_SOFTCAP, BLOCK_V)
     tl.store(OUT + row, ref - base)
-
-
-def _logits_into(out: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
-    """out (C, V) fp32 <- hidden @ weight.T + bias with fp32 accumulation (cuBLAS / oneDNN through torch)."""
-    if hidden.dtype == torch.float32:
-        torch.mm(hidden, weight.t(), out=out)
-    elif hidden.is_cuda:
-        torch.mm(hidden, weight.t(), out_dtype=torch.float32, out=out)
-    else:
-        out.copy_(torch.mm(hidden, weight.t()))
-    if bias is not None:
-        out.add_(bias)
-    return out
 
 
 def chunked_influence_delta(base, ref, targets: torch.Tensor, spec: HeadSpec, chunk_size: int | None = None):
@@ -183,13 +173,14 @@ def chunked_influence_delta(base, ref, targets: torch.Tensor, spec: HeadSpec, ch
     buffers = torch.empty((2, min(chunk, rows), vocab), dtype=torch.float32, device=device)
     delta = torch.empty(rows, dtype=torch.float32, device=device)
     config = row_config(vocab)
+    transform = logit_transform(spec)
     for start in range(0, rows, chunk):
         stop = min(start + chunk, rows)
         base_z = _logits_into(buffers[0, : stop - start], base_hidden[start:stop], base_weight, base_bias)
         ref_z = _logits_into(buffers[1, : stop - start], ref_hidden[start:stop], ref_weight, ref_bias)
         _delta_row_kernel[(stop - start,)](
-            base_z, ref_z, vocab, targets[start:stop], delta[start:stop], vocab, float(spec.softcap),
-            float(spec.inv_temperature), HAS_SOFTCAP=spec.softcap > 0, BLOCK_V=config.block_v,
+            base_z, ref_z, vocab, targets[start:stop], delta[start:stop], vocab, *transform[:2],
+            HAS_SOFTCAP=transform.has_softcap, BLOCK_V=config.block_v,
             num_warps=config.num_warps,
         )
     return delta
