@@ -492,7 +492,8 @@ def probability_mask(probs: torch.Tensor, max_prob: float = 0.95, *, valid: torc
 # ----------------------------------------------------------------------------------------------------------
 
 
-def multi_otsu(values: torch.Tensor, classes: int = 3, bins: int = 256) -> torch.Tensor:
+def multi_otsu(values: torch.Tensor, classes: int = 3, bins: int = 256, *,
+               weights: torch.Tensor | None = None) -> torch.Tensor:
     """The ``classes - 1`` Multi-Otsu thresholds of ``values`` (XTF's TR rule, methods.md 1).
 
     Matches ``skimage.filters.threshold_multiotsu(values.numpy(), classes, nbins=bins)`` for float input,
@@ -509,6 +510,9 @@ def multi_otsu(values: torch.Tensor, classes: int = 3, bins: int = 256) -> torch
         values: (...) float, any device; fp16 / bf16 are read as float32. Must be finite and non-empty.
         classes: number of classes >= 2.
         bins: number of histogram bins >= classes.
+        weights: optional (...) non-negative finite weights shaped like ``values``: the histogram counts
+            each value with its weight (``np.histogram(..., weights=)``), e.g. XTF's S_TR of each vocabulary
+            id weighted by its occurrences. None = every value once (the scikit-image result above).
 
     Returns:
         (classes - 1,) ascending bin centres in values' dtype (float32 for fp16 / bf16), on values' device.
@@ -526,8 +530,16 @@ def multi_otsu(values: torch.Tensor, classes: int = 3, bins: int = 256) -> torch
     if array.dtype in (torch.float16, torch.bfloat16):
         array = array.float()
     array = array.cpu().numpy()
+    weight_array = None
+    if weights is not None:
+        _check_float_tensor("weights", weights)
+        if weights.shape != values.shape:
+            raise ValueError(f"weights shape {tuple(weights.shape)} must equal values shape {tuple(values.shape)}")
+        weight_array = weights.detach().reshape(-1).double().cpu().numpy()
+        if not np.all(np.isfinite(weight_array)) or np.any(weight_array < 0) or weight_array.sum() <= 0:
+            raise ValueError("weights must be finite, >= 0 and not all 0")
 
-    counts, edges = np.histogram(array, bins=bins)
+    counts, edges = np.histogram(array, bins=bins, weights=weight_array)
     centres = (edges[:-1] + edges[1:]) / 2.0
     prob = (counts / np.sum(counts)).astype(np.float32)
     occupied = np.count_nonzero(prob)

@@ -21,6 +21,7 @@ from xtf_kernels.methods import split_parts
 from xtf_kernels.methods import token_cleaning
 
 pytest.importorskip("transformers")
+EOS = tiny.data().tokenizer.eos_token_id
 
 
 def full_logit_logp(model, batch):
@@ -40,7 +41,7 @@ def test_influence_matches_full_logits_float64(arch):
     base = tiny.model(arch)
     ref = tiny.perturbed(base, seed=1)
     samples = tiny.data().samples
-    results = score_samples(TokenCleaningScorer(base, ref), samples, batch_size=5)
+    results = score_samples(TokenCleaningScorer(base, ref, TokenCleaningConfig.paper()), samples, batch_size=5)
     batch = collate(samples)
     expected = full_logit_logp(ref, batch) - full_logit_logp(base, batch)
     valid = batch.response_mask
@@ -138,9 +139,12 @@ def test_self_evolving_loop_with_a_custom_training_loop():
     assert calls[0][1] == samples[:5]  # part 0: every token
     for index, (_, part) in enumerate(calls[1:], start=1):
         originals = samples[5 * index : 5 * index + 5]
-        scored = sum(int(s.response_mask.sum()) for s in originals)
-        kept = sum(int(((p.labels != -100) & p.response_mask).sum()) for p in part)
+        # the eos (protected by default) is kept outside the budget: k applies to the other tokens
+        ranked = [s.response_mask & (s.input_ids != EOS) for s in originals]
+        scored = sum(int(r.sum()) for r in ranked)
+        kept = sum(int(((p.labels != -100) & r).sum()) for p, r in zip(part, ranked))
         assert kept == math.floor(6 * scored / 10)
+        assert all(bool((p.labels[p.input_ids == EOS] != -100).all()) for p in part)
     assert len(result.scores) == 2 and len(result.parts) == 3
     # the base stays fixed; the returned model is the trained copy
     assert all(torch.equal(v, base_state[k]) for k, v in base.state_dict().items())

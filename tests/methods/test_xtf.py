@@ -55,7 +55,7 @@ def stacked(results, name, width):
 def test_ri_matches_eager_attention_maps(arch, attn_layers):
     model = tiny.model(arch)
     samples = tiny.data().samples
-    results = score_samples(XTFScorer(model, XTFConfig(attn_layers=attn_layers, rules=("RI",))), samples,
+    results = score_samples(XTFScorer(model, XTFConfig.paper(attn_layers=attn_layers, rules=("RI",))), samples,
                             batch_size=5)
     batch = collate(samples)
     layers = {"mean": [0, 1, 2], "last": [2], (0, -1): [0, 2]}[attn_layers]
@@ -155,7 +155,7 @@ def test_rules_and_union_match_independent_rules(arch):
     samples = tiny.data().samples
     # A random model's PCP is about 1 / V = 0.014 and its RI a smooth curve: these knobs make every rule fire on
     # some tokens and not on others.
-    config = XTFConfig(ri_fence_c=0.0, kn_pcp_max=0.014, otsu_bins=64)
+    config = XTFConfig.paper(ri_fence_c=0.0, kn_pcp_max=0.014, otsu_bins=64)
     scorer = XTFScorer(model, config)
     results = score_samples(scorer, samples, batch_size=3)
     s_tr = scorer.s_tr.double()
@@ -247,9 +247,11 @@ def test_dataset_statistics_of_disjoint_parts_add_up_to_the_whole_pass():
         parts.append(scorer.dataset_statistics())
     merged = XTFScorer(model)
     merged.begin_dataset_pass()
-    merged.load_dataset_statistics({"token_counts": parts[0]["token_counts"] + parts[1]["token_counts"]})
+    merged.load_dataset_statistics({key: parts[0][key] + parts[1][key] for key in parts[0]})
     merged.end_dataset_pass()
     assert torch.equal(merged.tr_noisy_ids, whole.tr_noisy_ids)
     torch.testing.assert_close(merged.s_tr, whole.s_tr, equal_nan=True, rtol=0, atol=0)
     with pytest.raises(ValueError, match="token_counts"):
         merged.load_dataset_statistics({"token_counts": torch.zeros(3, dtype=torch.int64)})
+    with pytest.raises(ValueError, match="response_counts"):
+        merged.load_dataset_statistics({"token_counts": parts[0]["token_counts"]})

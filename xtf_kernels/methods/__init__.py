@@ -4,6 +4,9 @@
 - :class:`TokenCleaningScorer` / :class:`TokenCleaningConfig`, :func:`token_cleaning` (fixed model),
   :func:`self_evolving_cleaning` (n parts, user-supplied training callback).
 - :func:`rho1_loss` / :class:`Rho1Loss`: the selective loss of RHO-1 (:mod:`xtf_kernels.methods.rho1`).
+- :class:`Safeguards`: protected tokens, per-sample and global caps on what a filter drops, and the
+  whole-response option, shared by XTF and Token Cleaning (:mod:`xtf_kernels.methods.safeguards`);
+  ``XTFConfig()`` is the safe configuration, :meth:`XTFConfig.paper` the paper-faithful one.
 - :func:`score_samples` / :func:`filter_samples`: score and mask data in memory; the streaming, resumable
   version is :func:`xtf_kernels.pipeline.score_dataset`.
 - :func:`finetune`: a plain SFT loop on tokenised samples with the fused loss; :func:`lm_head_of` and
@@ -28,6 +31,8 @@ from .finetune import causal_lm_loss
 from .finetune import finetune
 from .rho1 import Rho1Loss
 from .rho1 import rho1_loss
+from .safeguards import DropCapExceededError
+from .safeguards import Safeguards
 from .token_cleaning import SelfEvolvingResult
 from .token_cleaning import TokenCleaningConfig
 from .token_cleaning import TokenCleaningScorer
@@ -42,7 +47,9 @@ __all__ = [
     "BatchScores",
     "GlobalTopK",
     "LMHead",
+    "DropCapExceededError",
     "Rho1Loss",
+    "Safeguards",
     "SampleScores",
     "SelfEvolvingResult",
     "TokenCleaningConfig",

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import asdict
 from dataclasses import dataclass
+from dataclasses import field
 
 import torch
 
@@ -41,6 +42,11 @@ from .base import SampleScores
 from .base import TokenScorer
 from .base import filter_samples
 from .base import score_samples
+from .safeguards import PROTECTED
+from .safeguards import Safeguards
+from .safeguards import guard_sample_drops
+from .safeguards import guard_score
+from .safeguards import resolve_protected_ids
 
 SCOPES = ("global", "sample")
 RULE = "low_influence"
@@ -51,27 +57,44 @@ class TokenCleaningConfig:
     """Knobs of Token Cleaning.
 
     Attributes:
-        k: fraction of response tokens kept (methods.md default 0.6).
+        k: fraction of the response tokens kept (methods.md default 0.6); protected tokens are kept outside
+            this budget (they are not ranked), so k applies to the others.
         scope: "global" (top k of the whole pool / part) or "sample" (top k of each sample).
+        safeguards: :class:`~xtf_kernels.methods.safeguards.Safeguards`; default: special tokens and the eos
+            protected, no cap (the top k already fixes the drop rate at 1 - k; a per-sample cap can be set, and
+            with scope "global" it is applied after the pool-wide selection by
+            :func:`~xtf_kernels.methods.safeguards.finalize`). :meth:`paper` turns every safeguard off.
         head_backend / chunk_size: of the fused influence-delta pass.
     """
 
     k: float = 0.6
     scope: str = "global"
+    safeguards: Safeguards = field(default_factory=lambda: Safeguards(max_sample_drop=None, max_total_drop=None))
     head_backend: str = "auto"
     chunk_size: int | None = None
+
+    @classmethod
+    def paper(cls, **overrides) -> TokenCleaningConfig:
+        """methods.md section 2 as written: every response token ranked, no safeguard."""
+        values = {"safeguards": Safeguards.off()}
+        values.update(overrides)
+        return cls(**values)
 
     def __post_init__(self):
         if isinstance(self.k, bool) or not isinstance(self.k, (int, float)) or not 0.0 <= self.k <= 1.0:
             raise ValueError(f"k must be a number in [0, 1], got {self.k!r}")
         if self.scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        if not isinstance(self.safeguards, Safeguards):
+            raise TypeError(f"safeguards must be a Safeguards, got {type(self.safeguards).__name__}")
         if self.chunk_size is not None and (isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int)
                                             or self.chunk_size < 1):
             raise ValueError(f"chunk_size must be a positive int or None, got {self.chunk_size!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out["safeguards"] = self.safeguards.to_dict()
+        return out
 
 
 class TokenCleaningScorer(TokenScorer):
@@ -80,17 +103,21 @@ class TokenCleaningScorer(TokenScorer):
     Args:
         base, ref: transformers causal LMs over the same vocabulary (and the same logit softcap / scale).
         config: :class:`TokenCleaningConfig`.
+        tokenizer: optional; its special tokens are protected (the base's eos ids always are) and it resolves
+            ``safeguards.protected_tokens``.
 
-    Score ``influence`` ((B, L) fp32, NaN where not scored) = log p_ref - log p_base of each response token.
+    Scores ((B, L) fp32, NaN where not scored): ``influence`` = log p_ref - log p_base of each response token
+    (NaN at protected tokens too: they are not ranked); ``guard``: what a safeguard did (1 protected, 2 kept
+    back by the per-sample cap, 4 kept with its whole response).
     Rule ``low_influence`` (bit 0) marks the tokens outside the top k; with scope "global" it is decided
     over the whole pool (:attr:`global_topk`), with "sample" per sample in :meth:`score_batch`.
     """
 
     name = "token_cleaning"
     rule_names = (RULE,)
-    score_names = ("influence",)
+    score_names = ("influence", "guard")
 
-    def __init__(self, base, ref, config: TokenCleaningConfig | None = None):
+    def __init__(self, base, ref, config: TokenCleaningConfig | None = None, *, tokenizer=None):
         check_causal_lm(base, "base")
         check_causal_lm(ref, "ref")
         self.base, self.ref = base, ref
@@ -106,9 +133,11 @@ class TokenCleaningScorer(TokenScorer):
         if model_device(base) != model_device(ref):
             raise ValueError(f"base is on {model_device(base)} but ref is on {model_device(ref)}")
         self.pad_token_id = int(getattr(unwrap(base).config, "pad_token_id", None) or 0)
+        self.protected_ids = resolve_protected_ids(self.config.safeguards, model=base, tokenizer=tokenizer,
+                                                   vocab_size=int(base_head.weight.shape[0]))
 
     def config_dict(self) -> dict:
-        return {"method": self.name, **self.config.to_dict()}
+        return {"method": self.name, **self.config.to_dict(), "protected_ids_resolved": self.protected_ids.tolist()}
 
     def models(self) -> dict[str, torch.nn.Module]:
         return {"base": self.base, "ref": self.ref}
@@ -122,12 +151,19 @@ class TokenCleaningScorer(TokenScorer):
     @torch.no_grad()
     def score_batch(self, batch: Batch) -> BatchScores:
         valid = batch.response_mask
+        protected = valid & torch.isin(batch.input_ids, self.protected_ids.to(valid.device))
         influence = self.influence(batch)
+        influence = torch.where(protected, torch.full_like(influence, math.nan), influence)
+        guard = guard_score(valid)
+        guard[protected] = PROTECTED
         flags = torch.zeros(valid.shape, dtype=torch.uint8, device=valid.device)
         if self.config.scope == "sample":
-            kept = select.topk_mask(torch.nan_to_num(influence), self.config.k, valid=valid, scope="sample")
-            flags |= (valid & ~kept).to(torch.uint8)
-        return BatchScores({"influence": influence}, flags)
+            ranked = valid & ~protected
+            kept = select.topk_mask(torch.nan_to_num(influence), self.config.k, valid=ranked, scope="sample")
+            dropped, guard = guard_sample_drops(ranked & ~kept, valid, -torch.nan_to_num(influence), guard,
+                                                self.config.safeguards)
+            flags |= dropped.to(torch.uint8)
+        return BatchScores({"influence": influence, "guard": guard}, flags)
 
     def influence(self, batch: Batch) -> torch.Tensor:
         """(B, L) fp32 log p_ref - log p_base of each response token (NaN elsewhere)."""

@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import asdict
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from dataclasses import field
 import torch
 
 from .. import select
+from ..attention import query_counts
 from ..datasets.samples import Batch
 from ..datasets.samples import TokenizedSample
 from ..functional import token_logprobs
@@ -39,46 +41,122 @@ from ._causal_lm import num_layers
 from ._causal_lm import unwrap
 from .attention_capture import capture_attention_received
 from .attention_capture import resolve_layers
+from .attention_diagonal import DiagonalRecorder
 from .base import BatchScores
 from .base import TokenScorer
+from .safeguards import ANCHOR
+from .safeguards import PROTECTED
+from .safeguards import DropCounter
+from .safeguards import Safeguards
+from .safeguards import guard_sample_drops
+from .safeguards import guard_score
+from .safeguards import resolve_protected_ids
 
 RULES = ("RI", "KN", "TR")
 DISTANCES = ("cosine", "euclidean")
 NORMALIZATIONS = ("minmax", "max", "rank")
+RI_SCORES = ("mean", "sum", "offdiag")
+RI_THRESHOLDS = ("fence", "rate")
+KN_THRESHOLDS = ("absolute", "rate")
+TR_THRESHOLDS = ("otsu", "rate")
+OTSU_WEIGHTS = ("ids", "occurrences")
+TR_DOMAINS = ("text", "response")
+
+
+def _check_choice(name: str, value, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
 @dataclass(frozen=True)
 class XTFConfig:
     """Every knob of XTF (methods.md section 1) with its default.
 
+    The defaults are the SAFE configuration (protected tokens, a per-sample cap, RI without the diagonal, a
+    random quarter of KN's drops kept as anchors); :meth:`paper` is the paper-faithful one (methods.md as
+    written, no safeguard), the behaviour of this package before the safeguards existed.
+
     Attributes:
         rules: the rules applied (their union drops a token); scores of disabled rules are not computed.
         attn_layers: RI layer reduction: "last", "mean" (every layer) or a tuple of layer indices (negative
             counts from the end); query heads are always averaged.
-        ri_fence_c: c of the per-sample RI fence ``S_RI < q1 - c (q3 - q1)``.
+        ri_score: how the attention a key receives becomes S_RI:
+            "mean": the mean over the n_j non-padding queries i >= j that see key j, diagonal included
+            (methods.md; the paper preset);
+            "sum": the total over those queries, no averaging: the literal reading of the paper's Eq. 5 ("the
+            attention the token receives"); early tokens, seen by more queries, score higher;
+            "offdiag" (default): the diagonal A[j, j] removed and the mean taken over the n_j - 1 OTHER queries
+            that see the key; NaN (never dropped by RI) for a key no other query sees, the last token. Why:
+            a token's attention to itself dominates the score of the last tokens, which made the fence fire
+            7-11% in the last fifth of a response and <= 0.6% elsewhere on the toy benchmark.
+        ri_threshold: "fence" (``S_RI < q1 - ri_fence_c (q3 - q1)`` per sample) or "rate" (drop the
+            ``ri_drop_rate`` lowest-RI response tokens of each sample, floor(rate n), ties to the earlier).
+        ri_fence_c: c of the per-sample RI fence.
+        ri_drop_rate: target drop rate of RI's "rate" mode.
+        kn_threshold: "absolute" (PCP > ``kn_pcp_max``) or "rate" (drop the ``kn_drop_rate`` highest-PCP
+            response tokens of each sample, floor(rate n), ties to the earlier).
         kn_pcp_max: KN fires where PCP = p(token) > this.
+        kn_drop_rate: target drop rate of KN's "rate" mode.
+        kn_anchor_fraction: fraction of KN's drops kept at random (seeded by ``seed`` and the sample's ids,
+            so independent of batching and ranks): anchors against forgetting what the base already knows.
+            Default 0.25: a token with PCP > 0.95 costs the fine-tuning little (its loss gradient at the
+            logits, p - onehot, has norm < 0.07), and keeping some of them keeps the format in the training
+            signal (KN alone drove the toy benchmark to 0.00 exact match while a random drop at KN's rate
+            did not: 0.25).
+        tr_threshold: "otsu" (Multi-Otsu classes ``tr_noisy_classes``) or "rate" (the ids with the lowest S_TR,
+            protected ids skipped, taken in order while their response occurrences stay within
+            ``tr_drop_rate`` of all response tokens; ties in S_TR to the lower id).
+        tr_drop_rate: target drop rate of TR's "rate" mode.
         tr_distance: "cosine" (1 - cos(E[v], V)) or "euclidean" (||E[v] - V||).
         tr_normalization: how d over the ids that occur becomes [0, 1] before S_TR = 1 - normalized d:
             "minmax" ((d - min) / (max - min)), "max" (d / max) or "rank" (rank / (n - 1), ties averaged).
+        tr_domain: "text" (methods.md: V and the ids that occur over every token of the dataset) or "response"
+            (over response tokens only: the domain of what is trained on, not of the prompts).
         otsu_classes / otsu_bins: Multi-Otsu on the S_TR of the ids that occur.
+        otsu_weights: "ids" (each occurring id counts once; methods.md) or "occurrences" (each id weighted by
+            its number of occurrences in the domain set: thresholds follow the tokens, not the vocabulary).
         tr_noisy_classes: Otsu classes (0 = lowest S_TR) whose ids TR drops; (1,) = the class with the
             second-lowest mean (the lowest is mostly whitespace / special pieces and is kept).
+        seed: seed of the KN anchors.
+        safeguards: :class:`~xtf_kernels.methods.safeguards.Safeguards` (protected tokens, caps).
         attention_backend / head_backend: backends of attention_received / token_logprobs ("auto").
         chunk_size: tokens per chunk of the fused lm_head pass (None = from the memory budget).
     """
 
     rules: tuple[str, ...] = RULES
     attn_layers: str | tuple[int, ...] = "mean"
+    ri_score: str = "offdiag"
+    ri_threshold: str = "fence"
     ri_fence_c: float = 1.0
+    ri_drop_rate: float = 0.1
+    kn_threshold: str = "absolute"
     kn_pcp_max: float = 0.95
+    kn_drop_rate: float = 0.1
+    kn_anchor_fraction: float = 0.25
+    tr_threshold: str = "otsu"
+    tr_drop_rate: float = 0.1
     tr_distance: str = "cosine"
     tr_normalization: str = "minmax"
+    tr_domain: str = "text"
     otsu_classes: int = 3
     otsu_bins: int = 256
+    otsu_weights: str = "ids"
     tr_noisy_classes: tuple[int, ...] = (1,)
+    seed: int = 0
+    safeguards: Safeguards = field(default_factory=Safeguards)
     attention_backend: str = "auto"
     head_backend: str = "auto"
     chunk_size: int | None = field(default=None)
+
+    @classmethod
+    def paper(cls, **overrides) -> XTFConfig:
+        """The paper-faithful configuration (methods.md section 1 as written): RI the mean received attention
+        with the diagonal, the per-sample fence c = 1; KN PCP > 0.95 with no anchor; TR Multi-Otsu (3 classes,
+        256 bins, each occurring id once) over the whole text, class 1 dropped; no protected token and no cap
+        (:meth:`Safeguards.off`). ``overrides`` replace single fields."""
+        values = {"ri_score": "mean", "kn_anchor_fraction": 0.0, "safeguards": Safeguards.off()}
+        values.update(overrides)
+        return cls(**values)
 
     def __post_init__(self):
         rules = tuple(self.rules)
@@ -91,15 +169,18 @@ class XTFConfig:
             raise ValueError(
                 f"attn_layers must be 'last', 'mean' or a tuple of layer indices, got {self.attn_layers!r}"
             )
-        for name, low, high in (("ri_fence_c", 0.0, math.inf), ("kn_pcp_max", 0.0, 1.0)):
+        for name, choices in (("ri_score", RI_SCORES), ("ri_threshold", RI_THRESHOLDS),
+                              ("kn_threshold", KN_THRESHOLDS), ("tr_threshold", TR_THRESHOLDS),
+                              ("tr_distance", DISTANCES), ("tr_normalization", NORMALIZATIONS),
+                              ("tr_domain", TR_DOMAINS), ("otsu_weights", OTSU_WEIGHTS)):
+            _check_choice(name, getattr(self, name), choices)
+        for name, low, high in (("ri_fence_c", 0.0, math.inf), ("kn_pcp_max", 0.0, 1.0), ("ri_drop_rate", 0.0, 1.0),
+                                ("kn_drop_rate", 0.0, 1.0), ("tr_drop_rate", 0.0, 1.0),
+                                ("kn_anchor_fraction", 0.0, 1.0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
                 raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}")
-        if self.tr_distance not in DISTANCES:
-            raise ValueError(f"tr_distance must be one of {DISTANCES}, got {self.tr_distance!r}")
-        if self.tr_normalization not in NORMALIZATIONS:
-            raise ValueError(f"tr_normalization must be one of {NORMALIZATIONS}, got {self.tr_normalization!r}")
-        for name, low in (("otsu_classes", 2), ("otsu_bins", 2)):
+        for name, low in (("otsu_classes", 2), ("otsu_bins", 2), ("seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
@@ -111,6 +192,8 @@ class XTFConfig:
             raise ValueError(f"tr_noisy_classes must be a non-empty tuple of class indices in [0, "
                              f"{self.otsu_classes}), got {self.tr_noisy_classes!r}")
         object.__setattr__(self, "tr_noisy_classes", noisy)
+        if not isinstance(self.safeguards, Safeguards):
+            raise TypeError(f"safeguards must be a Safeguards, got {type(self.safeguards).__name__}")
         if self.chunk_size is not None and (isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int)
                                             or self.chunk_size < 1):
             raise ValueError(f"chunk_size must be a positive int or None, got {self.chunk_size!r}")
@@ -120,6 +203,7 @@ class XTFConfig:
         for key, value in out.items():
             if isinstance(value, tuple):
                 out[key] = list(value)
+        out["safeguards"] = self.safeguards.to_dict()
         return out
 
 
@@ -188,16 +272,20 @@ class XTFScorer(TokenScorer):
         model: a transformers causal LM (the model about to be fine-tuned); it is used under no_grad and
             left in its mode and attention implementation.
         config: :class:`XTFConfig`.
+        tokenizer: optional; with ``config.safeguards.protect_special_tokens`` its special tokens are
+            protected (the model's eos ids always are), and it resolves ``safeguards.protected_tokens``.
 
-    Scores (each (B, L) fp32 per batch, NaN where not scored): ``ri`` (S_RI), ``kn`` (1 - PCP), ``tr`` (S_TR).
-    Rules: bits 0 / 1 / 2 of ``dropped_by`` = "RI" / "KN" / "TR".
+    Scores (each (B, L) fp32 per batch, NaN where not scored), for the enabled rules: ``ri`` (S_RI), ``kn``
+    (1 - PCP), ``tr`` (S_TR); always ``guard``: what a safeguard did (codes of
+    :data:`~xtf_kernels.methods.safeguards.GUARD_CODES`: 1 protected, 2 kept back by the per-sample cap,
+    3 a KN anchor, 4 kept with its whole response). Rules: bits 0 / 1 / 2 of ``dropped_by`` = "RI" / "KN" /
+    "TR", set only where the token is finally dropped.
     """
 
     name = "xtf"
     rule_names = RULES
-    score_names = ("ri", "kn", "tr")
 
-    def __init__(self, model, config: XTFConfig | None = None):
+    def __init__(self, model, config: XTFConfig | None = None, *, tokenizer=None):
         check_causal_lm(model)
         self.model = model
         self.config = config or XTFConfig()
@@ -206,7 +294,13 @@ class XTFScorer(TokenScorer):
         self.layers = resolve_layers(self.config.attn_layers, num_layers(model)) if "RI" in self.config.rules else ()
         self.pad_token_id = int(getattr(unwrap(model).config, "pad_token_id", None) or 0)
         self.vocab_size = int(unwrap(model).get_input_embeddings().weight.shape[0])
+        self.score_names = tuple(name for rule, name in zip(RULES, ("ri", "kn", "tr")) if rule in self.config.rules
+                                 ) + ("guard",)
+        guard = self.config.safeguards
+        self.protected_ids = resolve_protected_ids(guard, model=model, tokenizer=tokenizer, vocab_size=self.vocab_size)
+        self.drop_counter = DropCounter(guard, "XTF")
         self._counts: torch.Tensor | None = None
+        self._response_counts: torch.Tensor | None = None
         self.s_tr: torch.Tensor | None = None
         self.domain: torch.Tensor | None = None
         self.tr_thresholds: torch.Tensor | None = None
@@ -217,7 +311,7 @@ class XTFScorer(TokenScorer):
         return "TR" in self.config.rules
 
     def config_dict(self) -> dict:
-        return {"method": self.name, **self.config.to_dict()}
+        return {"method": self.name, **self.config.to_dict(), "protected_ids_resolved": self.protected_ids.tolist()}
 
     def models(self) -> dict[str, torch.nn.Module]:
         return {"base": self.model}
@@ -226,6 +320,7 @@ class XTFScorer(TokenScorer):
 
     def begin_dataset_pass(self) -> None:
         self._counts = torch.zeros(self.vocab_size, dtype=torch.int64)
+        self._response_counts = torch.zeros(self.vocab_size, dtype=torch.int64)
 
     def observe(self, sample: TokenizedSample) -> None:
         if self._counts is None:
@@ -235,48 +330,63 @@ class XTFScorer(TokenScorer):
             raise ValueError(f"input_ids must be in [0, {self.vocab_size}) (the model's vocabulary), got "
                              f"[{int(ids.min())}, {int(ids.max())}]")
         self._counts += torch.bincount(ids, minlength=self.vocab_size)
+        self._response_counts += torch.bincount(ids[sample.response_mask], minlength=self.vocab_size)
 
     def dataset_statistics(self) -> dict[str, torch.Tensor]:
         if self._counts is None:
             raise RuntimeError("call begin_dataset_pass() and observe() first")
-        return {"token_counts": self._counts}
+        return {"token_counts": self._counts, "response_counts": self._response_counts}
 
     def load_dataset_statistics(self, statistics: dict[str, torch.Tensor]) -> None:
-        counts = statistics["token_counts"]
-        if counts.shape != (self.vocab_size,) or counts.dtype != torch.int64:
-            raise ValueError(f"token_counts must be ({self.vocab_size},) int64, got {tuple(counts.shape)} "
-                             f"{counts.dtype}")
-        self._counts = counts.cpu().clone()
+        for key in ("token_counts", "response_counts"):
+            counts = statistics.get(key)
+            if counts is None or counts.shape != (self.vocab_size,) or counts.dtype != torch.int64:
+                got = "missing" if counts is None else f"{tuple(counts.shape)} {counts.dtype}"
+                raise ValueError(f"{key} must be ({self.vocab_size},) int64, got {got}")
+        self._counts = statistics["token_counts"].cpu().clone()
+        self._response_counts = statistics["response_counts"].cpu().clone()
 
     def end_dataset_pass(self) -> None:
         if self._counts is None:
             raise RuntimeError("call begin_dataset_pass() and observe() first")
-        self.fit_counts(self._counts)
+        self.fit_counts(self._counts, self._response_counts)
 
-    def fit_counts(self, counts: torch.Tensor) -> None:
-        """S_TR, the domain vector and the TR thresholds from the dataset's (V,) token counts."""
+    def fit_counts(self, counts: torch.Tensor, response_counts: torch.Tensor) -> None:
+        """S_TR, the domain vector and TR's noisy ids from the dataset's (V,) int64 token counts (every token)
+        and response-token counts."""
+        domain_counts = counts if self.config.tr_domain == "text" else response_counts
+        if int(response_counts.sum()) == 0:
+            raise ValueError("the dataset has no response token; there is nothing to score")
         embedding = unwrap(self.model).get_input_embeddings().weight
-        self.s_tr, self.domain = task_relevance(embedding, counts, distance=self.config.tr_distance,
+        self.s_tr, self.domain = task_relevance(embedding, domain_counts, distance=self.config.tr_distance,
                                                 normalization=self.config.tr_normalization)
         occurring = ~torch.isnan(self.s_tr)
-        self.tr_thresholds = select.multi_otsu(self.s_tr[occurring], classes=self.config.otsu_classes,
-                                               bins=self.config.otsu_bins).float()
-        classes = select.otsu_class(torch.nan_to_num(self.s_tr), self.tr_thresholds)
-        noisy = torch.zeros_like(occurring)
-        for c in self.config.tr_noisy_classes:
-            noisy |= classes == c
-        self.tr_noisy_ids = noisy & occurring
-        self._counts = counts.clone()
+        if self.config.tr_threshold == "otsu":
+            weights = domain_counts[occurring].double() if self.config.otsu_weights == "occurrences" else None
+            self.tr_thresholds = select.multi_otsu(self.s_tr[occurring], classes=self.config.otsu_classes,
+                                                   bins=self.config.otsu_bins, weights=weights).float()
+            classes = select.otsu_class(torch.nan_to_num(self.s_tr), self.tr_thresholds)
+            noisy = torch.zeros_like(occurring)
+            for c in self.config.tr_noisy_classes:
+                noisy |= classes == c
+            self.tr_noisy_ids = noisy & occurring
+        else:
+            self.tr_noisy_ids = lowest_ids_within_rate(self.s_tr, response_counts, self.config.tr_drop_rate,
+                                                       exclude=self.protected_ids)
+            self.tr_thresholds = torch.zeros(0)
+        self._counts, self._response_counts = counts.clone(), response_counts.clone()
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         if self.s_tr is None:
             return {}
-        return {"token_counts": self._counts, "s_tr": self.s_tr, "domain_vector": self.domain,
-                "tr_thresholds": self.tr_thresholds, "tr_noisy_ids": self.tr_noisy_ids}
+        return {"token_counts": self._counts, "response_counts": self._response_counts, "s_tr": self.s_tr,
+                "domain_vector": self.domain, "tr_thresholds": self.tr_thresholds, "tr_noisy_ids": self.tr_noisy_ids}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         if "token_counts" in tensors:
-            self.fit_counts(tensors["token_counts"])
+            if "response_counts" not in tensors:
+                raise ValueError("saved XTF state has no response_counts (written by an older version); score again")
+            self.fit_counts(tensors["token_counts"], tensors["response_counts"])
 
     # ---- pass 2: per-token scores and rules ----------------------------------------------------------------
 
@@ -285,35 +395,89 @@ class XTFScorer(TokenScorer):
         if "TR" in self.config.rules and self.s_tr is None:
             raise RuntimeError("TR needs the dataset pass first (score_samples / score_dataset run it; or call "
                                "begin_dataset_pass, observe every sample, end_dataset_pass)")
+        config = self.config
         valid = batch.response_mask
-        nan = torch.full(batch.input_ids.shape, math.nan, dtype=torch.float32, device=batch.input_ids.device)
-        flags = torch.zeros(batch.input_ids.shape, dtype=torch.uint8, device=batch.input_ids.device)
+        ids = batch.input_ids
+        protected = valid & torch.isin(ids, self.protected_ids.to(ids.device))
+        droppable = valid & ~protected  # the pool of the target-rate modes: protected tokens take no slot
+        nan = torch.full(ids.shape, math.nan, dtype=torch.float32, device=ids.device)
+        fired = {}
         scores: dict[str, torch.Tensor] = {}
-
-        needs_forward = "RI" in self.config.rules or "KN" in self.config.rules
-        if needs_forward:
-            if "RI" in self.config.rules:
+        pcp = None
+        if "RI" in config.rules or "KN" in config.rules:
+            if "RI" in config.rules:
                 with capture_attention_received(self.model, layers=self.layers, attention_mask=batch.attention_mask,
-                                                backend=self.config.attention_backend) as recorder:
-                    hidden = final_hidden_states(self.model, batch.input_ids, batch.attention_mask)
-                ri = torch.where(valid, recorder.mean().float(), nan)
-                scores["ri"] = ri
-                fence = select.quantile_fence(torch.nan_to_num(ri), valid, c=self.config.ri_fence_c)
-                flags |= fence.to(torch.uint8) * 1
+                                                backend=config.attention_backend) as recorder:
+                    diagonal = None
+                    if config.ri_score == "offdiag":
+                        diagonal = DiagonalRecorder(self.layers, batch.attention_mask)
+                        diagonal.attach(recorder)
+                    hidden = final_hidden_states(self.model, ids, batch.attention_mask)
+                ri = self._ri(recorder.mean().float(), None if diagonal is None else diagonal.mean(), batch)
+                scores["ri"] = torch.where(valid, ri, nan)
+                fired["RI"] = self._ri_rule(ri, valid & ~torch.isnan(ri), droppable)
             else:
-                hidden = final_hidden_states(self.model, batch.input_ids, batch.attention_mask)
-            if "KN" in self.config.rules:
-                pcp = self._pcp(hidden, batch.input_ids, valid)
+                hidden = final_hidden_states(self.model, ids, batch.attention_mask)
+            if "KN" in config.rules:
+                pcp = self._pcp(hidden, ids, valid)
                 scores["kn"] = torch.where(valid, 1.0 - pcp, nan)
-                noisy = select.probability_mask(torch.where(valid, pcp, torch.zeros_like(pcp)),
-                                                self.config.kn_pcp_max, valid=valid)
-                flags |= noisy.to(torch.uint8) * 2
-        if "TR" in self.config.rules:
-            ids = batch.input_ids.clamp(0, self.vocab_size - 1)
-            s_tr = self.s_tr.to(ids.device)[ids]
-            scores["tr"] = torch.where(valid, s_tr, nan)
-            flags |= (self.tr_noisy_ids.to(ids.device)[ids] & valid).to(torch.uint8) * 4
+                if config.kn_threshold == "absolute":
+                    fired["KN"] = select.probability_mask(pcp, config.kn_pcp_max, valid=valid)
+                else:
+                    fired["KN"] = select.topk_mask(pcp, config.kn_drop_rate, valid=droppable, scope="sample")
+        if "TR" in config.rules:
+            safe_ids = ids.clamp(0, self.vocab_size - 1)
+            scores["tr"] = torch.where(valid, self.s_tr.to(ids.device)[safe_ids], nan)
+            fired["TR"] = self.tr_noisy_ids.to(ids.device)[safe_ids] & valid
+        flags, guard = self._apply_safeguards(batch, fired, pcp, protected)
+        scores["guard"] = guard
         return BatchScores(scores, flags)
+
+    def _ri(self, mean: torch.Tensor, diagonal: torch.Tensor | None, batch: Batch) -> torch.Tensor:
+        """(B, L) fp32 S_RI per ``config.ri_score`` from the recorder's mean received attention (NaN where
+        undefined: padding, and with "offdiag" a key no other query sees)."""
+        batch_size, length = batch.input_ids.shape
+        queries = query_counts(length, batch.attention_mask != 0, causal=True, batch=batch_size,
+                               device=mean.device)  # n_j: non-padding queries i >= j
+        if self.config.ri_score == "mean":
+            return mean
+        if self.config.ri_score == "sum":
+            return mean * queries
+        others = queries - 1.0
+        offdiag = (mean * queries - diagonal) / others.clamp(min=1.0)
+        return torch.where(others > 0, offdiag, torch.full_like(offdiag, math.nan))
+
+    def _ri_rule(self, ri: torch.Tensor, scored: torch.Tensor, droppable: torch.Tensor) -> torch.Tensor:
+        if self.config.ri_threshold == "fence":
+            return select.quantile_fence(torch.nan_to_num(ri), scored, c=self.config.ri_fence_c)
+        return select.topk_mask(torch.nan_to_num(ri), self.config.ri_drop_rate, valid=scored & droppable,
+                                scope="sample", largest=False)
+
+    def _apply_safeguards(self, batch: Batch, fired: dict[str, torch.Tensor], pcp: torch.Tensor | None,
+                          protected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dropped_by (B, L) uint8, guard (B, L) fp32) after KN anchors, protected tokens, the per-sample cap
+        and the whole-response option, in that order."""
+        config, guard_config = self.config, self.config.safeguards
+        valid = batch.response_mask
+        guard = guard_score(valid)
+        anchors = torch.zeros_like(valid)
+        if "KN" in fired and config.kn_anchor_fraction > 0:
+            anchors = fired["KN"] & (anchor_uniforms(batch, config.seed) < config.kn_anchor_fraction)
+            fired["KN"] = fired["KN"] & ~anchors
+        flags = torch.zeros(valid.shape, dtype=torch.uint8, device=valid.device)
+        for rule, mask in fired.items():
+            flags |= mask.to(torch.uint8) * (1 << RULES.index(rule))
+        guard[anchors & (flags == 0)] = ANCHOR
+        flags[protected] = 0
+        guard[protected] = PROTECTED
+        # noisier = more rules fired, then (KN scored) the higher PCP: the surer the base, the less the token
+        # teaches; the per-sample cap keeps the least noisy back
+        count = sum(((flags >> bit) & 1).float() for bit in range(len(RULES)))
+        noise = count + (0.5 * pcp if pcp is not None else 0.0)
+        dropped, guard = guard_sample_drops(flags != 0, valid, noise, guard, guard_config)
+        flags = torch.where(dropped, flags, torch.zeros_like(flags))
+        self.drop_counter.add(flags != 0, valid)
+        return flags, guard
 
     def _pcp(self, hidden: torch.Tensor, input_ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """(B, L) fp32 p(input_ids[t] | input_ids[<t]) at valid positions t (0 elsewhere), from the hidden
@@ -326,3 +490,33 @@ class XTFScorer(TokenScorer):
         pcp = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
         pcp[:, 1:] = torch.where(valid[:, 1:], logp.exp(), torch.zeros_like(logp))
         return pcp
+
+
+def lowest_ids_within_rate(s_tr: torch.Tensor, response_counts: torch.Tensor, rate: float, *,
+                           exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """TR's target-rate mode: (V,) bool, the ids of lowest S_TR (ties to the lower id), ``exclude`` and ids
+    that never occur in a response skipped, taken in order while their response occurrences add up to at most
+    ``select.keep_count(rate, total response tokens)``; the first id that would pass the budget stops it."""
+    candidates = ~torch.isnan(s_tr) & (response_counts > 0)
+    if exclude is not None and exclude.numel():
+        candidates[exclude] = False
+    order = candidates.nonzero().squeeze(1)
+    order = order[torch.sort(s_tr[order].double(), stable=True).indices]  # ids ascend already: ties to the lower
+    budget = select.keep_count(rate, int(response_counts.sum()))
+    within = torch.cumsum(response_counts[order], 0) <= budget
+    first_over = int((~within).nonzero()[0]) if bool((~within).any()) else order.numel()
+    noisy = torch.zeros(s_tr.shape, dtype=torch.bool)
+    noisy[order[:first_over]] = True
+    return noisy
+
+
+def anchor_uniforms(batch: Batch, seed: int) -> torch.Tensor:
+    """(B, L) fp32 uniforms in [0, 1) from a generator seeded by ``seed`` and the row's real token ids, so a
+    sample gets the same draws in any batch, shard or rank."""
+    out = torch.ones(batch.input_ids.shape, dtype=torch.float32)
+    rows = batch.input_ids.cpu()
+    for row, length in enumerate(batch.lengths.tolist()):
+        digest = hashlib.blake2b(rows[row, :length].numpy().tobytes(), digest_size=8, key=str(seed).encode())
+        generator = torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little") & (2**63 - 1))
+        out[row, :length] = torch.rand(length, generator=generator)
+    return out.to(batch.input_ids.device)
