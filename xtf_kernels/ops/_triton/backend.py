@@ -10,16 +10,20 @@
 Environment flag (read at every call):
     XTF_TRITON_PATH  "auto" (default), "fused" or "chunked".
 
-"auto" rule: chunked when the chunk memory budget of :mod:`xtf_kernels.ops.chunking` (XTF_CHUNK_MEMORY_MB,
-default min(2 GiB, free / 4) on CUDA) holds a chunk of at least min(M, 2048) rows, or when the caller fixed
-the chunk size (``chunk_size`` / XTF_CHUNK_SIZE); fused otherwise. Why: the chunked path does 6 N H V FLOP
-on cuBLAS against the fused path's 10 N H V in Triton, so it should be the faster one whenever its chunks
-are large enough for the GEMMs to run near peak; with small chunks (Liger's 128-512 rows, 141 ms at
-4096 x 4096 x 128256 on an H200 against 17-18 ms for 4096-row chunked kernels, see
-shared/reference/kernel_anchors.md) it is not, and then the fused path also saves the chunk's memory. The
-2048-row threshold is provisional, not measured: it should be replaced by the crossover of the two paths'
-forward+backward time over chunk sizes 256-8192 at the Llama-3 (H 4096, V 128256) and Gemma-2
-(H 2304, V 256000) heads on the target GPU, for bf16 with and without weight gradients.
+"auto" rule, a function of the shape alone (never of free memory, so a training step takes the same path
+and the same summation order every time): fused when the pass has fewer than ``FUSED_MAX_ROWS`` = 256
+kept rows, chunked otherwise; a fixed chunk size (``chunk_size`` / XTF_CHUNK_SIZE) selects chunked.
+Why 256 (argued from byte and FLOP counts at the Llama-3 head, H 4096, V 128256, bf16, on an H200 at
+~4.8 TB/s and ~650 dense TFLOP/s; not yet measured): for small N both paths are bound by memory.
+Forward + both gradients read the 1.05 GB weight three times (fused) or twice (chunked) and write the
+2.1 GB fp32 d_weight (fused ~5.3 GB, ~1.1 ms); the chunked path adds ~14 bytes of (C, V) logits traffic
+per logit, the d_weight read-back of its addmm and 3 GEMM launches on a fraction of one 256-row tile,
+whose cuBLAS kernels run far below peak there. The fused path's 10 N H V FLOP (against 6) stay hidden
+under its memory time up to ~130 rows (1.0 TFLOP, ~1.0 ms) and cost ~2 ms at 256 rows, where the chunked
+GEMMs first get a whole tile: the estimates cross between ~130 and 256 rows, and above 256 the chunked path
+wins clearly (the fused backward's two recomputes and fp32 accumulators that do not fit in L2). The crossover
+to measure: forward + backward time of both paths over 16-1024 rows at the Llama-3 and Gemma-2
+(H 2304, V 256000) heads, bf16, with and without weight gradients.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ import os
 
 import torch
 
-from ..chunking import resolve_chunk_size
 from ..engine import RowKernel
 from ..engine import chunked_head_pass
 from ..spec import HeadPassResult
@@ -43,8 +46,10 @@ from .row_kernel import row_pass
 ROW_KERNEL = RowKernel(run=row_pass, extra_buffers=extra_row_buffers, writes_half_grad=True)
 
 PATHS = ("auto", "fused", "chunked")
-# Smallest chunk (rows) for which "auto" takes the chunked path; provisional, see the module docstring.
-MIN_FAST_CHUNK_ROWS = 2048
+# "auto" takes the fused path below this many kept rows (argued, not measured: see the module docstring).
+FUSED_MAX_ROWS = 256
+# What the op contract's options this backend implements (every path): see xtf_kernels/ops/registry.py.
+features = frozenset({"logit_scale", "class_weights", "argmax"})
 
 
 def requested_path() -> str:
@@ -55,21 +60,14 @@ def requested_path() -> str:
     return raw
 
 
-def select_path(*, rows: int, vocab: int, device: torch.device, half_precision: bool, chunk_size: int | None,
-                logits_buffers: int = 1) -> str:
-    """"fused" or "chunked" for a pass over ``rows`` kept rows (the rule in the module docstring).
-
-    half_precision: the chunk also holds a 16-bit gradient copy; logits_buffers: (C, V) fp32 buffers per
-    chunk (2 for the influence delta).
-    """
+def select_path(*, rows: int, chunk_size: int | None) -> str:
+    """"fused" or "chunked" for a pass over ``rows`` kept rows (the rule in the module docstring)."""
     path = requested_path()
     if path != "auto":
         return path
     if chunk_size is not None or os.environ.get("XTF_CHUNK_SIZE", "").strip():
         return "chunked"
-    chunk = resolve_chunk_size(None, rows=rows, vocab=vocab, device=device, half_precision=half_precision,
-                               extra_fp32_buffers=logits_buffers - 1)
-    return "chunked" if chunk >= min(rows, MIN_FAST_CHUNK_ROWS) else "fused"
+    return "fused" if rows < FUSED_MAX_ROWS else "chunked"
 
 
 def _contiguous(x: torch.Tensor | None) -> torch.Tensor | None:
@@ -92,6 +90,8 @@ def head_pass(
     need_grad_weight: bool = False,
     need_grad_bias: bool = False,
     chunk_size: int | None = None,
+    want_argmax: bool = False,
+    class_weights: torch.Tensor | None = None,
 ) -> HeadPassResult:
     """One pass over M compacted rows; the contract of :func:`xtf_kernels.ops.engine.chunked_head_pass`.
 
@@ -102,23 +102,28 @@ def head_pass(
         lse, entropy: (M,) fp32 from an earlier forward (a recomputing backward).
         need_grad_*: which parameter gradients to form (only with ``grads``).
         chunk_size: rows per chunk on the chunked path (fixing it selects that path under "auto").
+        want_argmax: also return the (M,) int64 index of the first maximal final logit.
+        class_weights: (V,) fp32 per-class weights of the loss, or None.
 
     Returns:
         :class:`~xtf_kernels.ops.spec.HeadPassResult`: (M,) fp32 lse / target_logit / mean_logit / entropy,
-        grad_hidden (M, H) in hidden's dtype, grad_weight (V, H) and grad_bias (V,) fp32.
+        grad_hidden (M, H) in hidden's dtype, grad_weight (V, H) and grad_bias (V,) fp32, argmax (M,) int64.
     """
-    targets, bias, lse, entropy = (_contiguous(x) for x in (targets, bias, lse, entropy))
+    targets, bias, lse, entropy, class_weights = (
+        _contiguous(x) for x in (targets, bias, lse, entropy, class_weights)
+    )
     if grads is not None:
         grads = RowGrads(*(_contiguous(g) for g in grads))
-    want_grad = grads is not None and (need_grad_hidden or need_grad_weight or need_grad_bias)
-    path = select_path(
-        rows=hidden.shape[0], vocab=weight.shape[0], device=hidden.device,
-        half_precision=want_grad and hidden.dtype != torch.float32, chunk_size=chunk_size,
-    )
+    path = select_path(rows=hidden.shape[0], chunk_size=chunk_size)
     options = dict(
         want_entropy=want_entropy, want_mean_logit=want_mean_logit, grads=grads, lse=lse, entropy=entropy,
         need_grad_hidden=need_grad_hidden, need_grad_weight=need_grad_weight, need_grad_bias=need_grad_bias,
     )
+    # Only the options in use, as the chunked driver passes them on to the row kernel.
+    if want_argmax:
+        options["want_argmax"] = True
+    if class_weights is not None:
+        options["class_weights"] = class_weights
     if path == "fused":
         return fused_head_pass(hidden, weight, bias, targets, spec, **options)
     return chunked_head_pass(ROW_KERNEL, hidden, weight, bias, targets, spec, chunk_size=chunk_size, **options)
@@ -136,8 +141,7 @@ def influence_delta(base, ref, targets: torch.Tensor, spec: HeadSpec, chunk_size
     targets = targets.contiguous()
     base = (base[0], base[1], _contiguous(base[2]))
     ref = (ref[0], ref[1], _contiguous(ref[2]))
-    path = select_path(rows=targets.shape[0], vocab=base[1].shape[0], device=targets.device,
-                       half_precision=False, chunk_size=chunk_size, logits_buffers=2)
+    path = select_path(rows=targets.shape[0], chunk_size=chunk_size)
     if path == "fused":
         return fused_influence_delta(base, ref, targets, spec)
     return chunked_influence_delta(base, ref, targets, spec, chunk_size)
