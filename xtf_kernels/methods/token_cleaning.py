@@ -44,6 +44,7 @@ from .base import filter_samples
 from .base import score_samples
 from .safeguards import PROTECTED
 from .safeguards import Safeguards
+from .safeguards import finalize
 from .safeguards import guard_sample_drops
 from .safeguards import guard_score
 from .safeguards import resolve_protected_ids
@@ -183,10 +184,20 @@ class TokenCleaningScorer(TokenScorer):
 
 
 def token_cleaning(base, ref, samples: Sequence[TokenizedSample], *, k: float = 0.6, scope: str = "global",
-                   batch_size: int = 16, progress: bool = False) -> tuple[list[TokenizedSample], list[SampleScores]]:
-    """Fixed-model cleaning in memory: (samples with -100 on every token outside the top k, their scores)."""
-    scorer = TokenCleaningScorer(base, ref, TokenCleaningConfig(k=k, scope=scope))
+                   safeguards: Safeguards | None = None, tokenizer=None, batch_size: int = 16,
+                   progress: bool = False) -> tuple[list[TokenizedSample], list[SampleScores]]:
+    """Fixed-model cleaning in memory: (samples with -100 on every token outside the top k, their scores).
+
+    ``safeguards`` (default: :class:`TokenCleaningConfig`'s) are applied after the pool-wide selection
+    (:func:`~xtf_kernels.methods.safeguards.finalize`); both lists stay aligned with ``samples`` (with
+    ``all_dropped="remove"``, :func:`~xtf_kernels.methods.safeguards.remove_empty` deletes the emptied ones).
+    """
+    extra = {} if safeguards is None else {"safeguards": safeguards}
+    config = TokenCleaningConfig(k=k, scope=scope, **extra)
+    scorer = TokenCleaningScorer(base, ref, config, tokenizer=tokenizer)
     results = score_samples(scorer, samples, batch_size=batch_size, progress=progress)
+    results = finalize(results, config.safeguards, noise="influence", largest_is_noisiest=False,
+                       what="Token Cleaning")
     return filter_samples(samples, results), results
 
 
