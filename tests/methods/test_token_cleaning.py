@@ -3,6 +3,7 @@ the per-sample variant, and the self-evolving loop driven by custom-loop and Tra
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -12,8 +13,10 @@ from tests.methods import tiny
 from xtf_kernels.datasets import SFTCollator
 from xtf_kernels.datasets import collate
 from xtf_kernels.datasets import samples_to_records
+from xtf_kernels.methods import NoReferenceGainError
 from xtf_kernels.methods import TokenCleaningConfig
 from xtf_kernels.methods import TokenCleaningScorer
+from xtf_kernels.methods import check_reference
 from xtf_kernels.methods import finetune
 from xtf_kernels.methods import score_samples
 from xtf_kernels.methods import self_evolving_cleaning
@@ -172,3 +175,62 @@ def test_self_evolving_loop_with_a_transformers_trainer(tmp_path):
     result = self_evolving_cleaning(base, samples, train, n_parts=2, k=0.5)
     assert seen == [0, 1]
     assert result.model is not base
+
+
+def full_logit_mean_nll(model, samples):
+    """Mean -log p over the labelled response tokens, from the model's own logits in float64."""
+    total, count = 0.0, 0
+    for sample in samples:
+        with torch.no_grad():
+            logits = model(input_ids=sample.input_ids[None]).logits[0].double()
+        logp = torch.log_softmax(logits[:-1], -1).gather(-1, sample.input_ids[1:, None]).squeeze(-1)
+        labelled = sample.labels[1:] != -100
+        total -= float(logp[labelled].sum())
+        count += int(labelled.sum())
+    return total / count, count
+
+
+def test_check_reference_measures_both_models_and_refuses_a_reference_without_gain():
+    base = tiny.model("llama", num_layers=2)
+    held_out = tiny.data(6, seed=9, noise_fraction=0.0).samples
+    with pytest.warns(UserWarning, match="does not beat the base"):
+        same = check_reference(base, copy.deepcopy(base), held_out)
+    expected, tokens = full_logit_mean_nll(base, held_out)
+    assert same.tokens == tokens and same.base_nll == pytest.approx(expected, rel=1e-5)
+    assert not same.beats_base
+    with pytest.raises(NoReferenceGainError):
+        check_reference(base, copy.deepcopy(base), held_out, on_no_gain="error")
+    trained = copy.deepcopy(base)
+    finetune(trained, tiny.data(40, seed=3, noise_fraction=0.0).samples, lr=1e-2, epochs=3, batch_size=8)
+    better = check_reference(base, trained, held_out, on_no_gain="error")
+    assert better.beats_base and better.reference_nll == pytest.approx(full_logit_mean_nll(trained, held_out)[0],
+                                                                        rel=1e-5)
+    with pytest.raises(ValueError, match="on_no_gain"):
+        check_reference(base, trained, held_out, on_no_gain="stop")
+
+
+def test_self_evolving_with_a_trusted_first_part_and_round_checks():
+    base = tiny.model("llama", num_layers=2)
+    pool = tiny.data(12).samples
+    trusted = tiny.data(20, seed=5, noise_fraction=0.0).samples
+    held_out = tiny.data(6, seed=9, noise_fraction=0.0).samples
+    calls = []
+
+    def train(model, part_samples, index):
+        calls.append((index, len(part_samples)))
+        if index == 0:
+            finetune(model, part_samples, lr=1e-2, epochs=3, batch_size=8)
+
+    result = self_evolving_cleaning(base, pool, train, n_parts=3, k=0.5, trusted=trusted, held_out=held_out,
+                                    on_no_gain="error")
+    assert calls == [(0, 20), (1, 4), (2, 4), (3, 4)]  # the trusted set first, then every part of the pool
+    assert result.parts[0] == trusted and len(result.scores) == 3 and len(result.checks) == 3
+    rows = result.report()
+    assert [r["round"] for r in rows] == [1, 2, 3] and all(r["beats_base"] for r in rows)
+    assert len({r["base_nll"] for r in rows}) == 1  # measured once
+    for row, part in zip(rows, split_parts(pool, 3)):
+        ranked = sum(int((s.response_mask & (s.input_ids != EOS)).sum()) for s in part)
+        assert row["kept_tokens"] == row["scored_tokens"] - (ranked - math.floor(ranked / 2))
+    # a loop whose reference never improves is refused at the first round
+    with pytest.raises(NoReferenceGainError, match="round 1"):
+        self_evolving_cleaning(base, pool, lambda m, s, t: None, n_parts=3, held_out=held_out, on_no_gain="error")

@@ -29,13 +29,18 @@ from .base import filter_samples
 from .base import score_samples
 from .finetune import causal_lm_loss
 from .finetune import finetune
+from .nll import mean_nll
+from .nll import token_nll
 from .rho1 import Rho1Loss
 from .rho1 import rho1_loss
 from .safeguards import DropCapExceededError
 from .safeguards import Safeguards
+from .token_cleaning import NoReferenceGainError
+from .token_cleaning import ReferenceCheck
 from .token_cleaning import SelfEvolvingResult
 from .token_cleaning import TokenCleaningConfig
 from .token_cleaning import TokenCleaningScorer
+from .token_cleaning import check_reference
 from .token_cleaning import self_evolving_cleaning
 from .token_cleaning import split_parts
 from .token_cleaning import token_cleaning
@@ -48,6 +53,8 @@ __all__ = [
     "GlobalTopK",
     "LMHead",
     "DropCapExceededError",
+    "NoReferenceGainError",
+    "ReferenceCheck",
     "Rho1Loss",
     "Safeguards",
     "SampleScores",
@@ -58,15 +65,18 @@ __all__ = [
     "XTFConfig",
     "XTFScorer",
     "causal_lm_loss",
+    "check_reference",
     "filter_samples",
     "final_hidden_states",
     "finetune",
     "lm_head_of",
+    "mean_nll",
     "rho1_loss",
     "score_samples",
     "self_evolving_cleaning",
     "split_parts",
     "task_relevance",
     "token_cleaning",
+    "token_nll",
 ]
 
