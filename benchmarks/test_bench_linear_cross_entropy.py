@@ -17,7 +17,7 @@ from xtf_kernels.bench.cases import Case
 CPU_PROVIDERS = ("xtf-torch", "torch-chunked", "torch-materialised")
 CUDA_PROVIDERS = (
     "xtf-auto", "xtf-torch", "xtf-triton-fused", "xtf-triton-chunked", "xtf-cuda",
-    "liger", "cce", "torch-chunked", "torch-compile", "torch-materialised",
+    "liger", "cce", "cce-exact", "torch-chunked", "torch-compile", "torch-materialised",
 )
 # fp32 inputs: fp32 accumulation everywhere; bf16 inputs: the logits are rounded to bf16 on the way.
 _REL = {"float32": 1e-4, "bfloat16": 5e-2}

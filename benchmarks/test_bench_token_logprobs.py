@@ -18,7 +18,7 @@ from xtf_kernels.bench.cases import Case
 CPU_PROVIDERS = ("xtf-torch", "torch-chunked", "torch-materialised")
 CUDA_PROVIDERS = (
     "xtf-auto", "xtf-torch", "xtf-triton-fused", "xtf-triton-chunked", "xtf-cuda",
-    "liger", "cce", "torch-chunked", "torch-compile", "torch-materialised",
+    "liger", "cce", "cce-exact", "torch-chunked", "torch-compile", "torch-materialised",
 )
 _REL = {"float32": 1e-4, "bfloat16": 5e-2}
 

@@ -34,3 +34,20 @@ def test_every_suite_names_known_providers_and_unknown_suites_fail():
             assert set(entry.providers) <= set(PROVIDERS)
     with pytest.raises(ValueError, match="cpu-quick"):
         suite("tpu")
+
+
+def test_gpu_run_suite_covers_both_sizes_with_every_provider_and_the_variants():
+    entries = suite("gpu-run")
+    assert [(e.case.tokens, e.case.mode, e.case.keep) for e in entries] == [
+        (4096, "fwd_bwd", 1.0), (16384, "fwd_bwd", 1.0), (16384, "frozen", 1.0), (16384, "fwd_bwd", 0.6),
+        (16384, "fwd", 1.0),
+    ]
+    assert all(e.case.model == "llama3-8b" and e.case.dtype == "bfloat16" for e in entries)
+    assert set(entries[0].providers) == set(entries[1].providers) == set(PROVIDERS)
+    assert {"xtf-auto", "cce", "cce-exact", "liger"} <= set(entries[2].providers)
+
+
+def test_dry_run_suite_is_a_tiny_cpu_case():
+    (entry,) = suite("dry-run")
+    assert entry.case.tokens * entry.case.hidden * entry.case.vocab <= 2**20
+    assert {"xtf-torch", "cce-exact"} <= set(entry.providers)

@@ -3,6 +3,10 @@
 gpu          the side-by-side run on a GPU (bf16): the Llama-3-8B head (H 4096, V 128256) at N = 4096 and
              16384, the Gemma-2-2B head (H 2304, V 256000, softcap 30) at N = 8192, and at N = 16384 on
              the Llama-3 head: frozen lm_head, 60% of the tokens kept, forward-only; every provider.
+gpu-run      the benchmark step of benchmarks/gpu_run.sh, sized to its time budget: the Llama-3-8B head at
+             N = 4096 and 16384 with every provider, and at N = 16384 the frozen lm_head, 60% of the tokens
+             kept and forward-only with xtf's default and fastest-candidate paths and the fused peers.
+dry-run      the CPU rehearsal of gpu-run: one tiny case; the GPU-only peers report themselves missing.
 cpu-targets  the CPU measurements the targets speak of (fp32, H 512, V 128256, forward + backward): the
              torch backend against materialised PyTorch at N = 8192 (all tokens, and 40% kept), and against
              torch's chunked F.linear_cross_entropy at N = 4096. Minutes per case on 2 cores.
@@ -16,7 +20,12 @@ from .runner import SuiteEntry
 
 GPU_PROVIDERS: tuple[str, ...] = (
     "xtf-auto", "xtf-torch", "xtf-triton-fused", "xtf-triton-chunked", "xtf-cuda",
-    "liger", "cce", "torch-chunked", "torch-compile", "torch-materialised",
+    "liger", "cce", "cce-exact", "torch-chunked", "torch-compile", "torch-materialised",
+)
+# The providers of gpu-run's frozen / 60%-kept / forward-only cases: xtf's default and the candidates for
+# its fastest path, and the peers that never form the full logits.
+GPU_RUN_VARIANT_PROVIDERS: tuple[str, ...] = (
+    "xtf-auto", "xtf-triton-chunked", "xtf-triton-fused", "xtf-cuda", "liger", "cce", "cce-exact",
 )
 CPU_PROVIDERS: tuple[str, ...] = ("xtf-torch", "torch-chunked", "torch-materialised")
 
@@ -34,6 +43,24 @@ def gpu_suite() -> list[SuiteEntry]:
         llama(16384, mode="fwd"),
     ]
     return [SuiteEntry(case, GPU_PROVIDERS) for case in cases]
+
+
+def gpu_run_suite() -> list[SuiteEntry]:
+    def llama(tokens: int, **options) -> Case:
+        return Case.for_model("llama3-8b", tokens, dtype="bfloat16", **options)
+
+    return [
+        SuiteEntry(llama(4096), GPU_PROVIDERS),
+        SuiteEntry(llama(16384), GPU_PROVIDERS),
+        SuiteEntry(llama(16384, mode="frozen"), GPU_RUN_VARIANT_PROVIDERS),
+        SuiteEntry(llama(16384, keep=0.6), GPU_RUN_VARIANT_PROVIDERS),
+        SuiteEntry(llama(16384, mode="fwd"), GPU_RUN_VARIANT_PROVIDERS),
+    ]
+
+
+def dry_run_suite() -> list[SuiteEntry]:
+    case = Case(tokens=64, hidden=32, vocab=512, dtype="float32")
+    return [SuiteEntry(case, ("xtf-torch", "torch-materialised", "liger", "cce", "cce-exact"))]
 
 
 def cpu_targets_suite() -> list[SuiteEntry]:
@@ -54,7 +81,10 @@ def cpu_quick_suite() -> list[SuiteEntry]:
     return [SuiteEntry(small("fwd_bwd"), CPU_PROVIDERS), SuiteEntry(small("fwd"), CPU_PROVIDERS)]
 
 
-SUITES = {"gpu": gpu_suite, "cpu-targets": cpu_targets_suite, "cpu-quick": cpu_quick_suite}
+SUITES = {
+    "gpu": gpu_suite, "gpu-run": gpu_run_suite, "dry-run": dry_run_suite, "cpu-targets": cpu_targets_suite,
+    "cpu-quick": cpu_quick_suite,
+}
 
 
 def suite(name: str) -> list[SuiteEntry]:

@@ -23,7 +23,7 @@ def test_unknown_provider():
 
 
 def test_gpu_only_providers_say_why_on_cpu():
-    for name in ("xtf-triton-fused", "xtf-triton-chunked", "xtf-cuda", "liger", "cce"):
+    for name in ("xtf-triton-fused", "xtf-triton-chunked", "xtf-cuda", "liger", "cce", "cce-exact"):
         unavailable = PROVIDERS[name].check(CPU, CASE)
         assert unavailable is not None and unavailable.status == "missing" and unavailable.reason, name
 

@@ -20,6 +20,7 @@ def _all() -> list[Provider]:
         *xtf_providers(),
         liger.PROVIDER,
         cce.PROVIDER,
+        cce.EXACT_PROVIDER,
         torch_chunked.PROVIDER,
         torch_compile.PROVIDER,
         materialised.PROVIDER,
