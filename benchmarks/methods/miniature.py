@@ -1,0 +1,152 @@
+"""The token filters on a miniature that resembles their papers' regime, with known ground truth.
+
+Protocol (every number a function of the seeds; the criteria of "a method works" are in
+:mod:`benchmarks.methods.miniature_criteria`, written before the full run):
+- base: :func:`xtf_kernels.datasets.miniature.load_base`: a byte-level BPE tokenizer of 2,000 pieces and a
+  1.03M-parameter Llama-config model pretrained on ~0.7M tokens of stories, web text with artefacts, fact
+  Q&A and arithmetic in the chat template (about 19x the SFT pool's tokens); one base for every seed, cached;
+- per noise level (0%, 5%, 15% of the response tokens harmful: wrong numbers, off-domain sentences, garbled
+  artefacts; boilerplate apart) and seed: :func:`xtf_kernels.demo.experiment.run_cell` runs every arm
+  (all tokens, each XTF rule alone, XTF's union as the paper preset and with the safe defaults, Token
+  Cleaning fixed and self-evolving, RHO-1, the oracle, a random drop matched to each method's drop rate);
+- statistics per noise level (:func:`xtf_kernels.demo.aggregate.compare`): paired per-seed differences
+  against all tokens and against the matched random drop with 95% intervals, per-problem differences pooled
+  over seeds with a sign-flip permutation test, McNemar pooled over problems.
+
+Run (one torch thread; nice it on a shared machine)::
+
+    python -m benchmarks.methods.miniature             # 5 seeds x 3 noise levels -> benchmarks/methods/results/
+    python -m benchmarks.methods.miniature --quick     # 2 seeds x 2 levels, small pool and base: under 3 minutes
+
+Writes ``miniature.json`` (every cell, the comparisons, the criteria's verdicts, machine and load),
+``miniature.csv`` (one row per noise level, seed and arm), ``miniature.md`` (the tables) and
+``miniature.png`` (exact-match differences with intervals, AUROC per noise kind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from dataclasses import field
+
+import torch
+
+from benchmarks.methods.miniature_criteria import judge
+from benchmarks.methods.miniature_report import write_results
+from xtf_kernels import __version__
+from xtf_kernels._atomic import atomic_write_text
+from xtf_kernels.datasets.miniature import BaseConfig
+from xtf_kernels.datasets.miniature import load_base
+from xtf_kernels.demo.aggregate import compare
+from xtf_kernels.demo.experiment import ARMS
+from xtf_kernels.demo.experiment import CellConfig
+from xtf_kernels.demo.experiment import has_paper_preset
+from xtf_kernels.demo.experiment import run_cell
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+METHODS = tuple(a for a in ARMS if a not in ("all_tokens",))
+# At 0% noise only "does it cost anything" is asked (C2): no random controls, no oracle (it drops nothing).
+CLEAN_ARMS = ("all_tokens", "xtf_paper", "xtf_safe", "tc_fixed", "tc_self_evolving", "rho1")
+
+
+@dataclass(frozen=True)
+class Plan:
+    seeds: tuple[int, ...]
+    cells: dict[float, CellConfig]
+    base: BaseConfig = field(default_factory=BaseConfig)
+
+
+def _arms(arms: tuple[str, ...]) -> tuple[str, ...]:
+    """Without the safe-defaults arm while the library has no paper preset (its defaults are the paper's)."""
+    return tuple(a for a in arms if a != "xtf_safe" or has_paper_preset())
+
+
+def full_plan() -> Plan:
+    noisy = CellConfig(arms=_arms(ARMS), random_for=_arms(METHODS))
+    mid = CellConfig(arms=_arms(ARMS), random_for=_arms(("xtf_paper", "xtf_safe", "tc_fixed", "rho1", "oracle")))
+    clean = CellConfig(arms=_arms(CLEAN_ARMS), random_for=())
+    return Plan(seeds=(0, 1, 2, 3, 4), cells={0.0: clean, 0.05: mid, 0.15: noisy})
+
+
+def quick_plan() -> Plan:
+    small = dict(pool=96, trusted=48, heldout=60, retention=20, self_evolving_parts=3)
+    noisy = CellConfig(**small, arms=_arms(("all_tokens", "xtf_KN", "xtf_paper", "xtf_safe", "tc_fixed",
+                                            "tc_self_evolving", "rho1", "oracle")),
+                       random_for=_arms(("xtf_paper", "tc_fixed", "oracle")))
+    clean = CellConfig(**small, arms=_arms(("all_tokens", "xtf_paper", "tc_fixed")), random_for=())
+    return Plan(seeds=(0, 1), cells={0.0: clean, 0.15: noisy},
+                base=BaseConfig(documents=2500, tokenizer_documents=2500, vocab_size=1200))
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} thread(s))"
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run(plan: Plan, out_dir: str, *, cache_dir: str | None = None, log=_log) -> dict:
+    """Every cell of ``plan``; the partial results are rewritten after each cell (``cells.partial.json``)."""
+    os.makedirs(out_dir, exist_ok=True)
+    start, load_start = time.perf_counter(), os.getloadavg()
+    base = load_base(plan.base, cache_dir=cache_dir, log=log)
+    base_seconds = time.perf_counter() - start
+    cells: dict[str, list[dict]] = {}
+    for noise, config in plan.cells.items():
+        for seed in plan.seeds:
+            cell = run_cell(base.model, base.tokenizer, noise=noise, seed=seed, config=config, log=log)
+            cells.setdefault(f"{noise:.2f}", []).append(cell)
+            atomic_write_text(os.path.join(out_dir, "cells.partial.json"), json.dumps(cells))
+    summary = {level: compare(level_cells) for level, level_cells in cells.items()}
+    results = {
+        "format": "xtf-miniature-benchmark", "version": 1,
+        "environment": {"machine": machine(), "python": platform.python_version(), "xtf_kernels": __version__,
+                        "load_average_start": list(load_start), "load_average_end": list(os.getloadavg()),
+                        "seconds": time.perf_counter() - start, "base_seconds": base_seconds,
+                        "paper_preset": has_paper_preset()},
+        "plan": {"seeds": list(plan.seeds), "base": plan.base.to_dict(), "base_info": base.info,
+                 "cells": {f"{k:.2f}": {**v.__dict__, "arms": list(v.arms), "random_for": list(v.random_for)}
+                           for k, v in plan.cells.items()}},
+        "summary": summary,
+        "criteria": judge(summary),
+        "cells": cells,
+    }
+    write_results(results, out_dir)
+    os.remove(os.path.join(out_dir, "cells.partial.json"))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 seeds, 0%% and 15%% noise, small pool and base")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the plan's seeds")
+    parser.add_argument("--out", default=None, help="output folder (default benchmarks/methods/results, or "
+                                                    "results/quick with --quick)")
+    parser.add_argument("--cache-dir", default=None, help="where the pretrained base is cached")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    plan = quick_plan() if args.quick else full_plan()
+    if args.seeds:
+        plan = Plan(tuple(args.seeds), plan.cells, plan.base)
+    out = args.out or os.path.join(HERE, "results", "quick" if args.quick else "")
+    results = run(plan, out, cache_dir=args.cache_dir)
+    with open(os.path.join(out, "miniature.md"), encoding="utf-8") as handle:
+        print(handle.read())
+    print(f"{results['environment']['seconds']:.0f} s; wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

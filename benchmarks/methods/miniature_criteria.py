@@ -1,0 +1,82 @@
+"""When does a token filter "work" on the miniature?  Written down before the full run, applied to its numbers.
+
+A method (an arm other than all tokens, the oracle and the random controls) WORKS when all of these hold:
+
+C1 helps under noise: at 15% harmful noise, the 95% per-seed interval of its held-out exact match minus all
+   tokens' lies above 0, and so does the interval against a random drop of the same size;
+C2 safe without noise: at 0% noise its mean exact match is at most 2 points below all tokens';
+C3 finds the noise: at 15% noise its AUROC of harmful against clean tokens (boilerplate apart) is >= 0.6
+   (a method without a per-token score is ranked by its binary drop);
+C4 (XTF's union only) at least as good as its best rule: the upper end of the per-seed interval of the union
+   minus its best single rule (by mean exact match at 15%) is >= 0.
+
+C0 the benchmark is sensitive: at 15% noise the oracle's per-seed interval against all tokens lies above 0.
+   Without C0 no verdict is given: the benchmark cannot tell a method that helps from one that does not,
+   and must be fixed first.
+"""
+
+from __future__ import annotations
+
+NOISY, CLEAN = 0.15, 0.0
+MAX_CLEAN_LOSS = 0.02
+MIN_AUROC = 0.6
+NOT_METHODS = ("all_tokens", "oracle")
+XTF_RULES = ("xtf_RI", "xtf_KN", "xtf_TR")
+UNIONS = ("xtf_paper", "xtf_safe")
+
+
+def _level(summary: dict, noise: float) -> dict | None:
+    return summary.get(f"{noise:.2f}")
+
+
+def _interval_low(entry: dict, key: str) -> float | None:
+    return entry[key]["seeds"]["low"] if key in entry else None
+
+
+def judge(summary: dict) -> dict:
+    """``summary``: noise level (``"0.15"``) -> :func:`xtf_kernels.demo.aggregate.compare` output.
+
+    Returns {"sensitive": C0, "methods": {arm: {"C1", "C2", "C3", "C4", "works", "why"}}}; a criterion whose
+    noise level was not run is None, and so is "works" then.
+    """
+    noisy, clean = _level(summary, NOISY), _level(summary, CLEAN)
+    sensitive = None
+    if noisy is not None and "oracle" in noisy:
+        sensitive = noisy["oracle"]["vs_all_tokens"]["seeds"]["low"] > 0
+    arms = [a for a in (noisy or clean or {}) if a not in NOT_METHODS and not a.startswith("random:")]
+    methods = {}
+    for arm in arms:
+        verdict, why = {}, []
+        if noisy is not None and arm in noisy:
+            entry = noisy[arm]
+            low_all, low_random = _interval_low(entry, "vs_all_tokens"), _interval_low(entry, "vs_random")
+            verdict["C1"] = low_all is not None and low_all > 0 and low_random is not None and low_random > 0
+            why.append(f"15%: vs all tokens low {low_all:+.3f}, vs random low "
+                       f"{'n/a' if low_random is None else f'{low_random:+.3f}'}")
+            auroc = entry["selection"]["harmful"]["auroc"]
+            verdict["C3"] = auroc is not None and auroc >= MIN_AUROC
+            why.append(f"AUROC {'n/a' if auroc is None else f'{auroc:.2f}'}")
+            if arm in UNIONS:
+                rules = [r for r in XTF_RULES if r in noisy]
+                if rules:
+                    best = max(rules, key=lambda r: noisy[r]["exact_match"])
+                    per_seed = [u - b for u, b in zip(entry["exact_match_per_seed"],
+                                                      noisy[best]["exact_match_per_seed"])]
+                    from xtf_kernels.demo.statistics import paired_interval
+
+                    high = paired_interval(per_seed)["high"]
+                    verdict["C4"] = high >= 0
+                    why.append(f"union - best rule ({best}) high {high:+.3f}")
+        else:
+            verdict["C1"] = verdict["C3"] = None
+        if clean is not None and arm in clean:
+            mean = clean[arm]["vs_all_tokens"]["seeds"]["mean"]
+            verdict["C2"] = mean >= -MAX_CLEAN_LOSS
+            why.append(f"0%: mean {mean:+.3f}")
+        else:
+            verdict["C2"] = None
+        needed = [verdict.get(c) for c in ("C1", "C2", "C3")] + ([verdict["C4"]] if "C4" in verdict else [])
+        verdict["works"] = None if None in needed or sensitive is not True else all(needed)
+        verdict["why"] = "; ".join(why)
+        methods[arm] = verdict
+    return {"sensitive": sensitive, "methods": methods}

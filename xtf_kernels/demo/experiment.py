@@ -1,0 +1,373 @@
+"""One cell of the miniature comparison: one seed, one noise level, every method, each trained and evaluated.
+
+For a pretrained base (:func:`xtf_kernels.datasets.miniature.load_base`), :func:`run_cell`:
+1. data: the noisy SFT pool (``pool`` two-step problems, harmful noise at ``noise`` of the response tokens,
+   boilerplate apart), a clean trusted set (Token Cleaning's and RHO-1's reference is the base fine-tuned on
+   it) and clean held-out problems, all disjoint, all from the seed;
+2. selection: which response tokens each method drops (:data:`ARMS`); XTF scores with the base only, Token
+   Cleaning with base and reference, RHO-1 and self-evolving Token Cleaning decide while training; the oracle
+   drops exactly the harmful noise; ``random:<arm>`` drops a uniformly random set of the same size as
+   ``<arm>``'s drop;
+3. training: a fresh copy of the base, one epoch over the pool in the same order for every arm, AdamW at a
+   gentle constant rate, the fused loss averaged over kept tokens (:func:`xtf_kernels.methods.finetune`);
+4. evaluation: held-out exact match (per problem, for paired tests), format adherence, noise reappearing in
+   the outputs, NLL on clean held-out responses, retention on the pretraining tasks; per noise kind the
+   precision / recall / AUROC / AUPRC of the drop, and how often protected tokens (answer digits, eos,
+   template) and whole token types are dropped.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import field
+
+import torch
+
+from ..datasets import IGNORE_INDEX
+from ..datasets import TokenizedSample
+from ..datasets import collate
+from ..datasets.miniature import KIND_CODE
+from ..datasets.miniature import NOISE_KINDS
+from ..datasets.miniature import PROTECTED_KINDS
+from ..datasets.miniature import generate
+from ..datasets.miniature import make_heldout
+from ..datasets.miniature import make_sft
+from ..datasets.miniature import retention
+from ..datasets.miniature import score_responses
+from ..functional import token_logprobs
+from ..methods import TokenCleaningConfig
+from ..methods import TokenCleaningScorer
+from ..methods import XTFConfig
+from ..methods import XTFScorer
+from ..methods import final_hidden_states
+from ..methods import finetune
+from ..methods import rho1_loss
+from ..methods import score_samples
+from ..methods import self_evolving_cleaning
+from .statistics import auprc
+from .statistics import auroc
+from .training import heldout_loss
+
+# Every arm the comparison knows; "random:<arm>" is the matched random drop of <arm>.
+ARMS = ("all_tokens", "xtf_RI", "xtf_KN", "xtf_TR", "xtf_paper", "xtf_safe", "tc_fixed", "tc_self_evolving", "rho1",
+        "oracle")
+ARM_LABELS = {"all_tokens": "all tokens", "xtf_RI": "XTF RI alone", "xtf_KN": "XTF KN alone",
+              "xtf_TR": "XTF TR alone", "xtf_paper": "XTF (paper preset)", "xtf_safe": "XTF (safe defaults)",
+              "tc_fixed": "Token Cleaning (fixed)", "tc_self_evolving": "Token Cleaning (self-evolving)",
+              "rho1": "RHO-1", "oracle": "oracle"}
+# An id counts as "dropped as a whole type" when every one of its (at least this many) response occurrences is.
+WHOLE_TYPE_MIN_OCCURRENCES = 3
+
+
+def label(arm: str) -> str:
+    if arm.startswith("random:"):
+        return f"random at {ARM_LABELS[arm[7:]]}'s rate"
+    return ARM_LABELS[arm]
+
+
+@dataclass(frozen=True)
+class CellConfig:
+    """Sizes and schedules of one cell (see the module docstring).
+
+    pool / trusted / heldout: SFT samples, clean trusted samples, clean held-out problems; retention: problems
+    of each pretraining task. lr / batch_size: the SFT (one epoch, constant rate, full fine-tuning);
+    reference_epochs: passes of the reference over the trusted set. token_cleaning_k / rho1_keep: kept
+    fractions (methods.md defaults 0.6); self_evolving_parts: n. arms: the arms run; random_for: the arms that
+    get a matched random drop.
+    """
+
+    pool: int = 480
+    trusted: int = 160
+    heldout: int = 200
+    retention: int = 60
+    lr: float = 1e-3
+    batch_size: int = 16
+    reference_epochs: int = 2
+    token_cleaning_k: float = 0.6
+    rho1_keep: float = 0.6
+    self_evolving_parts: int = 5
+    arms: tuple[str, ...] = ARMS
+    random_for: tuple[str, ...] = tuple(a for a in ARMS if a != "all_tokens")
+
+    def __post_init__(self):
+        for name in ("pool", "trusted", "heldout", "retention", "batch_size", "reference_epochs",
+                     "self_evolving_parts"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name in ("lr", "token_cleaning_k", "rho1_keep"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+                raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+        unknown = [a for a in (*self.arms, *self.random_for) if a not in ARMS]
+        if unknown or "all_tokens" not in self.arms:
+            raise ValueError(f"arms must include 'all_tokens' and come from {ARMS}, got {self.arms!r} / "
+                             f"{self.random_for!r}")
+
+
+@dataclass
+class Selection:
+    """dropped: per sample (L,) bool, the response tokens the arm trained without; score: per sample (L,) fp32
+    noise score (higher = more likely dropped; NaN where the method gave none) or None (binary drop only)."""
+
+    dropped: list[torch.Tensor]
+    score: list[torch.Tensor] | None = None
+    trained: torch.nn.Module | None = field(default=None, repr=False)
+
+
+def has_paper_preset() -> bool:
+    """Whether :class:`XTFConfig` has the paper preset (then its defaults are the safe configuration)."""
+    return callable(getattr(XTFConfig, "paper", None))
+
+
+def _xtf_scorer(model, config: XTFConfig, tokenizer):
+    if "tokenizer" in inspect.signature(XTFScorer).parameters:
+        return XTFScorer(model, config, tokenizer=tokenizer.to_transformers())
+    return XTFScorer(model, config)
+
+
+def _fired(result, rule: str) -> torch.Tensor:
+    return result.fired(rule)
+
+
+def xtf_selections(base, samples, tokenizer, arms) -> dict[str, Selection]:
+    """XTF's arms: the paper preset's union and each rule alone (its fired mask), and the safe defaults."""
+    out = {}
+    paper = XTFConfig.paper() if has_paper_preset() else XTFConfig()
+    results = score_samples(_xtf_scorer(base, paper, tokenizer), samples, batch_size=32)
+    scores = {"xtf_RI": ("ri", -1.0), "xtf_KN": ("kn", -1.0), "xtf_TR": ("tr", -1.0)}
+    for arm, (name, sign) in scores.items():
+        if arm in arms:
+            # RI and TR drop low scores; KN's score is 1 - PCP and drops high PCP: all three drop low values.
+            out[arm] = Selection([_fired(r, arm[4:]) for r in results], [sign * r.scores[name] for r in results])
+    if "xtf_paper" in arms:
+        out["xtf_paper"] = Selection([r.dropped for r in results])
+    if "xtf_safe" in arms and has_paper_preset():
+        safe = score_samples(_xtf_scorer(base, XTFConfig(), tokenizer), samples, batch_size=32)
+        out["xtf_safe"] = Selection([r.dropped for r in safe])
+    return out
+
+
+def _finetune(model, samples, config: CellConfig, seed: int, optimizer=None):
+    return finetune(model, samples, epochs=1, lr=config.lr, batch_size=config.batch_size, seed=seed,
+                    optimizer=optimizer)
+
+
+def self_evolving_selection(base, samples, config: CellConfig, seed: int) -> Selection:
+    """Self-evolving Token Cleaning; its trained model is theta_n (part 0 trained on every token)."""
+    state = {}
+
+    def train(model, part, index):
+        if "optimizer" not in state:  # one optimizer across the parts: one epoch of one run, as for the others
+            state["optimizer"] = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                                   weight_decay=0.0)
+        _finetune(model, part, config, seed + index, state["optimizer"])
+
+    result = self_evolving_cleaning(base, samples, train, n_parts=config.self_evolving_parts,
+                                    k=config.token_cleaning_k, batch_size=32)
+    dropped = [torch.zeros(len(s), dtype=torch.bool) for s in result.parts[0]]
+    scores = [torch.full((len(s),), float("nan")) for s in result.parts[0]]
+    for part in result.scores:
+        dropped += [r.dropped for r in part]
+        scores += [-r.scores["influence"] for r in part]
+    return Selection(dropped, scores, result.model)
+
+
+@torch.no_grad()
+def token_losses(model, samples: list[TokenizedSample]) -> list[torch.Tensor]:
+    """Per sample (L,) fp32 ``-log p(token)`` at each labelled position t >= 1 (0 elsewhere)."""
+    out = []
+    for start in range(0, len(samples), 32):
+        group = samples[start:start + 32]
+        batch = collate(group, 0)
+        hidden = final_hidden_states(model, batch.input_ids, batch.attention_mask)[:, :-1]
+        targets = batch.labels[:, 1:]
+        logp = token_logprobs(hidden, model.lm_head.weight, targets)
+        losses = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
+        losses[:, 1:] = torch.where(targets != IGNORE_INDEX, -logp, torch.zeros_like(logp))
+        out += [losses[row, :len(s)] for row, s in enumerate(group)]
+    return out
+
+
+def rho1_selection(base, reference, samples, config: CellConfig, seed: int) -> Selection:
+    """RHO-1: each step keeps the ``rho1_keep`` tokens of the batch with the largest excess loss over the
+    reference; the same sample order and optimizer as :func:`finetune`. The recorded noise score is minus the
+    excess loss at the step the token was seen."""
+    reference_losses = token_losses(reference, samples)
+    model = copy.deepcopy(base)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed)).tolist()
+    dropped = [torch.zeros(len(s), dtype=torch.bool) for s in samples]
+    scores = [torch.full((len(s),), float("nan")) for s in samples]
+    model.train()
+    for start in range(0, len(order), config.batch_size):
+        indices = order[start:start + config.batch_size]
+        batch = collate([samples[i] for i in indices], 0)
+        width = batch.input_ids.shape[1]
+        ref = torch.zeros(len(indices), width)
+        for row, i in enumerate(indices):
+            ref[row, :len(samples[i])] = reference_losses[i]
+        hidden = final_hidden_states(model, batch.input_ids, batch.attention_mask)[:, :-1]
+        targets = batch.labels[:, 1:]
+        loss, kept = rho1_loss(hidden, model.lm_head.weight, targets, ref[:, 1:], keep_ratio=config.rho1_keep,
+                               return_mask=True)
+        with torch.no_grad():
+            current = -token_logprobs(hidden.detach(), model.lm_head.weight.detach(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        labelled = targets != IGNORE_INDEX
+        for row, i in enumerate(indices):
+            n = len(samples[i]) - 1
+            dropped[i][1:] = (labelled[row, :n] & ~kept[row, :n])
+            scores[i][1:] = torch.where(labelled[row, :n], -(current[row, :n] - ref[row, 1:n + 1]),
+                                        torch.full((n,), float("nan")))
+    model.eval()
+    return Selection(dropped, scores, model)
+
+
+def random_selection(samples, rate: float, seed: int) -> Selection:
+    """A uniformly random set of exactly round(rate N) of the N response tokens."""
+    masks = [s.response_mask for s in samples]
+    flat = torch.cat(masks)
+    positions = flat.nonzero().flatten()
+    count = round(rate * positions.numel())
+    chosen = positions[torch.randperm(positions.numel(), generator=torch.Generator().manual_seed(seed))[:count]]
+    drop = torch.zeros_like(flat)
+    drop[chosen] = True
+    return Selection(list(torch.split(drop, [m.numel() for m in masks])))
+
+
+def selection_metrics(selection: Selection, samples, kinds, *, ids_to_text: Callable[[int], str]) -> dict:
+    """Drop rate; precision / recall / AUROC / AUPRC overall (harmful kinds against clean tokens, boilerplate
+    apart) and per harmful kind; drop rates of boilerplate and protected kinds; whole token types dropped."""
+    response = torch.cat([s.response_mask for s in samples])
+    kind = torch.cat(kinds)[response].long()
+    ids = torch.cat([s.input_ids for s in samples])[response]
+    dropped = torch.cat(selection.dropped)[response]
+    score = torch.cat(selection.score)[response] if selection.score is not None else dropped.double()
+    scored = ~torch.isnan(score)
+    harmful = torch.zeros_like(dropped)
+    for name in NOISE_KINDS:
+        harmful |= kind == KIND_CODE[name]
+    boilerplate = kind == KIND_CODE["boilerplate"]
+    clean = ~harmful & ~boilerplate
+    n_dropped = int(dropped.sum())
+
+    def ranking(positive: torch.Tensor) -> tuple[float | None, float | None]:
+        use = scored & (positive | clean)
+        return auroc(score[use], positive[use]), auprc(score[use], positive[use])
+
+    def precision_recall(positive: torch.Tensor) -> dict:
+        hits = int((dropped & positive).sum())
+        roc, pr = ranking(positive)
+        return {"tokens": int(positive.sum()), "precision": hits / n_dropped if n_dropped else None,
+                "recall": hits / int(positive.sum()) if int(positive.sum()) else None, "auroc": roc, "auprc": pr}
+
+    counts = torch.bincount(ids, minlength=int(ids.max()) + 1)
+    dropped_counts = torch.bincount(ids[dropped], minlength=counts.numel())
+    whole = (counts >= WHOLE_TYPE_MIN_OCCURRENCES) & (dropped_counts == counts)
+    whole_ids = whole.nonzero().flatten()
+    top = whole_ids[torch.argsort(counts[whole_ids], descending=True, stable=True)][:8].tolist()
+    return {
+        "dropped": n_dropped,
+        "drop_rate": n_dropped / dropped.numel(),
+        "harmful": precision_recall(harmful),
+        "by_kind": {name: precision_recall(kind == KIND_CODE[name]) for name in NOISE_KINDS},
+        "boilerplate_drop_rate": float(dropped[boilerplate].double().mean()) if bool(boilerplate.any()) else None,
+        "protected_drop_rate": {name: float(dropped[kind == KIND_CODE[name]].double().mean())
+                                for name in PROTECTED_KINDS},
+        "whole_types": {"count": int(whole.sum()), "token_share": float(counts[whole].sum()) / dropped.numel(),
+                        "examples": [ids_to_text(i) for i in top]},
+    }
+
+
+def evaluate(model, tokenizer, heldout, heldout_samples) -> dict:
+    """Held-out exact match (and per-problem correctness), format, noise reappearing, clean NLL, retention."""
+    responses = generate(model, tokenizer, heldout.problems)
+    scored = score_responses(responses, heldout.problems)
+    return {"exact_match": scored["exact_match"], "correct": scored["correct"], "format": scored["format"],
+            "noise_reappears": scored["noise_reappears"], "clean_nll": heldout_loss(model, heldout_samples),
+            "retention": retention(model, tokenizer, heldout.one_step, heldout.facts),
+            "example": responses[0]}
+
+
+def _masked(samples, dropped) -> list[TokenizedSample]:
+    return [s.with_labels(torch.where(d, torch.full_like(s.labels, IGNORE_INDEX), s.labels))
+            for s, d in zip(samples, dropped)]
+
+
+def run_cell(base, tokenizer, *, noise: float, seed: int, config: CellConfig,
+             log: Callable[[str], None] | None = None) -> dict:
+    """Every arm of ``config`` at one noise level and seed (see the module docstring); JSON-ready results:
+    {"noise", "seed", "data": counts, "base": evaluation, "reference": evaluation, "arms": {arm: {"selection":
+    selection metrics (absent for all tokens), "evaluation": evaluation, "seconds"}}}."""
+    log = log or (lambda _message: None)
+    start = time.perf_counter()
+    sft = make_sft(tokenizer, config.pool, noise=noise, seed=seed)
+    pool_prompts = {d.prompt_text for d in sft.documents}
+    trusted = make_sft(tokenizer, config.trusted, noise=0.0, seed=1_000_000 + seed, exclude=pool_prompts)
+    trusted_prompts = {d.prompt_text for d in trusted.documents}
+    heldout = make_heldout(config.heldout, seed=seed, exclude=pool_prompts | trusted_prompts,
+                           retention=config.retention)
+    heldout_samples = heldout.samples(tokenizer)
+    samples = sft.samples
+    ids_to_text = tokenizer.id_to_token
+
+    reference = copy.deepcopy(base)
+    finetune(reference, trusted.samples, epochs=config.reference_epochs, lr=config.lr, batch_size=config.batch_size,
+             seed=seed + 7)
+    cell = {"noise": noise, "seed": seed,
+            "data": {"pool": len(samples), "response_tokens": sft.response_tokens(),
+                     "kind_fraction": {k: sft.kind_fraction(k) for k in (*NOISE_KINDS, "boilerplate")},
+                     "trusted": len(trusted.samples), "heldout": len(heldout.problems)},
+            "base": evaluate(base, tokenizer, heldout, heldout_samples),
+            "reference": evaluate(reference, tokenizer, heldout, heldout_samples), "arms": {}}
+    log(f"noise {noise:.0%} seed {seed}: data, reference and base evaluation in {time.perf_counter() - start:.0f} s")
+
+    selections: dict[str, Selection] = {}
+    xtf_arms = [a for a in config.arms if a.startswith("xtf_")]
+    if xtf_arms:
+        selections.update(xtf_selections(base, samples, tokenizer, xtf_arms))
+    if "tc_fixed" in config.arms:
+        scorer = TokenCleaningScorer(base, reference, TokenCleaningConfig(k=config.token_cleaning_k))
+        results = score_samples(scorer, samples, batch_size=32)
+        selections["tc_fixed"] = Selection([r.dropped for r in results], [-r.scores["influence"] for r in results])
+    if "oracle" in config.arms:
+        selections["oracle"] = Selection([s.noise_mask & s.response_mask for s in samples],
+                                         [(s.noise_mask & s.response_mask).float() for s in samples])
+    if "tc_self_evolving" in config.arms:
+        selections["tc_self_evolving"] = self_evolving_selection(base, samples, config, seed)
+    if "rho1" in config.arms:
+        selections["rho1"] = rho1_selection(base, reference, samples, config, seed)
+    del reference
+    selections = {"all_tokens": Selection([torch.zeros(len(s), dtype=torch.bool) for s in samples]),
+                  **{a: selections[a] for a in config.arms if a in selections}}
+    response_tokens = cell["data"]["response_tokens"]
+    for index, arm in enumerate(config.arms):
+        if arm in config.random_for and arm in selections:
+            rate = int(sum(int((d & s.response_mask).sum()) for d, s in zip(selections[arm].dropped, samples)))
+            selections[f"random:{arm}"] = random_selection(samples, rate / response_tokens, 7919 * seed + index)
+
+    for arm, selection in selections.items():
+        arm_start = time.perf_counter()
+        model = selection.trained
+        if model is None:
+            model = copy.deepcopy(base)
+            _finetune(model, _masked(samples, selection.dropped), config, seed)
+        entry = {"evaluation": evaluate(model, tokenizer, heldout, heldout_samples)}
+        if arm != "all_tokens":
+            entry["selection"] = selection_metrics(selection, samples, sft.kinds, ids_to_text=ids_to_text)
+        entry["seconds"] = time.perf_counter() - arm_start
+        cell["arms"][arm] = entry
+        selection.trained = None
+        log(f"noise {noise:.0%} seed {seed}: {label(arm)}: exact match {entry['evaluation']['exact_match']:.3f}, "
+            f"drop {entry.get('selection', {}).get('drop_rate', 0.0):.1%} ({entry['seconds']:.0f} s)")
+    cell["seconds"] = time.perf_counter() - start
+    return cell
