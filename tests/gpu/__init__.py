@@ -1,0 +1,9 @@
+"""The checks of the GPU run (benchmarks/gpu_run.sh), marker cuda, each reporting its measurements:
+
+test_out_dtype        the cuBLAS out_dtype forms of the chunked paths (mm, in-place addmm) against float64
+test_paths            every path at N 4096 on the Llama-3 head against float64, NaN-poisoned allocator,
+                      bitwise repeat; a misaligned ``hidden``
+test_large            N * V > 2^31 on every path
+test_per_token        reduction="none", per-token upstream gradients, 60% kept, every option on
+test_path_selection   chunk size, kernels and result unchanged under memory pressure
+"""
