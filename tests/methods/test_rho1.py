@@ -11,6 +11,7 @@ import torch
 from tests.cases import make_case
 from tests.helpers import assert_close
 from tests.reference import reference_linear_cross_entropy
+from xtf_kernels.methods.rho1 import ExcessLossWindow
 from xtf_kernels.methods.rho1 import Rho1Loss
 from xtf_kernels.methods.rho1 import rho1_loss
 from xtf_kernels.ops.registry import get_backend
@@ -183,3 +184,74 @@ def test_bad_inputs(kwargs, error, match):
         rho1_loss(args.pop("hidden"), args.pop("weight"), args.pop("targets"), args.pop("ref_losses"), **args)
     with pytest.raises(ValueError, match="scope must be one of"):
         Rho1Loss(scope="batch")
+
+
+@pytest.mark.parametrize("softcap", [None, 2.5])
+def test_temperature_divides_the_capped_logits(softcap):
+    case = make_case((3, 19), 16, 47, seed=8, bias=True)
+    temperature = 0.7
+    hidden, weight, bias = case.float64_leaves()
+    logits = hidden @ weight.T + bias
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    labelled = case.targets != -100
+    safe = torch.where(labelled, case.targets, torch.zeros_like(case.targets))
+    ce = torch.nn.functional.cross_entropy((logits / temperature).reshape(-1, 47), safe.reshape(-1),
+                                           reduction="none").reshape(3, 19)
+    gen = torch.Generator().manual_seed(0)
+    gaps = torch.randperm(57, generator=gen).double().reshape(3, 19) * 0.01
+    ref_losses = (ce.detach() - gaps).float()
+    loss, kept = rho1_loss(case.hidden, case.weight, case.targets, ref_losses, keep_ratio=0.6, bias=case.bias,
+                           softcap=softcap, temperature=temperature, backend="torch", return_mask=True)
+    want_kept = reference_kept(gaps, labelled, 0.6)
+    assert torch.equal(kept, want_kept)
+    want = (ce * want_kept.double()).sum() / int(want_kept.sum())
+    assert_close(loss, want, msg="loss")
+    want_grads = torch.autograd.grad(want, (hidden, weight, bias))
+    for got, expected in zip(torch.autograd.grad(loss, case.leaves()), want_grads):
+        assert_close(got, expected, grad=True, msg="grad")
+    with pytest.raises(ValueError, match="temperature"):
+        rho1_loss(case.hidden, case.weight, case.targets, ref_losses, temperature=0.0, backend="torch")
+
+
+def test_window_ranks_each_micro_batch_against_the_earlier_ones():
+    window = ExcessLossWindow(capacity=6)
+    labelled = torch.tensor([True, True, False, True])
+    # first micro-batch: pool = its own 3 values, keep floor(0.5 * 3) = 1 (the 5.0)
+    first = window.select(torch.tensor([1.0, 5.0, 99.0, 2.0]), labelled, 0.5)
+    assert first.tolist() == [False, True, False, False] and window.values.tolist() == [1.0, 5.0, 2.0]
+    # second: pool = [1, 5, 2] + [4, 0.5, 3] -> keep 3: 5 (window), 4 and 3 (this batch)
+    second = window.select(torch.tensor([4.0, 0.5, 7.0, 3.0]), labelled, 0.5)
+    assert second.tolist() == [True, False, False, True]
+    # third: the window holds the last 6 values [1, 5, 2, 4, 0.5, 3]; a tie with 4 goes to the older value
+    # pool of 9, keep floor(0.34 * 9) = 3: 6, 5 and the older 4; this batch's 4 loses the tie
+    third = window.select(torch.tensor([4.0, 6.0, 0.0, 0.25]), labelled, 0.34)
+    assert third.tolist() == [False, True, False, False]
+    assert window.values.tolist() == [4.0, 0.5, 3.0, 4.0, 6.0, 0.25]
+    window.reset()
+    assert len(window) == 0
+    with pytest.raises(ValueError, match="capacity"):
+        ExcessLossWindow(0)
+
+
+def test_window_through_the_loss_and_the_module():
+    cases = [make_case((2, 13), 8, 21, seed=10 + i) for i in range(3)]
+    refs = [separated_reference(case, seed=i)[0] for i, case in enumerate(cases)]
+    module = Rho1Loss(keep_ratio=0.5, backend="torch", window_tokens=1000)
+    pool = []
+    from xtf_kernels import linear_cross_entropy
+
+    for case, ref in zip(cases, refs):
+        labelled = case.targets != -100
+        ce = linear_cross_entropy(case.hidden, case.weight, case.targets, reduction="none", backend="torch").detach()
+        excess = (ce - ref)[labelled]
+        pool.append(excess)
+        _, kept = module(case.hidden, case.weight, case.targets, ref, return_mask=True)
+        everything = torch.cat(pool)
+        threshold = torch.sort(everything, descending=True).values[math.floor(0.5 * everything.numel()) - 1]
+        assert torch.equal(kept[labelled], excess >= threshold)  # distinct values: no tie at the threshold
+    assert len(module.window) == sum(int((c.targets != -100).sum()) for c in cases)
+    assert "window_tokens=1000" in repr(module)
+    with pytest.raises(ValueError, match="window"):
+        rho1_loss(cases[0].hidden, cases[0].weight, cases[0].targets, refs[0], scope="sample",
+                  window=ExcessLossWindow(4), backend="torch")

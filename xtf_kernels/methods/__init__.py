@@ -31,6 +31,7 @@ from .finetune import causal_lm_loss
 from .finetune import finetune
 from .nll import mean_nll
 from .nll import token_nll
+from .rho1 import ExcessLossWindow
 from .rho1 import Rho1Loss
 from .rho1 import rho1_loss
 from .safeguards import DropCapExceededError
@@ -50,6 +51,7 @@ from .xtf import task_relevance
 
 __all__ = [
     "BatchScores",
+    "ExcessLossWindow",
     "GlobalTopK",
     "LMHead",
     "DropCapExceededError",

@@ -7,6 +7,14 @@ Per step: the current per-token losses come from one fused lm_head pass over eve
 mean over the kept tokens. Its backward gives every dropped token an upstream gradient of exactly 0, and
 the recomputing backward of ``reduction="none"`` compacts those rows away, so the second lm_head pass
 runs over the kept rows only; there is no second full lm_head pass.
+
+Selection across gradient-accumulation steps: the paper ranks over about 1M tokens, far more than one
+micro-batch holds. An :class:`ExcessLossWindow` keeps the excess losses of the last ``capacity`` labelled
+tokens seen; each micro-batch is then ranked against that window plus itself (the micro-batch keeps the
+tokens that fall within the top ``keep_ratio`` of the pool), and joins the window. Within one optimizer step
+the model does not change, so the excess losses of the step's earlier micro-batches are exactly comparable:
+``capacity`` = the tokens of one accumulation window with :meth:`ExcessLossWindow.reset` at every optimizer
+step ranks each micro-batch against its step; without the reset the window rolls over steps.
 """
 
 from __future__ import annotations
@@ -20,6 +28,41 @@ from ..ops.registry import check_backend_name
 from ..select import topk_mask
 
 SCOPES = ("global", "sample")
+
+
+class ExcessLossWindow:
+    """The excess losses of the last ``capacity`` labelled tokens (first in, first out), fp32 on CPU.
+
+    Args:
+        capacity: tokens kept, >= 1 (e.g. the labelled tokens of one accumulation window, or 2**20 for the
+            paper's ~1M-token ranking: 4 MiB).
+    """
+
+    def __init__(self, capacity: int):
+        v.check_int("capacity", capacity)
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.values = torch.zeros(0, dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return self.values.numel()
+
+    def reset(self) -> None:
+        """Forget every value (e.g. at each optimizer step)."""
+        self.values = torch.zeros(0, dtype=torch.float32)
+
+    def select(self, excess: torch.Tensor, labelled: torch.Tensor, keep_ratio: float) -> torch.Tensor:
+        """(...) bool: the labelled entries of ``excess`` within the top ``keep_ratio`` of the window plus
+        themselves (exactly ``floor(keep_ratio * pool)`` entries of the pool, ties to the OLDER entry, the
+        window's first); then the labelled values join the window."""
+        current = excess[labelled].detach().float().cpu()
+        pool = torch.cat([self.values, current])
+        kept = topk_mask(pool, keep_ratio)[self.values.numel():]
+        mask = torch.zeros(excess.shape, dtype=torch.bool)
+        mask[labelled.cpu()] = kept
+        self.values = pool[-self.capacity:].clone()
+        return mask.to(excess.device)
 
 
 def rho1_loss(
@@ -36,6 +79,8 @@ def rho1_loss(
     return_mask: bool = False,
     scope: str = "global",
     chunk_size: int | None = None,
+    temperature: float = 1.0,
+    window: ExcessLossWindow | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Mean cross-entropy over the ``keep_ratio`` tokens with the largest excess loss over the reference.
 
@@ -62,6 +107,11 @@ def rho1_loss(
         return_mask: also return the kept-token mask.
         scope: "global" (the batch top k of the paper) or "sample" (top k per row of (B, T) targets);
             see :func:`xtf_kernels.select.topk_mask`.
+        temperature: T > 0; the loss is the cross-entropy of ``softcap(hidden @ weight.T + bias) / T`` (a model
+            that divides its logits, or a sharper / flatter selection signal); ``ref_losses`` must be at the
+            same temperature. Computed exactly as ``softcap_{s/T}((hidden @ weight.T + bias) / T)``.
+        window: an :class:`ExcessLossWindow`: rank against the excess losses of earlier micro-batches too
+            (only with scope "global"); the batch's values join it.
 
     Returns:
         () fp32 loss, or (loss, kept) with kept a (...) bool mask.
@@ -78,6 +128,14 @@ def rho1_loss(
     v.check_number("keep_ratio", keep_ratio, low=0.0, high=1.0)
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    temperature = v.check_number("temperature", temperature, low=0.0, low_open=True)
+    if window is not None and (not isinstance(window, ExcessLossWindow) or scope != "global"):
+        raise ValueError("window must be an ExcessLossWindow, used with scope='global'")
+    if temperature != 1.0:
+        # softcap_s(z) / T == softcap_{s/T}(z / T), and z / T == (hidden / T) @ W.T + bias / T: one fused pass
+        hidden = hidden / temperature
+        bias = None if bias is None else bias / temperature
+        softcap = None if softcap is None else softcap / temperature
     labelled = targets != ignore_index
     bad = int((labelled & ~torch.isfinite(ref_losses)).sum())
     if bad:
@@ -89,7 +147,10 @@ def rho1_loss(
     )
     with torch.no_grad():
         excess = torch.where(labelled, losses.detach() - ref_losses.float(), torch.zeros_like(losses))
-        kept = topk_mask(excess, keep_ratio, valid=labelled, scope=scope)
+        if window is None:
+            kept = topk_mask(excess, keep_ratio, valid=labelled, scope=scope)
+        else:
+            kept = window.select(excess, labelled, keep_ratio)
         count = kept.sum()
         # 1/|K| on kept tokens and exactly 0 elsewhere: the zero upstream gradients let the backward skip
         # the dropped rows entirely.
@@ -100,6 +161,9 @@ def rho1_loss(
 
 class Rho1Loss(nn.Module):
     """Holds the options of :func:`rho1_loss`; the lm_head weight and reference losses are arguments.
+
+    ``window_tokens`` gives it an :class:`ExcessLossWindow` of that many tokens, shared by its calls (selection
+    across gradient-accumulation steps; ``loss_fn.window.reset()`` at each optimizer step if wanted).
 
     Example::
 
@@ -116,6 +180,8 @@ class Rho1Loss(nn.Module):
         backend: str = "auto",
         scope: str = "global",
         chunk_size: int | None = None,
+        temperature: float = 1.0,
+        window_tokens: int | None = None,
     ):
         super().__init__()
         v.check_number("keep_ratio", keep_ratio, low=0.0, high=1.0)
@@ -125,6 +191,10 @@ class Rho1Loss(nn.Module):
         if scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
         v.check_chunk_size(chunk_size)
+        self.temperature = v.check_number("temperature", temperature, low=0.0, low_open=True)
+        if window_tokens is not None and scope != "global":
+            raise ValueError("window_tokens needs scope='global'")
+        self.window = None if window_tokens is None else ExcessLossWindow(window_tokens)
         self.keep_ratio = keep_ratio
         self.ignore_index = ignore_index
         self.softcap = softcap
@@ -145,11 +215,12 @@ class Rho1Loss(nn.Module):
         return rho1_loss(
             hidden, weight, targets, ref_losses, keep_ratio=self.keep_ratio, ignore_index=self.ignore_index,
             bias=bias, softcap=self.softcap, backend=self.backend, return_mask=return_mask, scope=self.scope,
-            chunk_size=self.chunk_size,
+            chunk_size=self.chunk_size, temperature=self.temperature, window=self.window,
         )
 
     def extra_repr(self) -> str:
         return (
             f"keep_ratio={self.keep_ratio}, ignore_index={self.ignore_index}, softcap={self.softcap}, "
-            f"backend={self.backend!r}, scope={self.scope!r}"
+            f"backend={self.backend!r}, scope={self.scope!r}, temperature={self.temperature}, "
+            f"window_tokens={None if self.window is None else self.window.capacity}"
         )
