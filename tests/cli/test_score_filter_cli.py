@@ -11,6 +11,7 @@ import pytest
 
 from tests.methods import tiny
 from xtf_kernels.cli import main
+from xtf_kernels.pipeline import ScoreResult
 
 pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
@@ -61,7 +62,9 @@ def test_score_then_filter_token_cleaning_to_safetensors(workspace, capsys):
     tensors = load_file(str(root / "tc.safetensors"))
     manifest = json.loads((out / "manifest.json").read_text())
     labelled = int((tensors["labels"] != -100).sum())
-    assert labelled == manifest["global_topk"]["keep"]  # every labelled token is scored; the top k keeps its label
+    result = ScoreResult(out)
+    protected = sum(int((shard.scores["guard"] == 1).sum()) for shard in result.shards())
+    assert labelled == manifest["global_topk"]["keep"] + protected  # ranked top k and protected keep their label
     assert tensors["offsets"].shape == (11,)
 
 

@@ -12,7 +12,13 @@ Accepted inputs (:func:`as_source`):
 - dicts with ``prompt`` and ``response`` text plus a ``tokenizer`` (anything with
   ``encode(text, add_special_tokens=False)``, e.g. a transformers tokenizer); the sequence is
   ``[bos] + prompt + response + [eos]`` with bos / eos where the tokenizer has them, eos labelled;
-- a path to a JSONL file holding either of those dict forms, one per line, read lazily on every pass.
+- a path to a JSONL file holding either of those dict forms, one per line, read lazily on every pass;
+- a Hugging Face ``datasets`` dataset on disk: a folder written by ``Dataset.save_to_disk`` (e.g. by
+  ``xtf filter --format dataset``) or a ``.parquet`` file, with the columns above (needs ``datasets``).
+
+Every source is also indexable (``source[i]``), which is how a distributed scoring run reads only its own
+samples: a list or dataset directly, a JSONL file through an index of line offsets built on first use
+(8 bytes a line), any other iterable after reading it into a list.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from collections.abc import Iterator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 IGNORE_INDEX = -100
@@ -159,22 +166,28 @@ class SampleSource:
         if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
                                        or max_length < 2):
             raise ValueError(f"max_length must be an int >= 2 or None, got {max_length!r}")
+        self.path: str | None = None
         if isinstance(data, (str, os.PathLike)):
             path = os.fspath(data)
-            if not os.path.isfile(path):
+            if os.path.isdir(path) or path.endswith(".parquet"):
+                data = load_hf_dataset(path)
+            elif not os.path.isfile(path):
                 raise FileNotFoundError(f"dataset file not found: {path}")
-            self.path: str | None = path
-            self._data = None
-        else:
+            else:
+                self.path = path
+                self._data = None
+        if self.path is None:
             if isinstance(data, Iterator):
                 raise TypeError("data must be re-iterable (a list, a dataset or a JSONL path), not a one-shot iterator")
             if not isinstance(data, Iterable):
                 raise TypeError(f"data must be a list, a dataset or a JSONL path, got {type(data).__name__}")
-            self.path = None
             self._data = data
         self.tokenizer = tokenizer
         self.max_length = max_length
         self._length: int | None = len(data) if self._data is not None and hasattr(data, "__len__") else None
+        self._offsets: np.ndarray | None = None  # JSONL: byte offset of every non-empty line
+        self._handle = None  # JSONL: open in this process (pid) for random access
+        self._handle_pid: int | None = None
 
     def _records(self) -> Iterator[tuple[str, object]]:
         if self.path is None:
@@ -201,8 +214,69 @@ class SampleSource:
 
     def __len__(self) -> int:
         if self._length is None:
-            self._length = sum(1 for _ in self._records())
+            self._length = len(self._line_offsets()) if self.path is not None else sum(1 for _ in self._records())
         return self._length
+
+    def __getitem__(self, index: int) -> TokenizedSample:
+        """Sample ``index`` (0-based, in the order of iteration)."""
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise TypeError(f"index must be an int, got {type(index).__name__}")
+        if self.path is not None:
+            offsets = self._line_offsets()
+            if not 0 <= index < len(offsets):
+                raise IndexError(f"sample {index} is out of range: {self.path} holds {len(offsets)} samples")
+            if self._handle is None or self._handle_pid != os.getpid():  # DataLoader workers open their own
+                self._handle, self._handle_pid = open(self.path, "rb"), os.getpid()  # noqa: SIM115 - kept open
+            self._handle.seek(int(offsets[index]))
+            where = f"{self.path} (sample {index})"
+            try:
+                record = json.loads(self._handle.readline())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ValueError(f"{where}: not valid JSON ({exc})") from None
+            return sample_from_record(record, self.tokenizer, where=where, max_length=self.max_length)
+        if not isinstance(self._data, Sequence) and not hasattr(self._data, "__getitem__"):
+            self._data = list(self._data)  # a plain iterable: random access needs it in memory
+            self._length = len(self._data)
+        if not 0 <= index < len(self._data):
+            raise IndexError(f"sample {index} is out of range: the data holds {len(self._data)} samples")
+        return sample_from_record(self._data[index], self.tokenizer, where=f"sample {index}",
+                                  max_length=self.max_length)
+
+    def _line_offsets(self) -> np.ndarray:
+        if self._offsets is None:
+            offsets, position = [], 0
+            with open(self.path, "rb") as handle:
+                for line in handle:
+                    if line.strip():
+                        offsets.append(position)
+                    position += len(line)
+            self._offsets = np.asarray(offsets, dtype=np.int64)
+        return self._offsets
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_handle"], state["_handle_pid"] = None, None  # an open file does not travel to a worker
+        return state
+
+
+def load_hf_dataset(path: str):
+    """A ``datasets.Dataset`` from a ``save_to_disk`` folder or a ``.parquet`` file (ValueError otherwise)."""
+    try:
+        import datasets
+    except ImportError as exc:
+        raise ImportError(f"reading {path} needs the datasets package: pip install datasets") from exc
+    if path.endswith(".parquet"):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"dataset file not found: {path}")
+        return datasets.Dataset.from_parquet(path)
+    try:
+        loaded = datasets.load_from_disk(path)
+    except FileNotFoundError as exc:
+        raise ValueError(f"{path} is a folder but not a dataset written by datasets' save_to_disk ({exc})") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        raise ValueError(f"{path} holds a DatasetDict with splits {sorted(loaded)}; pass one split's folder "
+                         "(or load it and pass the datasets.Dataset)")
+    return loaded
 
 
 def as_source(data, tokenizer=None, *, max_length: int | None = None) -> SampleSource:
@@ -222,8 +296,13 @@ class Batch:
     attention_mask: torch.Tensor
     lengths: torch.Tensor
 
-    def to(self, device) -> Batch:
-        return Batch(*(t.to(device) for t in (self.input_ids, self.labels, self.attention_mask, self.lengths)))
+    def to(self, device, *, non_blocking: bool = False) -> Batch:
+        return Batch(*(t.to(device, non_blocking=non_blocking)
+                       for t in (self.input_ids, self.labels, self.attention_mask, self.lengths)))
+
+    def pin_memory(self) -> Batch:
+        """Page-locked copies (a DataLoader with ``pin_memory=True`` calls this), for non-blocking GPU copies."""
+        return Batch(*(t.pin_memory() for t in (self.input_ids, self.labels, self.attention_mask, self.lengths)))
 
     @property
     def response_mask(self) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """Fingerprints (sha256, hex) of tokenised data, of models and of a scoring config.
 
-- data: every sample's length, input ids and labels (int64 little-endian), in order; so any change of a
-  token, a label, the order or the tokenizer changes it.
+- data: the sha256 of the samples' digests in order, a sample's digest being the sha256 of its length,
+  input ids and labels (int64 little-endian); so any change of a token, a label, the order or the tokenizer
+  changes it. Hashing digests rather than the samples themselves lets each rank of a distributed run
+  digest only its own samples (32 bytes each are gathered), with the same result as one process.
 - model: its class, its config (JSON, sorted keys), every parameter's name, shape and dtype, and each
   parameter's float64 sum and sum of squares printed to 8 significant digits (rounded so that the same
   weights on another device, reduced in another order, give the same fingerprint).
@@ -19,28 +21,38 @@ import torch
 from ..datasets.samples import TokenizedSample
 from ..methods._causal_lm import unwrap
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: data fingerprint over per-sample digests, self-validating shards
 
 
 class DataFingerprint:
     """Incremental fingerprint of a stream of samples: ``update`` each sample in order, then ``hexdigest``."""
 
     def __init__(self):
-        self._hash = hashlib.sha256(b"xtf-data-v1")
+        self._hash = hashlib.sha256(b"xtf-data-v2")
         self.num_samples = 0
         self.num_tokens = 0
 
     def update(self, sample: TokenizedSample) -> None:
-        ids = sample.input_ids.detach().cpu().numpy().astype("<i8", copy=False)
-        labels = sample.labels.detach().cpu().numpy().astype("<i8", copy=False)
-        self._hash.update(np.int64(ids.size).astype("<i8").tobytes())
-        self._hash.update(ids.tobytes())
-        self._hash.update(labels.tobytes())
+        self.update_digest(sample_digest(sample), len(sample))
+
+    def update_digest(self, digest: bytes, length: int) -> None:
+        """Add a sample known by its :func:`sample_digest` and length (a distributed run's gathered digests)."""
+        self._hash.update(digest)
         self.num_samples += 1
-        self.num_tokens += int(ids.size)
+        self.num_tokens += int(length)
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
+
+
+def sample_digest(sample: TokenizedSample) -> bytes:
+    """32-byte sha256 of one sample's length, input ids and labels (int64 little-endian)."""
+    ids = sample.input_ids.detach().cpu().numpy().astype("<i8", copy=False)
+    labels = sample.labels.detach().cpu().numpy().astype("<i8", copy=False)
+    digest = hashlib.sha256(np.int64(ids.size).astype("<i8").tobytes())
+    digest.update(ids.tobytes())
+    digest.update(labels.tobytes())
+    return digest.digest()
 
 
 def data_fingerprint(samples) -> str:

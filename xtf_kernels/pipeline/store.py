@@ -5,11 +5,16 @@ on read (no pickle anywhere).
     <out_dir>/state.safetensors          what the dataset pass learned (e.g. XTF's S_TR per vocabulary id)
     <out_dir>/shard-00000.safetensors    per-token scores of samples [first_sample, first_sample + n)
 
-A shard holds ``lengths`` (n,) int64, ``dropped_by`` (T,) uint8 (T = sum of lengths) and one
-``score/<name>`` (T,) fp32 per score, samples concatenated in order. Every file is written to a temporary
-name in the same folder, fsynced and renamed over the target (``os.replace``), so a reader sees either the
-old or the new file, never a partial one; the manifest is rewritten after each shard, so a shard that is on
-disk but not in the manifest is simply recomputed. The manifest records each file's sha256, checked on read.
+Shard i always holds samples [i * shard_size, min((i + 1) * shard_size, N)), whoever scored it, so shards
+are the unit of work of a distributed run and of resumption with any number of ranks. A shard holds
+``lengths`` (n,) int64, ``dropped_by`` (T,) uint8 (T = sum of lengths) and one ``score/<name>`` (T,) fp32
+per score, samples concatenated in order; its safetensors metadata names its index, first sample, the
+data and config fingerprints and ``content_sha256``, a sha256 of its tensors, so a shard found on disk
+proves by itself that it is complete, unmodified and for this data and config (a rank killed before rank 0
+listed its shards loses nothing). Every file is written to a temporary name in the same folder, fsynced and
+renamed over the target (``os.replace``), so a reader sees either the old or the new file, never a partial
+one. Only rank 0 writes the manifest; it lists the shards known complete (all of them, in order, once
+``complete``) with each file's sha256, checked on read.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 
 from .._atomic import atomic_write_bytes
 from ..errors import CorruptFileError
+from .fingerprint import FORMAT_VERSION
 
 MANIFEST = "manifest.json"
 STATE_FILE = "state.safetensors"
@@ -48,13 +54,73 @@ def write_tensors(path: str, tensors: dict[str, torch.Tensor], metadata: dict[st
     return hashlib.sha256(data).hexdigest()
 
 
-def read_tensors(path: str, sha256: str | None) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file, after checking its sha256 (CorruptFileError on any problem)."""
+def content_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        value = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)};".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
+
+
+def write_shard(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """:func:`write_tensors` with ``content_sha256`` added to the metadata; returns the file's sha256."""
+    return write_tensors(path, tensors, {**metadata, "content_sha256": content_digest(tensors)})
+
+
+def _header_metadata(path: str, data: bytes) -> dict:
+    """The ``__metadata__`` of a safetensors file's JSON header (8-byte little-endian size, then the JSON)."""
+    if len(data) < 8:
+        raise CorruptFileError(f"{path} is truncated ({len(data)} bytes)")
+    size = int.from_bytes(data[:8], "little")
+    try:
+        header = json.loads(data[8: 8 + size])
+    except (ValueError, UnicodeDecodeError):
+        raise CorruptFileError(f"{path} has no valid safetensors header (truncated or modified)") from None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def check_found_shard(path: str, expected: dict[str, str], lengths: list[int], score_names: list[str]) -> dict:
+    """Validate a shard file found on disk against what it must be; returns its manifest entry.
+
+    Args:
+        expected: metadata it must carry ("index", "first_sample", "data_fingerprint", "config_fingerprint").
+        lengths: the lengths of its samples, from the data.
+
+    Raises:
+        CorruptFileError: unreadable, truncated, modified, or written for other data / config / samples.
+    """
     try:
         with open(path, "rb") as handle:
             data = handle.read()
-    except FileNotFoundError:
-        raise CorruptFileError(f"{path} is listed in the manifest but missing") from None
+    except OSError as exc:
+        raise CorruptFileError(f"{path} cannot be read: {exc}") from None
+    metadata = _header_metadata(path, data)
+    for key, value in expected.items():
+        if metadata.get(key) != value:
+            raise CorruptFileError(f"{path}: metadata {key} is {metadata.get(key)!r}, expected {value!r}")
+    tensors = read_tensors(path, None, data=data)
+    if metadata.get("content_sha256") != content_digest(tensors):
+        raise CorruptFileError(f"{path}: its tensors do not match their recorded sha256 (modified)")
+    entry = {"file": os.path.basename(path), "first_sample": int(expected["first_sample"]),
+             "num_samples": len(lengths), "num_tokens": sum(lengths), "sha256": hashlib.sha256(data).hexdigest()}
+    validate_shard(path, tensors, entry, score_names)
+    if tensors["lengths"].tolist() != lengths:
+        raise CorruptFileError(f"{path}: its sample lengths differ from the data's")
+    return entry
+
+
+def read_tensors(path: str, sha256: str | None, *, data: bytes | None = None) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file (or of its bytes ``data``, already read), after checking its sha256
+    (CorruptFileError on any problem)."""
+    if data is None:
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            raise CorruptFileError(f"{path} is listed in the manifest but missing") from None
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
         raise CorruptFileError(f"{path} does not match the checksum in the manifest (truncated or modified)")
     try:
@@ -72,7 +138,7 @@ _MANIFEST_KEYS = {
     "format": str, "version": int, "method": str, "config": dict, "rule_names": list, "score_names": list,
     "data_fingerprint": str, "config_fingerprint": str, "models": dict, "num_samples": int, "num_tokens": int,
     "shard_size": int, "shards": list, "state": (dict, type(None)), "global_topk": (dict, type(None)),
-    "complete": bool, "source": dict,
+    "complete": bool, "source": dict, "throughput": (dict, type(None)),
 }
 _SHARD_KEYS = {"file": str, "first_sample": int, "num_samples": int, "num_tokens": int, "sha256": str}
 
@@ -87,19 +153,29 @@ def read_manifest(out_dir: str) -> dict:
             manifest = json.load(handle)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CorruptFileError(f"{path} is not valid JSON: {exc}") from None
+    if isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT and \
+            manifest.get("version") != FORMAT_VERSION:
+        raise CorruptFileError(f"{path}: results format version {manifest.get('version')}, this xtf_kernels "
+                               f"reads version {FORMAT_VERSION}; score again into another folder or with overwrite")
     _check_fields(path, manifest, _MANIFEST_KEYS)
     if manifest["format"] != MANIFEST_FORMAT:
         raise CorruptFileError(f"{path}: format is {manifest['format']!r}, expected {MANIFEST_FORMAT!r}")
-    expected_first = 0
-    for index, shard in enumerate(manifest["shards"]):
-        _check_fields(f"{path} shard {index}", shard, _SHARD_KEYS)
-        if shard["first_sample"] != expected_first or shard["file"] != shard_name(index):
-            raise CorruptFileError(f"{path}: shard {index} is out of order ({shard['file']}, first sample "
-                                   f"{shard['first_sample']}, expected {expected_first})")
-        expected_first += shard["num_samples"]
-    if manifest["complete"] and expected_first != manifest["num_samples"]:
-        raise CorruptFileError(f"{path}: marked complete but its shards hold {expected_first} of "
-                               f"{manifest['num_samples']} samples")
+    size, total = manifest["shard_size"], manifest["num_samples"]
+    if size < 1 or total < 1:
+        raise CorruptFileError(f"{path}: shard_size {size} and num_samples {total} must be positive")
+    previous = -1
+    for position, shard in enumerate(manifest["shards"]):
+        _check_fields(f"{path} shard {position}", shard, _SHARD_KEYS)
+        index, rest = divmod(shard["first_sample"], size)
+        if rest or index <= previous or shard["file"] != shard_name(index) or \
+                shard["num_samples"] != min(size, total - shard["first_sample"]):
+            raise CorruptFileError(f"{path}: shard entry {position} ({shard['file']}, first sample "
+                                   f"{shard['first_sample']}, {shard['num_samples']} samples) is out of order "
+                                   f"for shards of {size} of {total} samples")
+        previous = index
+    done = sum(shard["num_samples"] for shard in manifest["shards"])
+    if manifest["complete"] and done != total:
+        raise CorruptFileError(f"{path}: marked complete but its shards hold {done} of {total} samples")
     return manifest
 
 
