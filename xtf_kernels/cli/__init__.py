@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "env": ("xtf_kernels.cli.env", "versions, device, available backends and the build of the extension"),
     "score": ("xtf_kernels.cli.score", "score a dataset's response tokens (XTF, Token Cleaning, RHO-1)"),
     "filter": ("xtf_kernels.cli.filter", "apply scored masks to a dataset (labels -100 on dropped tokens)"),
+    "calibrate": ("xtf_kernels.cli.calibrate", "sweep a filter's threshold on a trusted dev set (drop rate vs NLL)"),
     "fidelity": ("xtf_kernels.cli.fidelity", "estimate TV distance between real and synthetic sample sets"),
 }
 
