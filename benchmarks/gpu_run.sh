@@ -1,84 +1,195 @@
 #!/usr/bin/env bash
-# The GPU run in one command, for a CUDA machine without network access (H200, Python 3.12, torch 2.11,
-# Triton 3.6, nvcc 13.0): install the carried wheels, build the CUDA extension, run the cuda test tier,
-# then the side-by-side benchmark.
+# The GPU run in one command, inside a time budget, for a CUDA machine without network access (written for
+# an H200 with Python 3.12, torch 2.11, Triton 3.6, nvcc 13.0, 16 cores):
 #
-#   bash benchmarks/gpu_run.sh                  # install + test + bench
-#   bash benchmarks/gpu_run.sh test             # install (skipped when done) + the cuda test tier
-#   bash benchmarks/gpu_run.sh bench [ARGS...]  # install (skipped when done) + benchmarks/run.py ARGS
-#                                               # e.g. --providers xtf-auto,liger,cce to split a long run
+#   bash benchmarks/gpu_run.sh                  # every step below, in this order, within the budget
+#   bash benchmarks/gpu_run.sh checks bench     # only some steps (install and build run when named)
+#   bash benchmarks/gpu_run.sh --dry-run        # the CPU rehearsal: no install, no build, tiny shapes, the
+#                                               # torch backend; proves every command, import and path
 #
-# Wheels: .whl/ (git-ignored; carry it to the machine) holds pure-Python wheels of the peers
-# (liger-kernel, cut-cross-entropy: their only dependencies, torch and triton, are on the machine) and of
-# the test tools (pytest, pytest-benchmark, hypothesis, ...) and pybind11, installed only where missing.
-# Everything the run writes goes to $OUT (default ./gpu_out): env.txt, build.log, pytest_cuda.log,
-# pytest_bench.json, bench.log, gpu_results.csv, gpu_bench.png. The rows are also appended to
-# benchmarks/data/results.csv of this checkout; on a machine whose files do not come back, merge
-# $OUT/gpu_results.csv into the committed file with `python benchmarks/merge_results.py`.
+#   install  the peers from carried wheels in .whl/ (liger-kernel, cut-cross-entropy 25.6 for its exact
+#            mode; make them with benchmarks/peer_wheels.sh where there is network), --no-deps: torch and
+#            triton are the machine's own
+#   build    the CUDA extension in place for sm_90 (XTF_CUDA_ARCHS), then `python -m xtf_kernels.env`
+#   checks   tests/gpu (marker cuda): every path at N 4096 against float64 with a NaN-poisoned allocator and
+#            a bitwise repeat, a misaligned hidden, N*V > 2^31, per-token gradients with 60% kept and every
+#            option on, path selection under memory pressure, the out_dtype GEMM forms
+#   bench    benchmarks/run.py --suite gpu-run (Llama-3-8B head, N 4096 and 16384, frozen, 60% kept,
+#            forward-only), first xtf and the fused peers, then the others; one run id for both
+#   profile  benchmarks/profile_step.py: torch.profiler breakdown of one Triton chunked step (N 16384)
+#   tier     the cuda test tier (pytest -m cuda tests benchmarks, 4 xdist workers when xdist is there) with
+#            whatever time is left
 #
-# Environment: OUT (results folder), XTF_CUDA_ARCHS (default 90: H100 / H200 only, the fastest build).
+# Budget: XTF_GPU_RUN_BUDGET_S seconds in all (default 480); each step gets at most its own cap and what
+# the budget has left, and a step that runs out is stopped and reported "timeout". On an H200 the run is
+# sized to finish inside 8 minutes; the tier is last because the checks cover the GPU-only risks first.
+#
+# Output, in $OUT (default ./gpu_out), five files so that a device tool that returns at most 8 brings all:
+#   summary.txt      step statuses and times, the checks' measurements, the benchmark table, the profile
+#   gpu_results.csv  the benchmark rows (merge here with `python benchmarks/merge_results.py`; on the GPU
+#                    machine they are also appended to benchmarks/data/results.csv, except in a dry run)
+#   checks.jsonl     one JSON line per check measurement (errors against float64, timings, path choices)
+#   profile.txt      the profiler breakdown
+#   logs.tar.gz      every step's log, env.txt, the pytest junit files, the benchmark plot, profile.json
+# The exit status is the number of steps that failed or timed out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT="${OUT:-$PWD/gpu_out}"
+ROOT="$PWD"
+PY="${PYTHON:-python3}"
+OUT="${OUT:-$ROOT/gpu_out}"
+BUDGET="${XTF_GPU_RUN_BUDGET_S:-480}"
+DRY_RUN=0
+steps=()
+for arg in "$@"; do
+    case "$arg" in
+        --dry-run) DRY_RUN=1 ;;
+        install|build|checks|bench|profile|tier) steps+=("$arg") ;;
+        *) echo "gpu_run: unknown argument '$arg' (--dry-run, install build checks bench profile tier)"; exit 2 ;;
+    esac
+done
+[ ${#steps[@]} -eq 0 ] && steps=(install build checks bench profile tier)
+if [ "$DRY_RUN" -eq 1 ]; then  # nothing to install or build on the CPU
+    kept=()
+    for step in "${steps[@]}"; do [ "$step" = install ] || [ "$step" = build ] || kept+=("$step"); done
+    steps=("${kept[@]}")
+fi
+
 mkdir -p "$OUT"
-export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INDEX=1 PIP_FIND_LINKS="$PWD/.whl"
-export XTF_CUDA_ARCHS="${XTF_CUDA_ARCHS:-90}"
-step="${1:-all}"
-[ $# -gt 0 ] && shift
+LOGS="$(mktemp -d "${TMPDIR:-/tmp}/xtf-gpu-run.XXXXXX")"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export PIP_DISABLE_PIP_VERSION_CHECK=1 XTF_CUDA_ARCHS="${XTF_CUDA_ARCHS:-90}"
+RESERVE=15  # seconds kept for packing the output
+failed=0
+STATUS_LINES=()
 
-log() { echo "gpu_run: $*" | tee -a "$OUT/gpu_run.log"; }
+say() { echo "gpu_run: $*" | tee -a "$LOGS/gpu_run.log"; }
 
-ensure_installed() {
-    if ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-        log "no CUDA device visible to torch; stopping"
-        exit 1
+run_step() {  # run_step NAME CAP_S COMMAND...: run under a timeout of min(CAP_S, budget left), log, record
+    local name=$1 cap=$2
+    shift 2
+    local left=$((BUDGET - SECONDS - RESERVE))
+    local limit=$((cap < left ? cap : left))
+    if [ "$limit" -le 5 ]; then
+        STATUS_LINES+=("$(printf '%-8s skipped: budget spent' "$name")")
+        say "$name: skipped, the budget ($BUDGET s) is spent"
+        failed=$((failed + 1))
+        return
     fi
-    # test tools and build helpers, from .whl/, only where missing (import name:distribution)
-    for pair in pytest:pytest pytest_benchmark:pytest-benchmark hypothesis:hypothesis tqdm:tqdm pybind11:pybind11; do
-        python -c "import ${pair%%:*}" 2>/dev/null || pip install -q "${pair#*:}" || log "could not install ${pair#*:}"
+    say "$name: up to $limit s: $*"
+    local start=$SECONDS
+    # timeout signals its whole process group, so pytest's and run.py's worker processes stop too.
+    timeout --kill-after=10 "$limit" bash -c '"$@"' bash "$@" >"$LOGS/$name.log" 2>&1
+    local status=$? took=$((SECONDS - start)) verdict=ok
+    if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
+        verdict="timeout after $limit s"
+    elif [ "$status" -ne 0 ]; then
+        verdict="exit $status"
+    fi
+    [ "$verdict" = ok ] || failed=$((failed + 1))
+    STATUS_LINES+=("$(printf '%-8s %4d s  %s  (%s)' "$name" "$took" "$verdict" "$(tail -n 1 "$LOGS/$name.log" | cut -c1-90)")")
+    say "$name: $verdict after $took s"
+}
+
+install_peers() {
+    local wheels=()
+    for pattern in '.whl/liger_kernel-*.whl' '.whl/cut_cross_entropy-*.whl'; do
+        for wheel in $pattern; do [ -f "$wheel" ] && wheels+=("$wheel"); done
     done
-    # the peers: --no-deps, their requirements (torch, triton) are the machine's own
-    for wheel in .whl/liger_kernel-*.whl .whl/cut_cross_entropy-*.whl; do
-        if [ -f "$wheel" ]; then
-            pip install -q --no-deps "$wheel" || log "could not install $wheel"
-        else
-            log "missing $wheel: that peer will be reported as not installed"
-        fi
-    done
-    if python -c "import xtf_kernels._C" 2>/dev/null && python -c "import xtf_kernels" 2>/dev/null; then
-        log "xtf_kernels with its CUDA extension is already installed"
+    [ ${#wheels[@]} -eq 0 ] && { echo "no peer wheels in .whl/ (benchmarks/peer_wheels.sh): peers report missing"; return 0; }
+    "$PY" -m pip install -q --no-index --no-deps "${wheels[@]}" && echo "installed ${wheels[*]}"
+}
+
+build_extension() {
+    "$PY" -c "import torch; assert torch.cuda.is_available(), 'torch sees no CUDA device'" || return 1
+    XTF_BUILD_CUDA=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" setup.py build_ext --inplace || return 1
+    "$PY" -m xtf_kernels.env | tee "$LOGS/env.txt"
+    "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" \
+        | tee -a "$LOGS/env.txt"
+}
+
+pytest_cuda() {  # pytest_cuda JUNIT ARGS...: the cuda marker, junit XML into the logs
+    local junit=$1
+    shift
+    "$PY" -m pytest -m cuda -q -rfEs -p no:cacheprovider --junitxml "$LOGS/$junit" "$@"
+}
+
+run_checks() {
+    rm -f "$OUT/checks.jsonl"
+    if [ "$DRY_RUN" -eq 1 ]; then
+        XTF_GPU_DRY_RUN=1 XTF_GPU_REPORT="$OUT/checks.jsonl" pytest_cuda checks.xml tests/gpu
     else
-        log "building xtf_kernels with the CUDA extension (XTF_CUDA_ARCHS=$XTF_CUDA_ARCHS)"
-        XTF_BUILD_CUDA=1 pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1 \
-            || log "the CUDA build failed (see build.log); the cuda backend will be reported missing"
-        python -c "import xtf_kernels" 2>/dev/null || pip install -q --no-build-isolation --no-deps -e . \
-            || { log "xtf_kernels does not install; stopping"; exit 1; }
+        XTF_GPU_REPORT="$OUT/checks.jsonl" pytest_cuda checks.xml tests/gpu
     fi
-    python -m xtf_kernels env >"$OUT/env.txt" 2>&1
-    python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" \
-        >>"$OUT/env.txt" 2>&1
 }
 
-run_tests() {
-    log "pytest -m cuda (tests and benchmark cases)"
-    python -m pytest -m cuda -q -p no:cacheprovider --benchmark-json "$OUT/pytest_bench.json" \
-        >"$OUT/pytest_cuda.log" 2>&1
-    local status=$?
-    log "pytest -m cuda exit status $status; $(tail -n 1 "$OUT/pytest_cuda.log")"
+bench() {  # bench PROVIDERS: one benchmarks/run.py invocation of the suite, shared run id
+    local outputs=(--output "$OUT/gpu_results.csv")
+    if [ "$DRY_RUN" -eq 1 ]; then
+        "$PY" benchmarks/run.py --suite dry-run --device cpu --warmup 0 --repeats 1 --run-id "$RUN_ID" \
+            --providers "$1" "${outputs[@]}"
+    else
+        "$PY" benchmarks/run.py --suite gpu-run --warmup 2 --repeats 5 --timeout 200 --run-id "$RUN_ID" \
+            --providers "$1" "${outputs[@]}" --output benchmarks/data/results.csv --plot "$LOGS/$2.png"
+    fi
 }
 
-run_bench() {
-    log "benchmarks/run.py $*"
-    python benchmarks/run.py --output "$OUT/gpu_results.csv" --output benchmarks/data/results.csv \
-        --plot "$OUT/gpu_bench.png" --timeout 540 "$@" 2>&1 | tee "$OUT/bench.log"
-    log "benchmarks/run.py exit status ${PIPESTATUS[0]}"
+profile() {
+    if [ "$DRY_RUN" -eq 1 ]; then
+        "$PY" benchmarks/profile_step.py --out "$LOGS/profile" --dry-run
+    else
+        "$PY" benchmarks/profile_step.py --out "$LOGS/profile" --provider xtf-triton-chunked --tokens 16384
+    fi
 }
 
-ensure_installed
-case "$step" in
-    all) run_tests; run_bench "$@" ;;
-    test) run_tests ;;
-    bench) run_bench "$@" ;;
-    install) ;;
-    *) log "unknown step '$step' (all | install | test | bench)"; exit 2 ;;
-esac
+tier() {
+    if [ "$DRY_RUN" -eq 1 ]; then  # the command line and the collection, not the GPU tests themselves
+        pytest_cuda tier.xml --collect-only tests/ops/_cuda benchmarks
+        return
+    fi
+    local workers=()
+    "$PY" -c "import xdist" 2>/dev/null && workers=(-n 4)
+    pytest_cuda tier.xml "${workers[@]}" --benchmark-disable --ignore tests/gpu tests benchmarks
+}
+
+RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)-gpu-run"
+[ "$DRY_RUN" -eq 1 ] && RUN_ID="${RUN_ID%-gpu-run}-dry-run"
+export ROOT PY OUT LOGS DRY_RUN RUN_ID
+export -f install_peers build_extension pytest_cuda run_checks bench profile tier
+say "run $RUN_ID, budget $BUDGET s, steps: ${steps[*]}, dry run: $DRY_RUN, out: $OUT"
+for step in "${steps[@]}"; do
+    case "$step" in
+        install) run_step install 60 install_peers ;;
+        build) run_step build 180 build_extension ;;
+        checks) run_step checks 150 run_checks ;;
+        bench)
+            run_step bench 200 bench xtf-auto,xtf-triton-chunked,xtf-cuda,cce,cce-exact,liger bench
+            run_step bench2 150 bench xtf-torch,xtf-triton-fused,torch-chunked,torch-compile,torch-materialised bench2
+            ;;
+        profile) run_step profile 60 profile ;;
+        tier) run_step tier 600 tier ;;
+        "") ;;
+    esac
+done
+
+{
+    echo "gpu_run $RUN_ID: ${SECONDS} s of a $BUDGET s budget, $failed step(s) failed or timed out"
+    echo
+    printf '%s\n' "${STATUS_LINES[@]}"
+    echo
+    echo "== checks ($OUT/checks.jsonl)"
+    grep -h -E "passed|failed|error" "$LOGS/checks.log" 2>/dev/null | tail -n 3
+    [ -f "$OUT/checks.jsonl" ] && cut -c1-400 "$OUT/checks.jsonl"
+    echo
+    echo "== benchmark"
+    grep -h -v -E "^\[|^  [a-z]" "$LOGS/bench.log" "$LOGS/bench2.log" 2>/dev/null
+    echo
+    echo "== profile"
+    cat "$LOGS/profile/profile.txt" 2>/dev/null
+    echo
+    echo "== tier"
+    tail -n 15 "$LOGS/tier.log" 2>/dev/null
+} >"$OUT/summary.txt"
+[ -f "$LOGS/profile/profile.txt" ] && cp "$LOGS/profile/profile.txt" "$OUT/profile.txt"
+tar -czf "$OUT/logs.tar.gz" -C "$LOGS" . && rm -rf "$LOGS"
+cat "$OUT/summary.txt"
+exit "$failed"

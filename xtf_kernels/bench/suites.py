@@ -6,7 +6,8 @@ gpu          the side-by-side run on a GPU (bf16): the Llama-3-8B head (H 4096, 
 gpu-run      the benchmark step of benchmarks/gpu_run.sh, sized to its time budget: the Llama-3-8B head at
              N = 4096 and 16384 with every provider, and at N = 16384 the frozen lm_head, 60% of the tokens
              kept and forward-only with xtf's default and fastest-candidate paths and the fused peers.
-dry-run      the CPU rehearsal of gpu-run: one tiny case; the GPU-only peers report themselves missing.
+dry-run      the CPU rehearsal of gpu-run: one tiny case, xtf's torch backend; the GPU-only peers report
+             themselves missing.
 cpu-targets  the CPU measurements the targets speak of (fp32, H 512, V 128256, forward + backward): the
              torch backend against materialised PyTorch at N = 8192 (all tokens, and 40% kept), and against
              torch's chunked F.linear_cross_entropy at N = 4096. Minutes per case on 2 cores.
@@ -60,7 +61,7 @@ def gpu_run_suite() -> list[SuiteEntry]:
 
 def dry_run_suite() -> list[SuiteEntry]:
     case = Case(tokens=64, hidden=32, vocab=512, dtype="float32")
-    return [SuiteEntry(case, ("xtf-torch", "torch-materialised", "liger", "cce", "cce-exact"))]
+    return [SuiteEntry(case, ("xtf-torch", "liger", "cce", "cce-exact"))]
 
 
 def cpu_targets_suite() -> list[SuiteEntry]:
