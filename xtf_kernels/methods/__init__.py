@@ -9,6 +9,8 @@
   ``XTFConfig()`` is the safe configuration, :meth:`XTFConfig.paper` the paper-faithful one.
 - :func:`score_samples` / :func:`filter_samples`: score and mask data in memory; the streaming, resumable
   version is :func:`xtf_kernels.pipeline.score_dataset`.
+- :func:`sweep_threshold` / :class:`CalibrationSweep`: sweep one knob of a filter on a trusted dev set
+  (drop rate against dev NLL / accuracy; ``xtf calibrate``).
 - :func:`finetune`: a plain SFT loop on tokenised samples with the fused loss; :func:`lm_head_of` and
   :func:`final_hidden_states` give a transformers causal LM's head and last hidden states for the fused ops.
 
@@ -27,6 +29,8 @@ from .base import SampleScores
 from .base import TokenScorer
 from .base import filter_samples
 from .base import score_samples
+from .calibration import CalibrationSweep
+from .calibration import sweep_threshold
 from .finetune import causal_lm_loss
 from .finetune import finetune
 from .nll import mean_nll
@@ -51,6 +55,7 @@ from .xtf import task_relevance
 
 __all__ = [
     "BatchScores",
+    "CalibrationSweep",
     "ExcessLossWindow",
     "GlobalTopK",
     "LMHead",
@@ -77,6 +82,7 @@ __all__ = [
     "score_samples",
     "self_evolving_cleaning",
     "split_parts",
+    "sweep_threshold",
     "task_relevance",
     "token_cleaning",
     "token_nll",
