@@ -3,7 +3,7 @@
 # an H200 with Python 3.12, torch 2.11, Triton 3.6, nvcc 13.0, 16 cores):
 #
 #   bash benchmarks/gpu_run.sh                  # every step below, in this order, within the budget
-#   bash benchmarks/gpu_run.sh checks bench     # only some steps (install and build run when named)
+#   bash benchmarks/gpu_run.sh checks bench     # only these steps (on a fresh machine name install build too)
 #   bash benchmarks/gpu_run.sh --dry-run        # the CPU rehearsal: no install, no build, tiny shapes, the
 #                                               # torch backend; proves every command, import and path
 #
@@ -15,14 +15,19 @@
 #            a bitwise repeat, a misaligned hidden, N*V > 2^31, per-token gradients with 60% kept and every
 #            option on, path selection under memory pressure, the out_dtype GEMM forms
 #   bench    benchmarks/run.py --suite gpu-run (Llama-3-8B head, N 4096 and 16384, frozen, 60% kept,
-#            forward-only), first xtf and the fused peers, then the others; one run id for both
+#            forward-only): xtf's default and fast paths with the fused peers, then (after the profile) the
+#            peers that form the full logits and xtf's slower paths; one run id for both
 #   profile  benchmarks/profile_step.py: torch.profiler breakdown of one Triton chunked step (N 16384)
 #   tier     the cuda test tier (pytest -m cuda tests benchmarks, 4 xdist workers when xdist is there) with
 #            whatever time is left
 #
-# Budget: XTF_GPU_RUN_BUDGET_S seconds in all (default 480); each step gets at most its own cap and what
-# the budget has left, and a step that runs out is stopped and reported "timeout". On an H200 the run is
-# sized to finish inside 8 minutes; the tier is last because the checks cover the GPU-only risks first.
+# Budget: XTF_GPU_RUN_BUDGET_S seconds in all (default 480: 8 minutes); each step gets at most its own cap
+# and what the budget has left, and a step that runs out is stopped and reported "timeout"; the order puts
+# what matters most first. The step times on an H200 are not measured yet: the first run's summary.txt
+# says which steps the budget cut.
+#
+# With the device tool: run `bash benchmarks/gpu_run.sh` with carry [".whl"] and timeout_s 600 (the
+# budget plus the machine's start-up of Python); OUT is set there.
 #
 # Output, in $OUT (default ./gpu_out), five files so that a device tool that returns at most 8 brings all:
 #   summary.txt      step statuses and times, the checks' measurements, the benchmark table, the profile
@@ -156,20 +161,16 @@ RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)-gpu-run"
 export ROOT PY OUT LOGS DRY_RUN RUN_ID
 export -f install_peers build_extension pytest_cuda run_checks bench profile tier
 say "run $RUN_ID, budget $BUDGET s, steps: ${steps[*]}, dry run: $DRY_RUN, out: $OUT"
-for step in "${steps[@]}"; do
-    case "$step" in
-        install) run_step install 60 install_peers ;;
-        build) run_step build 180 build_extension ;;
-        checks) run_step checks 150 run_checks ;;
-        bench)
-            run_step bench 200 bench xtf-auto,xtf-triton-chunked,xtf-cuda,cce,cce-exact,liger bench
-            run_step bench2 150 bench xtf-torch,xtf-triton-fused,torch-chunked,torch-compile,torch-materialised bench2
-            ;;
-        profile) run_step profile 60 profile ;;
-        tier) run_step tier 600 tier ;;
-        "") ;;
-    esac
-done
+wants() { [[ " ${steps[*]} " == *" $1 "* ]]; }
+# Most valuable first, so that what the budget cuts is the least valuable: the benchmark's second group
+# (the peers that form full logits, and xtf's slower paths) and the tier come after the profile.
+wants install && run_step install 60 install_peers
+wants build && run_step build 180 build_extension
+wants checks && run_step checks 150 run_checks
+wants bench && run_step bench 200 bench xtf-auto,xtf-triton-chunked,xtf-cuda,cce,cce-exact,liger bench
+wants profile && run_step profile 60 profile
+wants bench && run_step bench2 150 bench xtf-torch,xtf-triton-fused,torch-chunked,torch-compile,torch-materialised bench2
+wants tier && run_step tier 600 tier
 
 {
     echo "gpu_run $RUN_ID: ${SECONDS} s of a $BUDGET s budget, $failed step(s) failed or timed out"
