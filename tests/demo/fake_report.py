@@ -7,18 +7,25 @@ import copy
 from xtf_kernels.demo.config import QUICK
 
 
-def _rule(dropped: int, precision: float, recall: float) -> dict:
-    return {"dropped": dropped, "fraction": dropped / 1000, "only_this_rule": dropped // 2, "precision": precision,
-            "recall": recall, "f1": 2 * precision * recall / (precision + recall)}
+def _evaluation(exact_match: float) -> dict:
+    return {"exact_match": exact_match, "format": 0.9, "clean_nll": 0.8, "retention": 0.7,
+            "noise_reappears": {"wrong_number": 0.3, "off_domain": 0.0, "garbled": 0.01}}
 
 
-def _method(kept: int, exact_match: float, precision, recall: float, f1, rules: dict, scoring) -> dict:
-    return {
-        "kept_tokens": kept, "dropped_tokens": 1000 - kept, "kept_fraction": kept / 1000, "precision": precision,
-        "recall": recall, "f1": f1, "rules": rules, "loss_tokens": 3 * kept, "loss_curve": [2.5, 2.0, 1.5],
-        "final_train_loss": 2.0, "eval_steps": [0, 3], "heldout_loss_curve": [0.9, 0.8], "heldout_loss": 0.8,
-        "exact_match": exact_match, "train_seconds": 1.5, "tokens_per_second": 1234.5, "scoring_seconds": scoring,
-    }
+def _selection(drop: float, precision, recall, auroc) -> dict:
+    return {"drop_rate": drop, "precision": precision, "recall": recall, "auroc": auroc, "auprc": 0.4,
+            "by_kind": {k: {"recall": recall, "auroc": auroc} for k in ("wrong_number", "off_domain", "garbled")},
+            "boilerplate_dropped": 0.5, "protected_dropped": {"template": 0.1, "answer": 0.2, "eos": 0.0},
+            "whole_types": 3, "whole_type_examples": ["Ġ=", "<b>", "7"]}
+
+
+def _paired(mean: float, half: float) -> dict:
+    return {"mean": mean, "low": mean - half, "high": mean + half, "permutation_p": 0.04, "mcnemar_p": 0.05}
+
+
+def _arm(label: str, exact_match, selection=None, versus=None, random=None) -> dict:
+    return {"label": label, "evaluation": None if exact_match is None else _evaluation(exact_match),
+            "selection": selection, "vs_all_tokens": versus, "vs_random": random, "seconds": 1.5}
 
 
 def _memory_side(provider: str, extra: int) -> dict:
@@ -28,36 +35,38 @@ def _memory_side(provider: str, extra: int) -> dict:
 
 REPORT = {
     "format": "xtf-demo-report",
-    "version": 1,
+    "version": 2,
     "config": QUICK.to_dict(),
     "environment": {"xtf_kernels": "0.1.0", "torch": "2.x", "transformers": "5.x", "device": "a CPU",
-                    "device_type": "cpu", "threads": 1},
-    "data": {"train_samples": 64, "response_tokens": 1000, "noisy_tokens": 200, "noise_fraction": 0.2,
-             "pretrain_samples": 96, "warmup_samples": 16, "heldout_problems": 200, "vocab_size": 64},
-    "model": {"arch": "llama", "parameters": 83264},
-    "base": {"pretrain_final_loss": 0.7, "exact_match": 0.1, "heldout_loss": 0.7},
-    "reference": {"exact_match": 0.12, "heldout_loss": 0.6},
-    "methods": {
-        "all_tokens": _method(1000, 0.10, None, 0.0, None, {}, None),
-        "xtf": _method(600, 0.05, 0.25, 0.5, 1 / 3,
-                       {"RI": _rule(50, 0.1, 0.025), "KN": _rule(300, 0.01, 0.015), "TR": _rule(200, 0.4, 0.4)}, 0.5),
-        "token_cleaning": _method(600, 0.30, 0.4, 0.8, 0.4 * 0.8 * 2 / 1.2, {"low_influence": _rule(400, 0.4, 0.8)},
-                                  0.6),
+                    "device_type": "cpu", "threads": 1, "load_average": 1.5, "paper_preset": True},
+    "data": {"train_samples": 64, "response_tokens": 1000, "noise_fraction": 0.15,
+             "kind_fraction": {"wrong_number": 0.05, "off_domain": 0.06, "garbled": 0.04, "boilerplate": 0.03},
+             "trusted_samples": 16, "heldout_problems": 200, "vocab_size": 2000},
+    "model": {"arch": "llama", "parameters": 1028992, "pretrain_tokens": 700000, "pretrain_final_loss": 0.7,
+              "cached": True},
+    "base": _evaluation(0.2),
+    "reference": _evaluation(0.25),
+    "arms": {
+        "xtf_KN": _arm("XTF KN alone", None, _selection(0.3, 0.01, 0.02, 0.2)),
+        "all_tokens": _arm("all tokens", 0.40),
+        "xtf_paper": _arm("XTF (paper preset)", 0.30, _selection(0.4, 0.2, 0.5, 0.55), _paired(-0.10, 0.05),
+                          _paired(-0.08, 0.06)),
+        "tc_fixed": _arm("Token Cleaning (fixed)", 0.55, _selection(0.4, 0.35, 0.9, 0.8), _paired(0.15, 0.07),
+                         _paired(0.12, 0.05)),
+        "oracle": _arm("oracle", 0.60, _selection(0.15, 1.0, 1.0, 1.0), _paired(0.2, 0.05)),
+        "random:xtf_paper": _arm("random at XTF (paper preset)'s rate", 0.38, _selection(0.4, 0.15, 0.4, 0.5),
+                                 _paired(-0.02, 0.05)),
+        "random:tc_fixed": _arm("random at Token Cleaning (fixed)'s rate", 0.43, _selection(0.4, 0.15, 0.4, 0.5),
+                                _paired(0.03, 0.05)),
     },
-    "xtf_overlap": {"RI&KN": {"both": 10, "jaccard": 0.03, "of_smaller": 0.2},
-                    "RI&TR": {"both": 5, "jaccard": 0.02, "of_smaller": 0.1},
-                    "KN&TR": {"both": 50, "jaccard": 0.11, "of_smaller": 0.25}},
-    "memory": {"tokens": 736, "hidden": 64, "vocab": 4096, "dtype": "float32", "mode": "fwd_bwd", "device": "a CPU",
-               "method": "torch allocator trace (profiler)", "fused": _memory_side("xtf-torch", 10 * 2**20),
-               "materialised": _memory_side("torch-materialised", 40 * 2**20), "extra_ratio": 4.0},
-    "verdict": {"best_method": "token_cleaning", "filtering_wins": True, "margin": 0.085,
-                "findings": ["a <b>finding</b>"]},
-    "timings": {stage: 1.0 for stage in ("data", "pretrain", "reference", "scoring", "finetune", "evaluation",
-                                         "memory", "report", "total")},
-    "files": {"json": "report.json", "html": "report.html",
-              "scores": {"xtf": "scores/xtf", "token_cleaning": "scores/token_cleaning"},
-              "method_reports": {"xtf": "scores/xtf/report.html",
-                                 "token_cleaning": "scores/token_cleaning/report.html"}},
+    "memory": {"tokens": 736, "hidden": 128, "vocab": 4096, "dtype": "float32", "mode": "fwd_bwd",
+               "device": "a CPU", "method": "torch allocator trace (profiler)",
+               "fused": _memory_side("xtf-torch", 10 * 2**20), "materialised": _memory_side("torch-materialised",
+                                                                                            40 * 2**20),
+               "extra_ratio": 4.0},
+    "verdict": {"best_arm": "tc_fixed", "filtering_wins": True, "findings": ["a <b>finding</b>"]},
+    "timings": {stage: 1.0 for stage in ("base", "methods", "memory", "report", "total")},
+    "files": {"json": "report.json", "html": "report.html"},
 }
 
 

@@ -1,4 +1,4 @@
-"""report.html is one self-contained page: embedded PNGs, escaped text, every section."""
+"""report.html is one self-contained page: embedded PNGs, escaped text, every section, samples token by token."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ import re
 
 import torch
 
+from xtf_kernels.datasets.miniature import KIND_CODE
+from xtf_kernels.datasets.miniature import MiniatureTokenizer
+from xtf_kernels.datasets.samples import TokenizedSample
+from xtf_kernels.demo.experiment import CellArtifacts
 from xtf_kernels.demo.html import build_page
-from xtf_kernels.demo.html import loss_curves_png
-from xtf_kernels.demo.html import score_histograms_png
+from xtf_kernels.demo.html import differences_png
 
 from .fake_report import fake_report
 
@@ -19,26 +22,41 @@ def _png_bytes(uri: str) -> bytes:
     return base64.b64decode(uri.split(",", 1)[1])
 
 
-def test_page_is_self_contained_and_escaped():
-    panels = [("XTF KN", torch.tensor([0.0, 0.1, 0.9]), torch.tensor([1.0, 0.99]), [0.05]),
-              ("Token Cleaning", torch.tensor([0.5, -0.5]), torch.tensor([-2.0]), [0.0])]
-    highlighted = {"xtf": (("RI", "KN", "TR"), '<div class="sample">x</div>'),
-                   "token_cleaning": (("low_influence",), '<div class="sample">y</div>')}
-    page = build_page(fake_report(), panels, highlighted)
+def _artifacts():
+    tokenizer = MiniatureTokenizer.train(["Step one: 12 + 3 = 15. The answer is 15. &amp;"] * 20, vocab_size=300)
+    ids = tokenizer.encode(" The answer is 15. &amp;")
+    n = len(ids)
+    labels = torch.tensor(ids)
+    labels[0] = -100
+    noise = torch.zeros(n, dtype=torch.bool)
+    noise[-2:] = True
+    kinds = torch.full((n,), KIND_CODE["template"], dtype=torch.int8)
+    kinds[-2:] = KIND_CODE["garbled"]
+    sample = TokenizedSample(torch.tensor(ids), labels, noise)
+    clean = TokenizedSample(torch.tensor(ids), labels, torch.zeros(n, dtype=torch.bool))
+    dropped = torch.zeros(n, dtype=torch.bool)
+    dropped[-1] = True
+    return CellArtifacts([clean, sample], [kinds, kinds], {"tc_fixed": [dropped, dropped],
+                                                          "xtf_paper": [dropped, ~dropped]}), tokenizer
+
+
+def test_page_is_self_contained_escaped_and_complete():
+    artifacts, tokenizer = _artifacts()
+    page = build_page(fake_report(), artifacts, tokenizer, highlighted=3)
     sources = re.findall(r'src="([^"]*)"', page)
-    assert len(sources) == 2 and all(_png_bytes(s)[:8] == b"\x89PNG\r\n\x1a\n" for s in sources)
+    assert len(sources) == 1 and _png_bytes(sources[0])[:8] == b"\x89PNG\r\n\x1a\n"
     assert "http" not in page and "<script" not in page
     assert "a &lt;b&gt;finding&lt;/b&gt;" in page and "<b>finding</b>" not in page
-    for text in ("XTF per rule", "Token Cleaning", "KN&amp;TR", "torch-materialised", "40 MiB", "low_influence",
-                 '<div class="sample">y</div>', 'href="scores/xtf/report.html"', "30.0%"):
+    for text in ("Token Cleaning (fixed)", "scored only", "torch-materialised", "40 MiB", "+15.0 [+8.0, +22.0]",
+                 "McNemar p 0.050", "wrong_number dropped / AUROC", "&lt;b&gt;"):
         assert text in page, text
+    # only the noisy sample is shown, once per arm that has a drop; its garbled tokens underlined
+    samples = re.findall(r'<div class="sample">.*?</div>', page)
+    assert len(samples) == 2 and all("sample 1," in s for s in samples)
+    assert samples[0].count("noise") == 2 and "drop" in samples[0]
 
 
-def test_plots_with_edge_case_inputs():
-    methods = fake_report()["methods"]
-    for method in methods.values():
-        method["loss_curve"] = [1.0]  # a one-step run
-    assert _png_bytes(loss_curves_png(methods))[:4] == b"\x89PNG"
-    three = [("a", torch.tensor([1.0, 1.0]), torch.tensor([]), []), ("b", torch.tensor([]), torch.tensor([2.0]), [2.0]),
-             ("c", torch.tensor([0.0, 1.0]), torch.tensor([0.5]), [0.2, 0.7])]
-    assert _png_bytes(score_histograms_png(three))[:4] == b"\x89PNG"
+def test_differences_plot_with_missing_controls():
+    arms = fake_report()["arms"]
+    arms["tc_fixed"]["vs_random"] = None
+    assert _png_bytes(differences_png(arms))[:4] == b"\x89PNG"

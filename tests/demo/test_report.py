@@ -45,7 +45,7 @@ def test_timing_fields_are_the_documented_timing_fields():
     documented = {path for path, text in documented_fields().items() if text.startswith("(timing)")}
     timing_leaves = {p for p in schema_paths() if any(fnmatch.fnmatchcase(p, t) for t in TIMING_FIELDS)}
     assert timing_leaves == {p for p in schema_paths() if any(fnmatch.fnmatchcase(p, d) for d in documented)}
-    assert len(timing_leaves) == 8
+    assert len(timing_leaves) == 7
 
 
 def _set(report: dict, path: str, value) -> None:
@@ -69,21 +69,25 @@ def test_the_fake_report_is_valid():
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        (lambda r: _delete(r, "data.noisy_tokens"), r"data: missing fields \['noisy_tokens'\]"),
+        (lambda r: _delete(r, "data.vocab_size"), r"data: missing fields \['vocab_size'\]"),
         (lambda r: _set(r, "data.extra", 1), r"unknown fields \['extra'\]"),
         (lambda r: _set(r, "data.train_samples", "64"), "data.train_samples must be int, got str"),
         (lambda r: _set(r, "data.train_samples", 64.0), "data.train_samples must be int, got float"),
         (lambda r: _set(r, "model.parameters", True), "model.parameters must be int, got bool"),
         (lambda r: _set(r, "verdict.filtering_wins", 1), "verdict.filtering_wins must be bool, got int"),
-        (lambda r: _set(r, "methods.xtf.exact_match", None), "methods.xtf.exact_match is null"),
-        (lambda r: _set(r, "methods.xtf.loss_curve", [1.0, "x"]), r"methods.xtf.loss_curve\[1\] must be"),
-        (lambda r: _set(r, "methods.xtf.rules.RI.dropped", 1.5), "methods.xtf.rules.RI.dropped must be int"),
-        (lambda r: _set(r, "methods.rho1", r["methods"]["xtf"]), "unknown entry 'rho1'"),
-        (lambda r: _delete(r, "methods.token_cleaning"), "methods must be exactly"),
+        (lambda r: _set(r, "arms.xtf_paper.evaluation.exact_match", None),
+         "arms.xtf_paper.evaluation.exact_match is null"),
+        (lambda r: _set(r, "arms.xtf_paper.selection.whole_type_examples", ["a", 1]),
+         r"arms.xtf_paper.selection.whole_type_examples\[1\] must be"),
+        (lambda r: _set(r, "arms.xtf_paper.selection.by_kind.boilerplate", {"recall": 0.1, "auroc": 0.5}),
+         "unknown entry 'boilerplate'"),
+        (lambda r: _set(r, "arms.tc_fixed.vs_random", {"mean": 0.1}), "arms.tc_fixed.vs_random: missing fields"),
+        (lambda r: _delete(r, "arms.all_tokens"), "arms must include 'all_tokens'"),
+        (lambda r: _set(r, "data.kind_fraction.noise", 0.1), "unknown entry 'noise'"),
         (lambda r: _set(r, "timings.warmup", 1.0), "unknown entry 'warmup'"),
         (lambda r: _set(r, "memory.fused", []), "memory.fused must be an object"),
         (lambda r: _set(r, "format", "something-else"), "not an xtf demo report"),
-        (lambda r: _set(r, "version", 2), "not an xtf demo report of version 1"),
+        (lambda r: _set(r, "version", 1), "not an xtf demo report of version 2"),
         (lambda r: _set(r, "config.seed", -1), "config is not a valid demo config: seed"),
         (lambda r: _set(r, "config.colour", "red"), "config is not a valid demo config"),
     ],
@@ -99,7 +103,9 @@ def test_nullable_fields_take_null():
     report = fake_report()
     _set(report, "memory.extra_ratio", None)
     _set(report, "memory.fused.ms", None)
-    _set(report, "methods.xtf.precision", None)
+    _set(report, "arms.xtf_paper.selection.precision", None)
+    _set(report, "arms.xtf_paper.vs_random", None)
+    _set(report, "arms.xtf_KN.evaluation", None)
     validate_report(report)
 
 
@@ -123,7 +129,7 @@ def test_an_invalid_report_is_not_written_and_the_old_file_stays(tmp_path):
 
 def test_nan_is_refused_not_written(tmp_path):
     report = fake_report()
-    _set(report, "methods.xtf.heldout_loss", float("nan"))
+    _set(report, "arms.xtf_paper.evaluation.clean_nll", float("nan"))
     with pytest.raises(ValueError):
         write_report_json(tmp_path / "report.json", report)
 
@@ -131,9 +137,9 @@ def test_nan_is_refused_not_written(tmp_path):
 @pytest.mark.parametrize(
     ("content", "match"),
     [
-        ('{"format": "xtf-demo-report", "version": 1, ', "not valid JSON"),
+        ('{"format": "xtf-demo-report", "version": 2, ', "not valid JSON"),
         ("[]", "the report must be an object"),
-        (json.dumps({"format": "xtf-demo-report", "version": 1}), "missing fields"),
+        (json.dumps({"format": "xtf-demo-report", "version": 2}), "missing fields"),
     ],
 )
 def test_reading_a_damaged_file_names_the_file(tmp_path, content, match):
@@ -152,10 +158,10 @@ def test_reading_a_missing_file_is_file_not_found(tmp_path):
 def test_without_timings_drops_exactly_the_timing_fields():
     report = fake_report()
     stripped = without_timings(report)
-    assert "timings" not in stripped
-    for method in stripped["methods"].values():
-        assert not {"train_seconds", "tokens_per_second", "scoring_seconds"} & set(method)
-        assert method["exact_match"] is not None and "loss_curve" in method
+    assert "timings" not in stripped and "load_average" not in stripped["environment"]
+    for arm in stripped["arms"].values():
+        assert "seconds" not in arm and set(arm) == {"label", "evaluation", "selection", "vs_all_tokens",
+                                                     "vs_random"}
     for side in ("fused", "materialised"):
         assert set(stripped["memory"][side]) == {"provider", "status", "reason", "peak_bytes", "extra_bytes"}
     assert stripped["data"] == report["data"] and stripped["verdict"] == report["verdict"]

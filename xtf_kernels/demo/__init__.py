@@ -1,4 +1,4 @@
-"""``xtf demo``: fine-tune a tiny model on a built-in noisy SFT set three ways and report what filtering did.
+"""``xtf demo``: every token filter on the miniature's noisy SFT set, against all tokens and matched random drops.
 
 ::
 
@@ -6,11 +6,11 @@
     report = run_demo(QUICK, "xtf_demo_out", device=torch.device("cpu"))
     read_report("xtf_demo_out/report.json")["verdict"]["findings"]
 
-- :mod:`.config` the presets and every knob; :mod:`.data` the data splits; :mod:`.training` step-counted
-  training with the fused loss; :mod:`.scoring` XTF and Token Cleaning through the pipeline;
-  :mod:`.memory` fused against materialised loss memory; :mod:`.report` report.json (fields documented
-  there), :mod:`.summary` the conclusions and printed table, :mod:`.html` report.html;
-  :mod:`.run` the whole run.
+- :mod:`.config` the presets and every knob; :mod:`.experiment` one cell of the comparison (data, every
+  method's selection, training, evaluation; the benchmark runs many); :mod:`.aggregate` and
+  :mod:`.statistics` the paired comparisons; :mod:`.training` the held-out loss; :mod:`.memory` fused
+  against materialised loss memory; :mod:`.report` report.json (fields documented there), :mod:`.summary`
+  the conclusions and printed table, :mod:`.html` report.html; :mod:`.run` the whole run.
 """
 
 from __future__ import annotations

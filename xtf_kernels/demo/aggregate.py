@@ -69,7 +69,7 @@ def compare(cells: list[dict]) -> dict:
     """Per arm: :func:`summarise_arm`, and :func:`paired` against all tokens and its matched random drop."""
     if not cells:
         raise ValueError("cells must not be empty")
-    arms = list(cells[0]["arms"])
+    arms = [arm for arm, entry in cells[0]["arms"].items() if entry["evaluation"] is not None]
     out = {}
     for arm in arms:
         entry = summarise_arm(cells, arm)

@@ -1,8 +1,9 @@
-"""What the demo runs: sizes of the data splits, the model, the training schedules, the filtering knobs.
+"""What the demo runs: the base, the noisy pool, the methods' knobs, the evaluation sizes, the memory check.
 
-Two presets, :data:`QUICK` (``xtf demo --quick``, about a minute on 2 CPU cores) and :data:`DEFAULT`
-(``xtf demo``, a few minutes), and :meth:`DemoConfig.replace` for the command line's overrides. Every
-field is recorded in ``report.json`` under ``config``.
+Two presets, :data:`QUICK` (``xtf demo --quick``: under 3 minutes on 2 CPU cores from a fresh install, the
+small base included) and :data:`DEFAULT` (``xtf demo``: the benchmark's base and pool, a few minutes once
+the base is cached), and :meth:`DemoConfig.replace` for the command line's overrides. Every field is
+recorded in ``report.json`` under ``config``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ..datasets.miniature import BaseConfig
+
 DEVICES = ("auto", "cpu", "cuda")
+# The bases the demo can use: "full" is the benchmark's (benchmarks/methods/miniature.py), "quick" a smaller
+# pretraining run of the same model that builds in well under a minute on an idle CPU core.
+BASES = {"full": BaseConfig(), "quick": BaseConfig(documents=6000)}
 
 
 def _check_int(name: str, value, low: int) -> None:
@@ -27,55 +33,33 @@ def _check_fraction(name: str, value, low: float, high: float) -> None:
 class DemoConfig:
     """Every knob of one demo run.
 
-    Data (all generated from ``seed``, see :mod:`xtf_kernels.demo.data`):
-        train_samples: noisy SFT samples fine-tuned on (the pool the methods filter).
-        noise_fraction: expected fraction of corrupted response tokens in them.
-        pretrain_samples: clean problems the base model is pretrained on (every token, prompt included).
-        warmup_samples: clean SFT samples the Token Cleaning reference model is fine-tuned on.
-        heldout_problems: clean problems, none of them in the training pool, for exact match and loss.
-
-    Model (:func:`xtf_kernels.datasets.tiny_causal_lm`): arch, hidden_size, num_layers, num_heads,
-    num_kv_heads.
-
-    Schedules (optimizer steps of ``batch_size`` samples, AdamW at a constant rate):
-        pretrain_steps / pretrain_lr: base model from its random initialisation.
-        warmup_steps / warmup_lr: reference model = base + this much clean fine-tuning.
-        finetune_steps / finetune_lr: each of the three fine-tuning runs (all tokens, XTF, Token Cleaning).
-        eval_every: held-out loss every this many fine-tuning steps (and after the last).
-
-    Filtering: token_cleaning_k is the kept fraction of Token Cleaning (methods.md default 0.6); XTF runs
-    with :class:`xtf_kernels.methods.XTFConfig` defaults.
-
+    base: "full" or "quick" (:data:`BASES`), the pretrained miniature base (cached on disk, built on first use).
+    Data (:func:`xtf_kernels.datasets.miniature.make_sft`, all from ``seed``): train_samples noisy two-step
+    problems with harmful noise at noise_fraction of the response tokens (wrong numbers, off-domain sentences,
+    garbled artefacts; boilerplate apart); trusted_samples clean ones (the Token Cleaning / RHO-1 reference is
+    the base fine-tuned on them); heldout_problems clean held-out problems; retention_problems of each
+    pretraining task.
+    Training: one epoch at lr in batches of batch_size (the fused loss over kept tokens).
+    Methods: token_cleaning_k and rho1_keep, the kept fractions (methods.md defaults 0.6); XTF as the paper
+    preset and with the library's defaults (see :func:`xtf_kernels.demo.experiment.xtf_selections`).
     Memory comparison (:mod:`xtf_kernels.demo.memory`): memory_batches padded training batches of hidden
-    states against an lm_head of memory_vocab rows (the demo model's own 64-row head makes logits
-    negligible); memory_batches_cuda on a GPU, where the fused op's chunks are larger. On the CPU each side
-    is timed as the median of memory_repeats steps after memory_warmup untimed ones (a GPU uses the
-    benchmark's GPU defaults, 3 and 10).
-
-    Report: highlighted_samples training samples are shown token by token in report.html.
+    states against an lm_head of memory_vocab rows (memory_batches_cuda on a GPU); on the CPU the median of
+    memory_repeats steps after memory_warmup untimed ones.
+    Report: highlighted_samples training samples shown token by token in report.html.
     """
 
     name: str = "default"
     seed: int = 0
-    train_samples: int = 2048
-    noise_fraction: float = 0.2
-    pretrain_samples: int = 2048
-    warmup_samples: int = 512
-    heldout_problems: int = 400
-    arch: str = "llama"
-    hidden_size: int = 96
-    num_layers: int = 3
-    num_heads: int = 4
-    num_kv_heads: int = 2
+    base: str = "full"
+    train_samples: int = 480
+    noise_fraction: float = 0.15
+    trusted_samples: int = 160
+    heldout_problems: int = 200
+    retention_problems: int = 60
+    lr: float = 1e-3
     batch_size: int = 16
-    pretrain_steps: int = 400
-    pretrain_lr: float = 3e-3
-    warmup_steps: int = 96
-    warmup_lr: float = 1e-3
-    finetune_steps: int = 384
-    finetune_lr: float = 1e-3
-    eval_every: int = 32
     token_cleaning_k: float = 0.6
+    rho1_keep: float = 0.6
     memory_vocab: int = 128256
     memory_batches: int = 1
     memory_batches_cuda: int = 32
@@ -85,22 +69,18 @@ class DemoConfig:
 
     def __post_init__(self):
         _check_int("seed", self.seed, 0)
-        for name in ("train_samples", "pretrain_samples", "warmup_samples", "heldout_problems", "hidden_size",
-                     "num_layers", "num_heads", "num_kv_heads", "batch_size", "pretrain_steps", "warmup_steps",
-                     "finetune_steps", "eval_every", "memory_vocab", "memory_batches", "memory_batches_cuda"):
+        if self.base not in BASES:
+            raise ValueError(f"base must be one of {tuple(BASES)}, got {self.base!r}")
+        for name in ("train_samples", "trusted_samples", "heldout_problems", "retention_problems", "batch_size",
+                     "memory_vocab", "memory_batches", "memory_batches_cuda"):
             _check_int(name, getattr(self, name), 1)
         _check_int("highlighted_samples", self.highlighted_samples, 0)
         _check_int("memory_warmup", self.memory_warmup, 0)
         _check_int("memory_repeats", self.memory_repeats, 1)
-        _check_fraction("noise_fraction", self.noise_fraction, 0.0, 0.9)
-        _check_fraction("token_cleaning_k", self.token_cleaning_k, 0.0, 1.0)
-        for name in ("pretrain_lr", "warmup_lr", "finetune_lr"):
-            _check_fraction(name, getattr(self, name), 0.0, 1.0)
-        if self.arch not in ("llama", "qwen2"):
-            raise ValueError(f"arch must be 'llama' or 'qwen2', got {self.arch!r}")
-        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_heads ({self.num_heads}) must divide hidden_size ({self.hidden_size}) and be a "
-                             f"multiple of num_kv_heads ({self.num_kv_heads})")
+        _check_fraction("noise_fraction", self.noise_fraction, 0.0, 0.5)
+        for name in ("token_cleaning_k", "rho1_keep"):
+            _check_fraction(name, getattr(self, name), 0.01, 1.0)
+        _check_fraction("lr", self.lr, 1e-7, 1.0)
 
     def replace(self, **changes) -> DemoConfig:
         """A copy with ``changes`` applied (None values ignored), validated."""
@@ -112,20 +92,15 @@ class DemoConfig:
 
 DEFAULT = DemoConfig()
 
-# About a minute on 2 CPU cores: a 2-layer, 64-wide model, a quarter of the data and steps, one timed step
+# Under 3 minutes on 2 CPU cores, building the quick base included: a smaller base and pool, one timed step
 # per side of the memory comparison.
 QUICK = DemoConfig(
     name="quick",
-    train_samples=512,
-    pretrain_samples=768,
-    warmup_samples=128,
-    heldout_problems=200,
-    hidden_size=64,
-    num_layers=2,
-    pretrain_steps=120,
-    warmup_steps=32,
-    finetune_steps=96,
-    eval_every=16,
+    base="quick",
+    train_samples=240,
+    trusted_samples=96,
+    heldout_problems=150,
+    retention_problems=30,
     memory_warmup=0,
     memory_repeats=1,
     highlighted_samples=8,

@@ -77,7 +77,8 @@ class CellConfig:
     of each pretraining task. lr / batch_size: the SFT (one epoch, constant rate, full fine-tuning);
     reference_epochs: passes of the reference over the trusted set. token_cleaning_k / rho1_keep: kept
     fractions (methods.md defaults 0.6); self_evolving_parts: n. arms: the arms run; random_for: the arms that
-    get a matched random drop.
+    get a matched random drop; score_only: arms whose selection is measured but not trained on (e.g. XTF's
+    single rules in the demo, which trains on the union only).
     """
 
     pool: int = 480
@@ -92,6 +93,7 @@ class CellConfig:
     self_evolving_parts: int = 5
     arms: tuple[str, ...] = ARMS
     random_for: tuple[str, ...] = tuple(a for a in ARMS if a != "all_tokens")
+    score_only: tuple[str, ...] = ()
 
     def __post_init__(self):
         for name in ("pool", "trusted", "heldout", "retention", "batch_size", "reference_epochs",
@@ -103,7 +105,7 @@ class CellConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
                 raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
-        unknown = [a for a in (*self.arms, *self.random_for) if a not in ARMS]
+        unknown = [a for a in (*self.arms, *self.random_for, *self.score_only) if a not in ARMS]
         if unknown or "all_tokens" not in self.arms:
             raise ValueError(f"arms must include 'all_tokens' and come from {ARMS}, got {self.arms!r} / "
                              f"{self.random_for!r}")
@@ -181,14 +183,15 @@ def self_evolving_selection(base, samples, config: CellConfig, seed: int) -> Sel
 def token_losses(model, samples: list[TokenizedSample]) -> list[torch.Tensor]:
     """Per sample (L,) fp32 ``-log p(token)`` at each labelled position t >= 1 (0 elsewhere)."""
     out = []
+    device = next(model.parameters()).device
     for start in range(0, len(samples), 32):
         group = samples[start:start + 32]
-        batch = collate(group, 0)
+        batch = collate(group, 0).to(device)
         hidden = final_hidden_states(model, batch.input_ids, batch.attention_mask)[:, :-1]
         targets = batch.labels[:, 1:]
-        logp = token_logprobs(hidden, model.lm_head.weight, targets)
+        logp = token_logprobs(hidden, model.lm_head.weight, targets).cpu()
         losses = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
-        losses[:, 1:] = torch.where(targets != IGNORE_INDEX, -logp, torch.zeros_like(logp))
+        losses[:, 1:] = torch.where(targets.cpu() != IGNORE_INDEX, -logp, torch.zeros_like(logp))
         out += [losses[row, :len(s)] for row, s in enumerate(group)]
     return out
 
@@ -199,6 +202,7 @@ def rho1_selection(base, reference, samples, config: CellConfig, seed: int) -> S
     excess loss at the step the token was seen."""
     reference_losses = token_losses(reference, samples)
     model = copy.deepcopy(base)
+    device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -207,11 +211,12 @@ def rho1_selection(base, reference, samples, config: CellConfig, seed: int) -> S
     model.train()
     for start in range(0, len(order), config.batch_size):
         indices = order[start:start + config.batch_size]
-        batch = collate([samples[i] for i in indices], 0)
+        batch = collate([samples[i] for i in indices], 0).to(device)
         width = batch.input_ids.shape[1]
         ref = torch.zeros(len(indices), width)
         for row, i in enumerate(indices):
             ref[row, :len(samples[i])] = reference_losses[i]
+        ref = ref.to(device)
         hidden = final_hidden_states(model, batch.input_ids, batch.attention_mask)[:, :-1]
         targets = batch.labels[:, 1:]
         loss, kept = rho1_loss(hidden, model.lm_head.weight, targets, ref[:, 1:], keep_ratio=config.rho1_keep,
@@ -222,7 +227,7 @@ def rho1_selection(base, reference, samples, config: CellConfig, seed: int) -> S
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        labelled = targets != IGNORE_INDEX
+        labelled, kept, current, ref = (t.cpu() for t in (targets != IGNORE_INDEX, kept, current, ref))
         for row, i in enumerate(indices):
             n = len(samples[i]) - 1
             dropped[i][1:] = (labelled[row, :n] & ~kept[row, :n])
@@ -303,11 +308,21 @@ def _masked(samples, dropped) -> list[TokenizedSample]:
             for s, d in zip(samples, dropped)]
 
 
+@dataclass
+class CellArtifacts:
+    """What a cell trained on, for reports that show it token by token: the pool, its kinds, each arm's drop."""
+
+    samples: list[TokenizedSample] = field(default_factory=list)
+    kinds: list[torch.Tensor] = field(default_factory=list)
+    dropped: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+
 def run_cell(base, tokenizer, *, noise: float, seed: int, config: CellConfig,
-             log: Callable[[str], None] | None = None) -> dict:
+             log: Callable[[str], None] | None = None, artifacts: CellArtifacts | None = None) -> dict:
     """Every arm of ``config`` at one noise level and seed (see the module docstring); JSON-ready results:
     {"noise", "seed", "data": counts, "base": evaluation, "reference": evaluation, "arms": {arm: {"selection":
-    selection metrics (absent for all tokens), "evaluation": evaluation, "seconds"}}}."""
+    selection metrics (absent for all tokens), "evaluation": evaluation (None for score-only arms),
+    "seconds"}}}. ``artifacts``, if given, is filled with the pool and every arm's drop."""
     log = log or (lambda _message: None)
     start = time.perf_counter()
     sft = make_sft(tokenizer, config.pool, noise=noise, seed=seed)
@@ -332,7 +347,7 @@ def run_cell(base, tokenizer, *, noise: float, seed: int, config: CellConfig,
     log(f"noise {noise:.0%} seed {seed}: data, reference and base evaluation in {time.perf_counter() - start:.0f} s")
 
     selections: dict[str, Selection] = {}
-    xtf_arms = [a for a in config.arms if a.startswith("xtf_")]
+    xtf_arms = [a for a in (*config.arms, *config.score_only) if a.startswith("xtf_")]
     if xtf_arms:
         selections.update(xtf_selections(base, samples, tokenizer, xtf_arms))
     if "tc_fixed" in config.arms:
@@ -347,6 +362,7 @@ def run_cell(base, tokenizer, *, noise: float, seed: int, config: CellConfig,
     if "rho1" in config.arms:
         selections["rho1"] = rho1_selection(base, reference, samples, config, seed)
     del reference
+    scored_only = {a: selections[a] for a in config.score_only if a in selections}
     selections = {"all_tokens": Selection([torch.zeros(len(s), dtype=torch.bool) for s in samples]),
                   **{a: selections[a] for a in config.arms if a in selections}}
     response_tokens = cell["data"]["response_tokens"]
@@ -355,6 +371,12 @@ def run_cell(base, tokenizer, *, noise: float, seed: int, config: CellConfig,
             rate = int(sum(int((d & s.response_mask).sum()) for d, s in zip(selections[arm].dropped, samples)))
             selections[f"random:{arm}"] = random_selection(samples, rate / response_tokens, 7919 * seed + index)
 
+    for arm, selection in scored_only.items():
+        cell["arms"][arm] = {"evaluation": None, "seconds": 0.0,
+                             "selection": selection_metrics(selection, samples, sft.kinds, ids_to_text=ids_to_text)}
+    if artifacts is not None:
+        artifacts.samples, artifacts.kinds = samples, sft.kinds
+        artifacts.dropped = {arm: s.dropped for arm, s in {**scored_only, **selections}.items()}
     for arm, selection in selections.items():
         arm_start = time.perf_counter()
         model = selection.trained

@@ -1,24 +1,21 @@
-"""The demo end to end: data, base model, reference model, scoring, three fine-tuning runs, memory, report.
+"""The demo end to end: base, methods on the noisy pool, paired comparisons, memory, report.
 
-1. data (:mod:`.data`): a noisy arithmetic SFT pool with known corrupted tokens, clean pretraining,
-   warm-up and held-out splits, all from the seed.
-2. base model: a tiny transformers causal LM from a config (:func:`xtf_kernels.datasets.tiny_causal_lm`,
-   random initialisation, nothing downloaded), pretrained on the clean text so it stands in for a
-   pretrained checkpoint (XTF scores with the base model only, and a random model knows nothing to score
-   with).
-3. reference model: the base fine-tuned briefly on the clean warm-up split (Token Cleaning, methods.md 2).
-4. scoring (:mod:`.scoring`): XTF and Token Cleaning over the pool through the streaming pipeline.
-5. fine-tuning (:mod:`.training`): a fresh copy of the base, the same steps and sample order, on all
-   tokens / the XTF-filtered pool / the Token-Cleaning-filtered pool, with the fused loss; held-out loss
-   along the way, greedy exact match at the end.
-6. memory (:mod:`.memory`): the fused loss against materialised logits at one batch's shape.
-7. report (:mod:`.report`, :mod:`.summary`, :mod:`.html`): report.json and report.html, written atomically.
+1. base (:func:`xtf_kernels.datasets.miniature.load_base`): the miniature's BPE tokenizer and ~1M-parameter
+   Llama-config model pretrained on generated text, read from the on-disk cache or built there (nothing
+   downloaded);
+2. methods (:func:`xtf_kernels.demo.experiment.run_cell`): the noisy pool, the reference model, every arm
+   (all tokens, XTF as the paper preset and with the library's defaults, fixed Token Cleaning, RHO-1, the
+   oracle, and a random drop matched to each filter), each trained for one epoch from the base and evaluated
+   on clean held-out problems; XTF's single rules are scored, not trained;
+3. statistics (:func:`xtf_kernels.demo.aggregate.compare`): each arm against all tokens and against its
+   random drop, per held-out problem (interval, permutation test, McNemar);
+4. memory (:mod:`.memory`): the fused loss against materialised logits at one batch's shape;
+5. report (:mod:`.report`, :mod:`.summary`, :mod:`.html`): report.json and report.html, written atomically.
 On the CPU two runs with the same config give the same report except its timing fields.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import sys
 import time
@@ -29,13 +26,16 @@ import torch
 from .. import __version__
 from .._atomic import atomic_write_bytes
 from ..bench.environment import device_description
-from ..datasets import exact_match_accuracy
-from ..datasets import tiny_causal_lm
-from ..pipeline.report import render_samples_html
+from ..datasets.miniature import NOISE_KINDS
+from ..datasets.miniature import load_base
+from .aggregate import compare
+from .config import BASES
 from .config import DemoConfig
-from .data import DemoData
-from .data import build_data
-from .html import SCORE_TITLES
+from .experiment import CellArtifacts
+from .experiment import CellConfig
+from .experiment import has_paper_preset
+from .experiment import label
+from .experiment import run_cell
 from .html import build_page
 from .memory import compare_memory
 from .report import FORMAT
@@ -43,17 +43,12 @@ from .report import STAGES
 from .report import VERSION
 from .report import validate_report
 from .report import write_report_json
-from .scoring import MethodScores
-from .scoring import score_pool
 from .summary import verdict
-from .training import TrainingRun
-from .training import heldout_loss
-from .training import train_steps
 
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
-# Scoring batches carry no gradient, so they can be twice the training batch at the same memory.
-SCORING_BATCH_FACTOR = 2
+FILTERS = ("xtf_paper", "xtf_safe", "tc_fixed", "rho1")
+RULES = ("xtf_RI", "xtf_KN", "xtf_TR")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -68,71 +63,55 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class _Stages:
-    """Wall time per stage, and one progress line per stage on stderr."""
-
-    def __init__(self, total: int, log: Callable[[str], None]):
-        self.total, self.log = total, log
-        self.seconds: dict[str, float] = {}
-        self.index = 0
-        self.begin = time.perf_counter()
-
-    def __call__(self, key: str, what: str):
-        self.index += 1
-        self.log(f"[{self.index}/{self.total}] {what}")
-        return _Stage(self, key)
+def cell_config(config: DemoConfig) -> CellConfig:
+    """The demo's arms: all tokens, XTF (paper preset; safe defaults where the library has them), fixed Token
+    Cleaning, RHO-1, the oracle and a random drop matched to each filter; XTF's rules scored only."""
+    filters = tuple(a for a in FILTERS if a != "xtf_safe" or has_paper_preset())
+    return CellConfig(pool=config.train_samples, trusted=config.trusted_samples, heldout=config.heldout_problems,
+                      retention=config.retention_problems, lr=config.lr, batch_size=config.batch_size,
+                      token_cleaning_k=config.token_cleaning_k, rho1_keep=config.rho1_keep,
+                      arms=("all_tokens", *filters, "oracle"), random_for=filters, score_only=RULES)
 
 
-class _Stage:
-    def __init__(self, stages: _Stages, key: str):
-        self.stages, self.key = stages, key
-
-    def __enter__(self):
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc):
-        self.stages.seconds[self.key] = self.stages.seconds.get(self.key, 0.0) + time.perf_counter() - self.start
+def _evaluation(entry: dict | None) -> dict | None:
+    if entry is None:
+        return None
+    return {"exact_match": entry["exact_match"], "format": entry["format"], "clean_nll": entry["clean_nll"],
+            "retention": entry["retention"]["mean"], "noise_reappears": dict(entry["noise_reappears"])}
 
 
-def _last_mean(values: list[float], n: int = 10) -> float:
-    tail = values[-n:]
-    return sum(tail) / len(tail)
+def _selection(entry: dict | None) -> dict | None:
+    if entry is None:
+        return None
+    return {"drop_rate": entry["drop_rate"], "precision": entry["harmful"]["precision"],
+            "recall": entry["harmful"]["recall"], "auroc": entry["harmful"]["auroc"],
+            "auprc": entry["harmful"]["auprc"],
+            "by_kind": {k: {"recall": entry["by_kind"][k]["recall"], "auroc": entry["by_kind"][k]["auroc"]}
+                        for k in NOISE_KINDS},
+            "boilerplate_dropped": entry["boilerplate_drop_rate"],
+            "protected_dropped": dict(entry["protected_drop_rate"]), "whole_types": entry["whole_types"]["count"],
+            "whole_type_examples": list(entry["whole_types"]["examples"])}
 
 
-def _response_counts(data: DemoData) -> tuple[int, int]:
-    response = noisy = 0
-    for sample in data.train.samples:
-        mask = sample.response_mask
-        response += int(mask.sum())
-        noisy += int((mask & sample.noise_mask).sum())
-    return response, noisy
+def _paired(entry: dict | None) -> dict | None:
+    if entry is None:
+        return None
+    problems = entry["problems"]
+    return {"mean": problems["mean"], "low": problems["low"], "high": problems["high"],
+            "permutation_p": entry["permutation_p"], "mcnemar_p": entry["mcnemar"]["p"]}
 
 
-def _method_entry(run: TrainingRun, exact_match: float, response_tokens: int, scores: MethodScores | None) -> dict:
-    if scores is None:
-        kept, precision, recall, f1, rules, scoring_seconds = response_tokens, None, 0.0, None, {}, None
-    else:
-        union = scores.accuracy["union"]
-        dropped = scores.statistics["dropped_tokens"]
-        kept = response_tokens - dropped
-        precision = union["precision"] if dropped else None
-        f1 = union["f1"] if dropped else None
-        recall = union["recall"]
-        scoring_seconds = scores.seconds
-        rules = {}
-        for rule, stats in scores.statistics["rules"].items():
-            accuracy = scores.accuracy[rule]
-            rules[rule] = {"dropped": stats["fired"], "fraction": stats["fired"] / response_tokens,
-                           "only_this_rule": stats["only_this_rule"], "precision": accuracy["precision"],
-                           "recall": accuracy["recall"], "f1": accuracy["f1"]}
-    return {
-        "kept_tokens": kept, "dropped_tokens": response_tokens - kept, "kept_fraction": kept / response_tokens,
-        "precision": precision, "recall": recall, "f1": f1, "rules": rules, "loss_tokens": run.loss_tokens,
-        "loss_curve": run.losses, "final_train_loss": _last_mean(run.losses), "eval_steps": run.eval_steps,
-        "heldout_loss_curve": run.heldout_losses, "heldout_loss": run.heldout_losses[-1],
-        "exact_match": exact_match, "train_seconds": run.seconds, "tokens_per_second": run.tokens_per_second,
-        "scoring_seconds": scoring_seconds,
-    }
+def arm_entries(cell: dict) -> dict:
+    """report.json's ``arms`` from a cell and its one-seed comparison."""
+    comparison = compare([cell])
+    out = {}
+    for arm, entry in cell["arms"].items():
+        versus = comparison.get(arm, {})
+        out[arm] = {"label": label(arm), "evaluation": _evaluation(entry["evaluation"]),
+                    "selection": _selection(entry.get("selection")),
+                    "vs_all_tokens": _paired(versus.get("vs_all_tokens")),
+                    "vs_random": _paired(versus.get("vs_random")), "seconds": entry["seconds"]}
+    return out
 
 
 def _stderr(message: str) -> None:
@@ -140,120 +119,75 @@ def _stderr(message: str) -> None:
 
 
 def run_demo(config: DemoConfig, output_dir: str | os.PathLike, *, device: torch.device,
-             progress: bool = True, log: Callable[[str], None] | None = None) -> dict:
-    """Run the demo of ``config`` on ``device``; write report.json, report.html and the scores into
-    ``output_dir``; return the report (see :mod:`xtf_kernels.demo.report`)."""
+             progress: bool = True, log: Callable[[str], None] | None = None,
+             cache_dir: str | os.PathLike | None = None) -> dict:
+    """Run the demo of ``config`` on ``device``; write report.json and report.html into ``output_dir``; return
+    the report (see :mod:`xtf_kernels.demo.report`)."""
     import transformers
 
     log = log or (_stderr if progress else (lambda _message: None))
     output_dir = os.fspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
-    torch.manual_seed(config.seed)
-    stages = _Stages(7, log)
-    # Sample-order seeds of the training runs (10 s + 1, 2, 3), apart from each other; all three fine-tuning runs
-    # share one, so they see the same samples in the same steps.
-    heldout = config.heldout_problems
+    seconds: dict[str, float] = {}
+    begin = time.perf_counter()
+    load_average = os.getloadavg()[0]
 
-    with stages("data", f"data: {config.train_samples} noisy samples, {config.pretrain_samples} pretraining, "
-                        f"{config.warmup_samples} warm-up, {heldout} held-out"):
-        data = build_data(config)
-        heldout_samples = data.heldout_samples
-        response_tokens, noisy_tokens = _response_counts(data)
+    log(f"[1/4] base: the {config.base} miniature base (built once and cached)")
+    start = time.perf_counter()
+    base = load_base(BASES[config.base], cache_dir=cache_dir, log=log)
+    model = base.model.to(device)
+    seconds["base"] = time.perf_counter() - start
 
-    with stages("pretrain", f"base model: {config.arch}, pretrained {config.pretrain_steps} steps on clean text"):
-        base = tiny_causal_lm(config.arch, vocab_size=len(data.tokenizer), hidden_size=config.hidden_size,
-                              num_layers=config.num_layers, num_heads=config.num_heads,
-                              num_kv_heads=config.num_kv_heads, seed=config.seed).to(device)
-        pretrain = train_steps(base, data.pretrain, steps=config.pretrain_steps, lr=config.pretrain_lr,
-                               batch_size=config.batch_size, seed=10 * config.seed + 1, desc="pretraining",
-                               progress=progress)
+    log(f"[2/4] methods: {config.train_samples} noisy problems ({config.noise_fraction:.0%} harmful noise), "
+        "every arm trained one epoch and evaluated")
+    start = time.perf_counter()
+    artifacts = CellArtifacts()
+    cell = run_cell(model, base.tokenizer, noise=config.noise_fraction, seed=config.seed,
+                    config=cell_config(config), log=log, artifacts=artifacts)
+    seconds["methods"] = time.perf_counter() - start
 
-    with stages("reference", f"reference model: base + {config.warmup_steps} steps on the clean warm-up split"):
-        reference = copy.deepcopy(base)
-        train_steps(reference, data.warmup, steps=config.warmup_steps, lr=config.warmup_lr,
-                    batch_size=config.batch_size, seed=10 * config.seed + 2, desc="warm-up", progress=progress)
-
-    with stages("scoring", "scoring the pool: XTF (base model) and Token Cleaning (base against reference)"):
-        scores = score_pool(base, reference, data.train.samples, data.tokenizer, output_dir,
-                            token_cleaning_k=config.token_cleaning_k,
-                            batch_size=SCORING_BATCH_FACTOR * config.batch_size, progress=progress)
-
-    evaluation_start = time.perf_counter()
-    base_eval = {"pretrain_final_loss": _last_mean(pretrain.losses),
-                 "exact_match": exact_match_accuracy(base, data.tokenizer, data.heldout),
-                 "heldout_loss": heldout_loss(base, heldout_samples)}
-    reference_eval = {"exact_match": exact_match_accuracy(reference, data.tokenizer, data.heldout),
-                      "heldout_loss": heldout_loss(reference, heldout_samples)}
-    del reference
-    base_evaluation_seconds = evaluation_seconds = time.perf_counter() - evaluation_start
-
-    pools = {"all_tokens": (data.train.samples, None), "xtf": (scores["xtf"].filtered, scores["xtf"]),
-             "token_cleaning": (scores["token_cleaning"].filtered, scores["token_cleaning"])}
-    methods = {}
-    with stages("finetune", f"fine-tuning three copies of the base, {config.finetune_steps} steps each"):
-        for key, (samples, method_scores) in pools.items():
-            model = copy.deepcopy(base)
-            run = train_steps(model, samples, steps=config.finetune_steps, lr=config.finetune_lr,
-                              batch_size=config.batch_size, seed=10 * config.seed + 3, eval_samples=heldout_samples,
-                              eval_every=config.eval_every, desc=f"fine-tuning ({key})", progress=progress)
-            start = time.perf_counter()
-            exact_match = exact_match_accuracy(model, data.tokenizer, data.heldout)
-            evaluation_seconds += time.perf_counter() - start
-            methods[key] = _method_entry(run, exact_match, response_tokens, method_scores)
-            del model
-    # exact match of the fine-tuned models is evaluation time, not fine-tuning time
-    stages.seconds["finetune"] -= evaluation_seconds - base_evaluation_seconds
-    stages.seconds["evaluation"] = evaluation_seconds
-
+    hidden = base.config.hidden_size
     batches = config.memory_batches_cuda if device.type == "cuda" else config.memory_batches
-    longest = max(len(s) for s in data.train.samples)
-    memory_tokens = batches * config.batch_size * (longest - 1)
-    with stages("memory", f"loss memory: fused against materialised logits at {memory_tokens} x "
-                          f"{config.hidden_size} x {config.memory_vocab}"):
-        memory = compare_memory(tokens=memory_tokens, hidden=config.hidden_size, vocab=config.memory_vocab,
-                                device=device, seed=config.seed, cpu_warmup=config.memory_warmup,
-                                cpu_repeats=config.memory_repeats)
+    memory_tokens = batches * config.batch_size * (max(len(s) for s in artifacts.samples) - 1)
+    log(f"[3/4] loss memory: fused against materialised logits at {memory_tokens} x {hidden} x "
+        f"{config.memory_vocab}")
+    start = time.perf_counter()
+    memory = compare_memory(tokens=memory_tokens, hidden=hidden, vocab=config.memory_vocab, device=device,
+                            seed=config.seed, cpu_warmup=config.memory_warmup, cpu_repeats=config.memory_repeats)
+    seconds["memory"] = time.perf_counter() - start
 
-    with stages("report", f"report: {os.path.join(output_dir, REPORT_JSON)} and {REPORT_HTML}"):
-        report = {
-            "format": FORMAT,
-            "version": VERSION,
-            "config": config.to_dict(),
-            "environment": {"xtf_kernels": __version__, "torch": torch.__version__,
-                            "transformers": transformers.__version__, "device": device_description(device),
-                            "device_type": device.type, "threads": torch.get_num_threads()},
-            "data": {"train_samples": len(data.train.samples), "response_tokens": response_tokens,
-                     "noisy_tokens": noisy_tokens, "noise_fraction": noisy_tokens / response_tokens,
-                     "pretrain_samples": len(data.pretrain), "warmup_samples": len(data.warmup),
-                     "heldout_problems": len(data.heldout), "vocab_size": len(data.tokenizer)},
-            "model": {"arch": config.arch,
-                      "parameters": sum(p.numel() for p in base.parameters() if p.requires_grad)},
-            "base": base_eval,
-            "reference": reference_eval,
-            "methods": methods,
-            "xtf_overlap": scores["xtf"].statistics["overlap"],
-            "memory": memory,
-            "verdict": {},
-            "timings": {stage: 0.0 for stage in STAGES},
-            "files": {"json": REPORT_JSON, "html": REPORT_HTML,
-                      "scores": {key: os.path.join("scores", key) for key in scores},
-                      "method_reports": {key: os.path.join("scores", key, "report.html") for key in scores}},
-        }
-        report["verdict"] = verdict(report)
-        validate_report(report)
-        panels = []
-        for key, method_scores in scores.items():
-            for name, (clean, noisy) in method_scores.score_values.items():
-                panels.append((SCORE_TITLES.get((key, name), f"{key} {name}"), clean, noisy,
-                               method_scores.thresholds.get(name, [])))
-        highlighted = {
-            key: (s.result.rule_names, render_samples_html(s.result, data.train.samples, data.tokenizer,
-                                                           max_samples=config.highlighted_samples))
-            for key, s in scores.items()
-        }
-        page = build_page(report, panels, highlighted)
-        atomic_write_bytes(os.path.join(output_dir, REPORT_HTML), page.encode())
-    stages.seconds["total"] = time.perf_counter() - stages.begin
-    report["timings"] = {stage: stages.seconds[stage] for stage in STAGES}
+    log(f"[4/4] report: {os.path.join(output_dir, REPORT_JSON)} and {REPORT_HTML}")
+    start = time.perf_counter()
+    data = cell["data"]
+    report = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": config.to_dict(),
+        "environment": {"xtf_kernels": __version__, "torch": torch.__version__,
+                        "transformers": transformers.__version__, "device": device_description(device),
+                        "device_type": device.type, "threads": torch.get_num_threads(),
+                        "load_average": load_average, "paper_preset": has_paper_preset()},
+        "data": {"train_samples": data["pool"], "response_tokens": data["response_tokens"],
+                 "noise_fraction": sum(data["kind_fraction"][k] for k in NOISE_KINDS),
+                 "kind_fraction": dict(data["kind_fraction"]), "trusted_samples": data["trusted"],
+                 "heldout_problems": data["heldout"], "vocab_size": len(base.tokenizer)},
+        "model": {"arch": "llama", "parameters": sum(p.numel() for p in model.parameters()),
+                  "pretrain_tokens": int(base.info["tokens"]), "pretrain_final_loss": base.info["final_loss"],
+                  "cached": bool(base.info["cached"])},
+        "base": _evaluation(cell["base"]),
+        "reference": _evaluation(cell["reference"]),
+        "arms": arm_entries(cell),
+        "memory": memory,
+        "verdict": {},
+        "timings": {stage: 0.0 for stage in STAGES},
+        "files": {"json": REPORT_JSON, "html": REPORT_HTML},
+    }
+    report["verdict"] = verdict(report)
+    validate_report(report)
+    page = build_page(report, artifacts, base.tokenizer, highlighted=config.highlighted_samples)
+    atomic_write_bytes(os.path.join(output_dir, REPORT_HTML), page.encode())
+    seconds["report"] = time.perf_counter() - start
+    seconds["total"] = time.perf_counter() - begin
+    report["timings"] = {stage: seconds[stage] for stage in STAGES}
     write_report_json(os.path.join(output_dir, REPORT_JSON), report)
     return report

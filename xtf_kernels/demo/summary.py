@@ -1,22 +1,14 @@
 """The demo's conclusions, derived from its measured numbers only, and the text table it prints.
 
-Exact match on n held-out problems is a proportion, so a difference between two runs is only read as a
-win or a loss when it exceeds the 95% half-width 1.96 sqrt(p1 (1 - p1) / n + p2 (1 - p2) / n) (normal
-approximation, the two runs treated as independent, which overstates the noise of a paired comparison
-slightly and so errs towards "no difference").
+A filter "wins" only when its exact match beats training on every token AND beats a random drop of the
+same size, each by a 95% interval over the held-out problems that lies above 0 (paired per problem, so the
+noise of two independent estimates is not double counted): beating all tokens alone could be the effect
+of training on fewer tokens, not of choosing them.
 """
 
 from __future__ import annotations
 
-import math
-
-METHOD_LABELS = {"all_tokens": "all tokens", "xtf": "XTF", "token_cleaning": "Token Cleaning"}
-FILTERED = ("xtf", "token_cleaning")
-
-
-def em_margin(p1: float, p2: float, n: int) -> float:
-    """95% half-width of the difference of two exact-match rates over ``n`` problems each."""
-    return 1.96 * math.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / n) if n else 0.0
+TRAINED_FILTERS = ("xtf_paper", "xtf_safe", "tc_fixed", "rho1")
 
 
 def _pct(x: float | None) -> str:
@@ -27,52 +19,64 @@ def _mib(x: int | None) -> str:
     return "n/a" if x is None else f"{x / 2**20:,.0f} MiB"
 
 
+def _points(entry: dict | None) -> str:
+    if entry is None:
+        return "n/a"
+    return f"{100 * entry['mean']:+.1f} [{100 * entry['low']:+.1f}, {100 * entry['high']:+.1f}]"
+
+
+def _beats(entry: dict | None) -> bool:
+    return entry is not None and entry["low"] > 0
+
+
 def verdict(report: dict) -> dict:
-    """``verdict`` of a report holding ``data``, ``methods`` and ``memory`` (see :mod:`.report`)."""
-    methods, data = report["methods"], report["data"]
-    n = data["heldout_problems"]
-    baseline = methods["all_tokens"]["exact_match"]
-    margins = {m: em_margin(methods[m]["exact_match"], baseline, n) for m in FILTERED}
-    best = max(METHOD_LABELS, key=lambda m: (methods[m]["exact_match"], m == "all_tokens"))
-    wins = [m for m in FILTERED if methods[m]["exact_match"] - baseline > margins[m]]
+    """``verdict`` of a report holding ``data``, ``base``, ``arms`` and ``memory`` (see :mod:`.report`)."""
+    arms, data = report["arms"], report["data"]
+    trained = {a: e for a, e in arms.items() if e["evaluation"] is not None}
+    filters = [a for a in TRAINED_FILTERS if a in trained]
+    candidates = ["all_tokens", *filters]
+    best = max(candidates, key=lambda a: (trained[a]["evaluation"]["exact_match"], a == "all_tokens"))
+    wins = [a for a in filters if _beats(trained[a]["vs_all_tokens"]) and _beats(trained[a]["vs_random"])]
+    kinds = data["kind_fraction"]
     findings = [
-        f"{_pct(data['noise_fraction'])} of the {data['response_tokens']:,} response tokens are corrupted: "
-        "the precision of dropping tokens at random."
+        f"{_pct(data['noise_fraction'])} of the {data['response_tokens']:,} response tokens are harmful noise "
+        f"(wrong numbers {_pct(kinds['wrong_number'])}, off-domain sentences {_pct(kinds['off_domain'])}, "
+        f"garbled artefacts {_pct(kinds['garbled'])}): the precision of dropping tokens at random; boilerplate, "
+        f"harmless, is {_pct(kinds['boilerplate'])}.",
+        f"The base model before fine-tuning: exact match {_pct(report['base']['exact_match'])}, template followed "
+        f"in {_pct(report['base']['format'])} of its answers; after fine-tuning on every token "
+        f"{_pct(trained['all_tokens']['evaluation']['exact_match'])}.",
     ]
-    for m in FILTERED:
-        entry = methods[m]
+    for arm in [*filters, "oracle"]:
+        if arm not in trained:
+            continue
+        entry = trained[arm]
+        s, e = entry["selection"], entry["evaluation"]
         findings.append(
-            f"{METHOD_LABELS[m]} dropped {_pct(1 - entry['kept_fraction'])} of the response tokens; "
-            f"{_pct(entry['precision'])} of them were corrupted (precision) and they hold "
-            f"{_pct(entry['recall'])} of the corrupted tokens (recall)."
+            f"{entry['label']} dropped {_pct(s['drop_rate'])} of the response tokens (precision "
+            f"{_pct(s['precision'])}, recall {_pct(s['recall'])}, AUROC "
+            f"{'n/a' if s['auroc'] is None else format(s['auroc'], '.2f')}); exact match {_pct(e['exact_match'])}, "
+            f"{_points(entry['vs_all_tokens'])} points against all tokens and {_points(entry['vs_random'])} against "
+            "a random drop of the same size (95% intervals over the held-out problems)."
         )
-    for rule, entry in methods["xtf"]["rules"].items():
-        findings.append(
-            f"XTF rule {rule} fired on {_pct(entry['fraction'])} of the tokens with precision "
-            f"{_pct(entry['precision'])} and recall {_pct(entry['recall'])}"
-            + (" (below chance)." if entry["dropped"] and entry["precision"] < data["noise_fraction"] else ".")
-        )
-    kn = methods["xtf"]["rules"].get("KN")
-    if kn is not None and kn["dropped"] and kn["precision"] < data["noise_fraction"]:
-        findings.append("KN drops the tokens the base model already predicts with p > 0.95 (no new knowledge); "
-                        "a corrupted token is rarely that predictable, so what KN drops here is mostly clean text "
-                        "the base model already knows.")
-    findings.append("Held-out loss on the clean responses: " + ", ".join(
-        f"{METHOD_LABELS[m]} {methods[m]['heldout_loss']:.3f}" for m in METHOD_LABELS
-    ) + f"; the base model {report['base']['heldout_loss']:.3f}.")
-    comparisons = []
-    for m in FILTERED:
-        diff = methods[m]["exact_match"] - baseline
-        reading = ("better" if diff > margins[m] else "worse" if diff < -margins[m] else "no clear difference")
-        comparisons.append(f"{METHOD_LABELS[m]} {_pct(methods[m]['exact_match'])} ({100 * diff:+.1f} points, "
-                           f"{reading} at +/-{100 * margins[m]:.1f})")
-    findings.append(f"Held-out exact match on {n} problems: all tokens {_pct(baseline)}, " + ", ".join(comparisons)
-                    + f"; the base model before fine-tuning {_pct(report['base']['exact_match'])}.")
+    for arm, entry in arms.items():
+        s = entry["selection"]
+        if s is None or arm.startswith("random:") or arm == "oracle":
+            continue
+        protected = s["protected_dropped"]
+        if max(protected.values()) > 0.05 or s["whole_types"]:
+            findings.append(
+                f"{entry['label']} dropped {_pct(protected['answer'])} of the answer digits, {_pct(protected['eos'])} "
+                f"of the end-of-sequence tokens and {_pct(protected['template'])} of the template; "
+                f"{s['whole_types']} token types at every occurrence"
+                + (f" (e.g. {', '.join(repr(t) for t in s['whole_type_examples'][:4])})." if s["whole_types"] else ".")
+            )
     if wins:
-        findings.append("Filtering beat training on every token here: "
-                        + " and ".join(METHOD_LABELS[m] for m in wins) + ".")
+        findings.append("Filtering beat both training on every token and a random drop of the same size here: "
+                        + " and ".join(arms[a]["label"] for a in wins) + ".")
     else:
-        findings.append("At this scale filtering did not beat training on every token.")
+        findings.append("At this scale no filter beat both training on every token and a random drop of the same "
+                        "size.")
     memory = report["memory"]
     fused, materialised = memory["fused"], memory["materialised"]
     if memory["extra_ratio"] is not None:
@@ -85,48 +89,39 @@ def verdict(report: dict) -> dict:
         failed = fused if fused["status"] != "ok" else materialised
         findings.append(f"The memory comparison did not complete: {failed['provider']} {failed['status']} "
                         f"({failed['reason']}).")
-    return {"best_method": best, "filtering_wins": bool(wins), "margin": max(margins.values()),
-            "findings": findings}
+    return {"best_arm": best, "filtering_wins": bool(wins), "findings": findings}
 
 
 def format_summary(report: dict) -> str:
-    """The report as the text ``xtf demo`` prints: a table per method, XTF's rules, memory, findings."""
-    data, methods, config = report["data"], report["methods"], report["config"]
-    env = report["environment"]
+    """The report as the text ``xtf demo`` prints: a row per arm, memory, findings."""
+    data, config, env = report["data"], report["config"], report["environment"]
     lines = [
         f"xtf demo ({config['name']}, seed {config['seed']}) on {env['device']}: {data['train_samples']} noisy "
-        f"samples, {data['response_tokens']:,} response tokens, {_pct(data['noise_fraction'])} corrupted; "
+        f"problems, {data['response_tokens']:,} response tokens, {_pct(data['noise_fraction'])} harmful; "
         f"{report['model']['arch']} model with {report['model']['parameters']:,} parameters",
         "",
-        f"{'method':<15} {'kept tokens':>18} {'precision':>9} {'recall':>7} {'exact match':>11} "
-        f"{'held-out loss':>13} {'train loss':>10} {'tokens/s':>9}",
+        f"{'arm':<40} {'drop':>6} {'prec.':>6} {'recall':>6} {'AUROC':>5} {'exact':>6} "
+        f"{'vs all tokens [95%]':>21} {'vs random [95%]':>21} {'format':>6} {'NLL':>6}",
     ]
-    for key, label in METHOD_LABELS.items():
-        m = methods[key]
+    for entry in report["arms"].values():
+        s, e = entry["selection"], entry["evaluation"]
+        auroc = "" if s is None or s["auroc"] is None else f"{s['auroc']:.2f}"
         lines.append(
-            f"{label:<15} {m['kept_tokens']:>10,} ({_pct(m['kept_fraction']):>6}) {_pct(m['precision']):>9} "
-            f"{_pct(m['recall']):>7} {_pct(m['exact_match']):>11} {m['heldout_loss']:>13.3f} "
-            f"{m['final_train_loss']:>10.3f} {m['tokens_per_second']:>9,.0f}"
+            f"{entry['label']:<40} {_pct(s['drop_rate'] if s else 0.0):>6} "
+            f"{_pct(s['precision']) if s else '':>6} {_pct(s['recall']) if s else '':>6} {auroc:>5} "
+            + (f"{_pct(e['exact_match']):>6} {_points(entry['vs_all_tokens']):>21} {_points(entry['vs_random']):>21} "
+               f"{_pct(e['format']):>6} {e['clean_nll']:>6.3f}" if e else f"{'(scored only, not trained)':>6}")
         )
-    lines.append(f"{'base model':<15} {'':>18} {'':>9} {'':>7} {_pct(report['base']['exact_match']):>11} "
-                 f"{report['base']['heldout_loss']:>13.3f}")
-    lines.append("")
-    lines.append("XTF rules:      " + "  |  ".join(
-        f"{rule} dropped {r['dropped']:,} ({_pct(r['fraction'])}, {r['only_this_rule']:,} only by it), "
-        f"precision {_pct(r['precision'])}, recall {_pct(r['recall'])}"
-        for rule, r in methods["xtf"]["rules"].items()
-    ))
+    lines.append(f"{'base model':<40} {'':>6} {'':>6} {'':>6} {'':>5} {_pct(report['base']['exact_match']):>6}")
     memory = report["memory"]
     sides = []
     for name in ("fused", "materialised"):
         side = memory[name]
         if side["status"] == "ok":
-            sides.append(f"{name} {_mib(side['extra_bytes'])} extra, {side['ms']:,.0f} ms/step "
-                         f"({side['tokens_per_second']:,.0f} tokens/s)")
+            sides.append(f"{name} {_mib(side['extra_bytes'])} extra, {side['ms']:,.0f} ms/step")
         else:
             sides.append(f"{name} {side['status']}: {side['reason']}")
-    lines.append(f"Loss memory:    {memory['tokens']} x {memory['hidden']} x {memory['vocab']} {memory['dtype']} "
-                 f"fwd+bwd: " + "; ".join(sides))
-    lines.append("")
+    lines += ["", f"Loss memory:    {memory['tokens']} x {memory['hidden']} x {memory['vocab']} {memory['dtype']} "
+                  "fwd+bwd: " + "; ".join(sides), ""]
     lines.extend(f"- {finding}" for finding in report["verdict"]["findings"])
     return "\n".join(lines)

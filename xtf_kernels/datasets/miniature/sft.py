@@ -50,7 +50,7 @@ def _problems(n: int, rng: random.Random, exclude: set[str]) -> list[Document]:
     out: list[Document] = []
     seen = set(exclude)
     while len(out) < n:
-        document = two_step_problem(rng, low=5, high=30, boilerplate=0.0)
+        document = two_step_problem(rng)
         if document.prompt_text not in seen:
             seen.add(document.prompt_text)
             out.append(document)

@@ -120,12 +120,11 @@ def _wrap(rng: random.Random, segments: list[Segment], boilerplate: float) -> li
 
 
 def one_step_problem(rng: random.Random, *, boilerplate: float = 0.0) -> Document:
-    """"What is a + b?" or a one-step word problem; operands 1-20 (about 600 distinct facts: few enough for a
-    1M-parameter model to learn from the pretraining budget)."""
-    a, b = rng.randint(1, 20), rng.randint(1, 20)
-    op = rng.choice("+-")
-    if op == "-" and b > a:
-        a, b = b, a
+    """"What is a + b?" or a one-step word problem; a in [1, 18], b in [1, 9] (about 300 distinct facts: few
+    enough for a 1M-parameter model to learn from its pretraining budget, and every step of a two-step
+    problem is one of them)."""
+    a, b = rng.randint(1, 18), rng.randint(1, 9)
+    op = rng.choice("+-") if a >= b else "+"
     result = a + b if op == "+" else a - b
     if rng.random() < 0.5:
         question = f" What is {a} {op} {b}?"
@@ -137,15 +136,15 @@ def one_step_problem(rng: random.Random, *, boilerplate: float = 0.0) -> Documen
     return Document(((question, "clean"),), tuple(response), result, "one_step")
 
 
-def two_step_problem(rng: random.Random, *, low: int = 1, high: int = 20, boilerplate: float = 0.0) -> Document:
-    """A two-step word problem: a in [low, high], then + b or - b, then + c or - c (b, c in [1, 12]); every
-    intermediate result in [0, 99]."""
+def two_step_problem(rng: random.Random, *, boilerplate: float = 0.0) -> Document:
+    """A two-step word problem: a in [2, 18], then + b or - b, then + c or - c (b, c in [1, 9]); the first
+    result stays in [1, 18] and the answer in [0, 27], so each step is a one-step fact of pretraining."""
     while True:
-        a, b, c = rng.randint(low, high), rng.randint(1, 12), rng.randint(1, 12)
+        a, b, c = rng.randint(2, 18), rng.randint(1, 9), rng.randint(1, 9)
         op1, op2 = rng.choice("+-"), rng.choice("+-")
         r1 = a + b if op1 == "+" else a - b
         r2 = r1 + c if op2 == "+" else r1 - c
-        if 0 <= r1 <= 99 and 0 <= r2 <= 99:
+        if 1 <= r1 <= 18 and r2 >= 0:
             break
     name, item = rng.choice(world.NAMES), rng.choice(world.ITEMS)
     first = f"buys {b} more" if op1 == "+" else f"loses {b}"
