@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -72,3 +73,36 @@ def test_write_report_files(scored, tmp_path):
     assert "Anna" in page or "Tom" in page or "Ben" in page  # token texts, not ids
     stats_only = write_report(result, tmp_path / "plain")
     assert stats_only["precision_recall"] is None
+
+
+def test_report_diagnostics_by_type_and_position(scored, tmp_path):
+    result, dataset = scored
+    out = write_report(result, tmp_path, data=dataset.samples, tokenizer=dataset.tokenizer, max_samples=1)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["diagnostics"] == json.loads(json.dumps(out["diagnostics"]))
+    diagnostics = out["diagnostics"]
+    # recomputed here: per rule, the drop rate in each fifth of the response and the types always dropped
+    scored_in_bin = [0] * 5
+    dropped_in_bin = {rule: [0] * 5 for rule in ("RI", "KN", "TR")}
+    occurrences, dropped_ids = {}, {rule: {} for rule in ("RI", "KN", "TR")}
+    for sample, res in zip(dataset.samples, result.iter_samples()):
+        positions = [t for t in range(len(sample)) if not math.isnan(float(res.scores["guard"][t]))]
+        for rank, t in enumerate(positions):
+            fifth = min(int(rank / len(positions) * 5), 4)
+            scored_in_bin[fifth] += 1
+            token = int(sample.input_ids[t])
+            occurrences[token] = occurrences.get(token, 0) + 1
+            for bit, rule in enumerate(("RI", "KN", "TR")):
+                if int(res.dropped_by[t]) >> bit & 1:
+                    dropped_in_bin[rule][fifth] += 1
+                    dropped_ids[rule][token] = dropped_ids[rule].get(token, 0) + 1
+    assert diagnostics["positions"]["scored"] == scored_in_bin
+    for rule in ("RI", "KN", "TR"):
+        assert diagnostics["positions"]["drop_rate"][rule] == pytest.approx(
+            [d / s for d, s in zip(dropped_in_bin[rule], scored_in_bin)])
+        always = sorted(t for t, n in dropped_ids[rule].items() if n == occurrences[t])
+        assert [t["id"] for t in diagnostics["rules"][rule]["always_dropped_types"]] == always
+    assert diagnostics["guard"]["protected"] > 0  # the tokenizer-less scorer still protects the model's eos
+    page = (tmp_path / "report.html").read_text()
+    assert "Diagnostics by token type and position" in page and "Drop rate by relative position" in page
+    assert "histograms" in page and "guard" not in out["statistics"]["rules"]

@@ -8,7 +8,10 @@
   with the thresholds that decide them (KN: PCP = ``kn_pcp_max``; TR: the Multi-Otsu thresholds; Token
   Cleaning: the pool-wide top-k threshold; RI's fence is per sample, so it has no single line);
 - ``report.html``: the tables and the figure, and the first samples rendered token by token with the
-  dropped tokens highlighted by rule (hover a token for its scores), openable in any browser.
+  dropped tokens highlighted by rule (hover a token for its scores), openable in any browser;
+- with the data: the per-rule diagnostics of :func:`xtf_kernels.methods.diagnostics.rule_diagnostics` (types a
+  rule drops at every occurrence and their share of tokens, its most-dropped types, special tokens and digits
+  dropped, drop rate by relative position in 5 bins, what the safeguards kept, warnings), in both files.
 matplotlib is imported only here, lazily.
 """
 
@@ -24,6 +27,8 @@ import torch
 
 from .._atomic import atomic_write_bytes
 from ..datasets.samples import IGNORE_INDEX
+from ..methods.diagnostics import rule_diagnostics
+from ..methods.safeguards import special_ids_of
 from .result import ScoreResult
 
 RULE_COLOURS = ("#f4a261", "#2a9d8f", "#8ecae6", "#e76f51", "#b5838d", "#90be6d")
@@ -127,17 +132,20 @@ def rule_of_score(result: ScoreResult, score: str) -> str | None:
 
 def score_histograms(result: ScoreResult, bins: int = 50) -> dict[str, dict]:
     """Score name -> {"edges", "kept", "dropped"}: histograms of the scored tokens (two passes over the shards);
-    "dropped" counts the tokens the score's own rule dropped (:func:`rule_of_score`; any rule if unknown)."""
-    low = {name: math.inf for name in result.score_names}
-    high = {name: -math.inf for name in result.score_names}
+    "dropped" counts the tokens the score's own rule dropped (:func:`rule_of_score`; any rule if unknown).
+    The ``guard`` codes of the safeguards are not a score and get no histogram."""
+    names = [name for name in result.score_names if name != "guard"]
+    low = {name: math.inf for name in names}
+    high = {name: -math.inf for name in names}
     for shard in result.shards():
-        for name, values in shard.scores.items():
+        for name in names:
+            values = shard.scores[name]
             finite = values[torch.isfinite(values)]
             if finite.numel():
                 low[name] = min(low[name], float(finite.min()))
                 high[name] = max(high[name], float(finite.max()))
     out = {}
-    for name in result.score_names:
+    for name in names:
         if low[name] > high[name]:
             continue
         span = high[name] - low[name] or 1.0
@@ -270,10 +278,14 @@ def write_report(result: ScoreResult | str | os.PathLike, out_dir: str | os.Path
     accuracy = None if source is None else precision_recall(result, source)
     lines = thresholds(result)
     histograms = score_histograms(result, bins)
+    diagnostics = None
+    if source is not None:
+        special = special_ids_of(tokenizer) if tokenizer is not None else []
+        diagnostics = rule_diagnostics(source, result.iter_samples(), tokenizer=tokenizer, special_ids=special)
     files = {"json": os.path.join(out_dir, "report.json"), "png": os.path.join(out_dir, "histograms.png"),
              "html": os.path.join(out_dir, "report.html")}
     report = {"statistics": statistics, "precision_recall": accuracy, "thresholds": lines,
-              "config": result.config, "data_fingerprint": result.data_fingerprint}
+              "diagnostics": diagnostics, "config": result.config, "data_fingerprint": result.data_fingerprint}
     atomic_write_bytes(files["json"], json.dumps(report, indent=1).encode())
     plot_histograms(histograms, lines, files["png"])
 
@@ -307,10 +319,44 @@ def write_report(result: ScoreResult | str | os.PathLike, out_dir: str | os.Path
 <h2>Overlap of the rules</h2><table><tr><th>rules</th><th>both</th><th>Jaccard</th><th>of the smaller set</th></tr>
 {overlap_rows}</table><p>dropped by every rule: {statistics['all_rules']}</p>
 {accuracy_table}
+{_diagnostics_html(diagnostics)}
 <h2>Score histograms</h2><img src="histograms.png" alt="score histograms">
 <h2>Samples</h2><p class="legend">{legend} <span class="noise">known noise</span> (grey: prompt / not trained on;
 hover a token for its scores)</p>
 {samples_html}
 </body></html>"""
     atomic_write_bytes(files["html"], page.encode())
-    return {"statistics": statistics, "precision_recall": accuracy, "files": files}
+    return {"statistics": statistics, "precision_recall": accuracy, "diagnostics": diagnostics, "files": files}
+
+
+def _diagnostics_html(diagnostics: dict | None) -> str:
+    """The diagnostics section: warnings, per-rule types, drop rate by position, safeguards."""
+    if not diagnostics or not diagnostics["rules"]:
+        return ""
+    esc = html.escape
+    warnings = "".join(f"<li>{esc(w)}</li>" for w in diagnostics["warnings"]) or "<li>none</li>"
+    rows = []
+    for rule, entry in diagnostics["rules"].items():
+        always = ", ".join(f"{esc(t['token'])} ({t['occurrences']})" for t in entry["always_dropped_types"]) or "-"
+        top = ", ".join(f"{esc(t['token'])} {t['dropped']}/{t['occurrences']}" for t in entry["top_types"]) or "-"
+        rows.append(f"<tr><td>{esc(rule)}</td><td>{entry['dropped']}</td><td>{always}</td>"
+                    f"<td>{entry['always_dropped_share']:.2%}</td><td>{top}</td><td>{entry['special_dropped']}</td>"
+                    f"<td>{entry['digits_dropped']} / {entry['digit_tokens']}</td></tr>")
+    positions = diagnostics["positions"]
+    head = "".join(f"<th>{a:.0%}-{b:.0%}</th>" for a, b in positions["bins"])
+    position_rows = "".join(
+        f"<tr><td>{esc(rule)}</td>" + "".join(f"<td>{rate:.2%}</td>" for rate in rates) + "</tr>"
+        for rule, rates in positions["drop_rate"].items()
+    )
+    guard = diagnostics["guard"]
+    guard_text = ("" if guard is None else "<p>kept by the safeguards: " + ", ".join(
+        f"{esc(name)} {count}" for name, count in guard.items() if name != "none") + "</p>")
+    whole = diagnostics["whole_response"]
+    return f"""<h2>Diagnostics by token type and position</h2><ul class="warnings">{warnings}</ul>
+<table><tr><th>rule</th><th>dropped</th><th>types dropped at every occurrence (occurrences)</th>
+<th>their share of tokens</th><th>most-dropped types (dropped / occurrences)</th><th>special tokens</th>
+<th>digits</th></tr>{"".join(rows)}</table>
+<p>Drop rate by relative position in the response:</p>
+<table><tr><th>rule</th>{head}</tr>{position_rows}</table>{guard_text}
+<p>samples with every scored token dropped: {whole['dropped']}; kept whole (all_dropped="keep"):
+{whole['kept_whole']}</p>"""
