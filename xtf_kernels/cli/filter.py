@@ -2,13 +2,17 @@
 
 The masks apply only to the exact tokenised data that was scored: the same file, tokenizer and max length
 (checked by fingerprint; a mismatch is refused with an error). The tokenizer and max length default to the
-ones ``xtf score`` recorded in DIR. FILE is JSONL (``{"input_ids", "labels"}`` per line; default) or
-``.safetensors`` (``input_ids`` / ``labels`` concatenated and ``offsets``).
+ones ``xtf score`` recorded in DIR. FILE is JSONL (``{"input_ids", "labels"}`` per line; default),
+``.safetensors`` (``input_ids`` / ``labels`` concatenated and ``offsets``), or a Hugging Face dataset that
+trainers read as it is (``--format dataset``: a ``save_to_disk`` folder; ``.parquet``): columns
+``input_ids``, ``labels`` (-100 at prompt and dropped tokens), ``completion_mask`` (TRL), ``token_weights``,
+``dropped_by`` (rule bits) and ``score_<name>``, the rule names in the dataset's description.
 
 Example::
 
     xtf score train.jsonl --model ./my-model --out scores/
     xtf filter train.jsonl --scores scores/ --out train.filtered.jsonl
+    xtf filter train.jsonl --scores scores/ --out train.filtered --format dataset   # datasets.load_from_disk
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ import os
 def register(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = __doc__.replace("``", "")
-    parser.add_argument("data", metavar="DATA", help="the JSONL dataset that was scored")
+    parser.add_argument("data", metavar="DATA", help="the dataset that was scored (JSONL file, datasets folder or "
+                        ".parquet file)")
     parser.add_argument("--scores", required=True, metavar="DIR", help="results folder written by `xtf score`")
-    parser.add_argument("--out", required=True, metavar="FILE", help="output file (.jsonl or .safetensors)")
-    parser.add_argument("--format", choices=("jsonl", "safetensors"),
+    parser.add_argument("--out", required=True, metavar="FILE",
+                        help="output file (.jsonl, .safetensors, .parquet) or folder (--format dataset)")
+    parser.add_argument("--format", choices=("jsonl", "safetensors", "dataset", "parquet"),
                         help="output format (default: from the --out extension, else jsonl)")
     parser.add_argument("--tokenizer", metavar="PATH",
                         help="tokenizer folder (default: the one `xtf score` used, recorded in DIR)")
@@ -34,6 +40,10 @@ def register(parser: argparse.ArgumentParser) -> None:
 def _needs_tokenizer(path: str) -> bool:
     import json
 
+    if os.path.isdir(path) or path.endswith(".parquet"):
+        from ..datasets.samples import load_hf_dataset
+
+        return "input_ids" not in load_hf_dataset(path).column_names
     with open(path, encoding="utf-8") as handle:
         for line in handle:
             if line.strip():
@@ -49,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline import rule_statistics
     from ..pipeline.loading import load_tokenizer
 
-    if not os.path.isfile(args.data):
+    if not os.path.exists(args.data):
         raise FileNotFoundError(f"dataset file not found: {args.data}")
     result = ScoreResult(args.scores)
     source = result.manifest["source"]

@@ -151,6 +151,9 @@ def join(device: str | torch.device | None = None) -> Group:
             raise ValueError(f"{world} processes need {name} in the environment (torchrun sets it; under srun "
                              "export MASTER_ADDR=<first node> MASTER_PORT=<free port> in the job script)")
     use_cuda = resolve_rank_device(device, local).type == "cuda"
+    if use_cuda and torch.cuda.device_count() <= local:
+        raise ValueError(f"device {device!r} on local rank {local} needs GPU {local}, but torch sees "
+                         f"{torch.cuda.device_count()} GPU(s) on this node")
     if use_cuda:
         torch.cuda.set_device(local)
     dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world, timeout=TIMEOUT)

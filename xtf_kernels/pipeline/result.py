@@ -23,6 +23,7 @@ from ..datasets.samples import as_source
 from ..errors import CorruptFileError
 from ..errors import FingerprintMismatchError
 from ..methods.base import SampleScores
+from . import export
 from . import store
 from .fingerprint import DataFingerprint
 
@@ -153,27 +154,45 @@ class ScoreResult:
         return self._masked(source)
 
     def _masked(self, source: SampleSource) -> Iterator[TokenizedSample]:
-        results = self.iter_samples()
-        for sample in source:
-            scored = next(results)
+        for sample, scored in self._paired(source):
+            yield sample.with_labels(scored.masked_labels(sample.labels))
+
+    def scored_samples(self, data, tokenizer=None, *, max_length: int | None = None
+                       ) -> Iterator[tuple[TokenizedSample, SampleScores]]:
+        """(sample, its :class:`~xtf_kernels.methods.SampleScores`) of ``data`` in order, streamed, after the
+        fingerprint check (one pass over ``data``)."""
+        self._require_complete()
+        source = self.check_data(data, tokenizer, max_length=max_length)
+        return self._paired(source)
+
+    def _paired(self, source: SampleSource) -> Iterator[tuple[TokenizedSample, SampleScores]]:
+        for sample, scored in zip(source, self.iter_samples(), strict=True):
             if scored.dropped_by.numel() != len(sample):
                 raise CorruptFileError(f"{self.out_dir}: a sample has {len(sample)} tokens but its scores "
                                        f"{scored.dropped_by.numel()}")
-            yield sample.with_labels(scored.masked_labels(sample.labels))
+            yield sample, scored
 
     def write_filtered(self, data, path: str | os.PathLike, *, tokenizer=None, max_length: int | None = None,
                        format: str | None = None) -> int:
         """Write the masked data to ``path`` atomically; returns the number of samples.
 
         Args:
-            format: "jsonl" (one ``{"input_ids", "labels"}`` object per line, streamed) or "safetensors"
+            format: "jsonl" (one ``{"input_ids", "labels"}`` object per line, streamed), "safetensors"
                 (``input_ids`` / ``labels`` (T,) int64 concatenated and ``offsets`` (N + 1,) int64, held in
-                memory); default from the file extension.
+                memory), "dataset" (a ``datasets`` save_to_disk folder) or "parquet", the last two with the
+                columns of :mod:`xtf_kernels.pipeline.export` (labels, completion_mask, token_weights,
+                dropped_by, score_<name>); default from the extension (.safetensors, .parquet, a trailing
+                path separator for a dataset folder, else jsonl).
         """
         path = os.fspath(path)
-        format = format or ("safetensors" if path.endswith(".safetensors") else "jsonl")
-        if format not in ("jsonl", "safetensors"):
-            raise ValueError(f"format must be 'jsonl' or 'safetensors', got {format!r}")
+        if format is None:
+            format = ("safetensors" if path.endswith(".safetensors") else "parquet" if path.endswith(".parquet")
+                      else "dataset" if path.endswith(os.sep) else "jsonl")
+        if format not in ("jsonl", "safetensors", *export.FORMATS):
+            raise ValueError(f"format must be 'jsonl', 'safetensors', 'dataset' or 'parquet', got {format!r}")
+        if format in export.FORMATS:
+            return export.write(self, self.scored_samples(data, tokenizer, max_length=max_length),
+                                path.rstrip(os.sep), format)
         masked = self.apply(data, tokenizer, max_length=max_length)
         if format == "safetensors":
             ids, labels, offsets = [], [], [0]
