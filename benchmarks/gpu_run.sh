@@ -91,7 +91,9 @@ run_step() {  # run_step NAME CAP_S COMMAND...: run under a timeout of min(CAP_S
         verdict="exit $status"
     fi
     [ "$verdict" = ok ] || failed=$((failed + 1))
-    STATUS_LINES+=("$(printf '%-8s %4d s  %s  (%s)' "$name" "$took" "$verdict" "$(tail -n 1 "$LOGS/$name.log" | cut -c1-90)")")
+    local last
+    last="$(grep -v '^[[:space:]]*$' "$LOGS/$name.log" | tail -n 1 | cut -c1-90)"
+    STATUS_LINES+=("$(printf '%-8s %4d s  %s  (%s)' "$name" "$took" "$verdict" "$last")")
     say "$name: $verdict after $took s"
 }
 

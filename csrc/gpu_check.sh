@@ -20,6 +20,7 @@
 # --python-version 3.12`), they are installed from there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"  # the GPU image has python3 only
 log_dir="${XTF_GPU_LOG_DIR:-build/gpu_check}"
 mkdir -p "$log_dir"
 steps=("$@")
@@ -40,11 +41,11 @@ run_step() {  # run_step NAME COMMAND...: tee the output into the step's log, co
 ensure_build_requirements() {
     local missing=()
     for module in setuptools pybind11; do
-        python -c "import $module" 2>/dev/null || missing+=("$module")
+        "$PY" -c "import $module" 2>/dev/null || missing+=("$module")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ -d .whl ]; then
-        python -m pip install --no-index --find-links .whl "${missing[@]}" wheel ninja || return 1
+        "$PY" -m pip install --no-index --find-links .whl "${missing[@]}" wheel ninja || return 1
     else
         echo "missing build requirements: ${missing[*]}; no .whl/ folder to install them from (see the header)"
         return 1
@@ -53,14 +54,14 @@ ensure_build_requirements() {
 
 build() {
     ensure_build_requirements || return 1
-    local archs="${XTF_CUDA_ARCHS:-$(python -c 'import torch; print("%d%d" % torch.cuda.get_device_capability())')}"
+    local archs="${XTF_CUDA_ARCHS:-$("$PY" -c 'import torch; print("%d%d" % torch.cuda.get_device_capability())')}"
     echo "compiling for sm_$archs with $(command -v nvcc || echo "nvcc from CUDA_HOME=${CUDA_HOME:-unset}")"
-    XTF_BUILD_CUDA=1 XTF_CUDA_ARCHS="$archs" MAX_JOBS="${MAX_JOBS:-$(nproc)}" python setup.py build_ext --inplace
+    XTF_BUILD_CUDA=1 XTF_CUDA_ARCHS="$archs" MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" setup.py build_ext --inplace
 }
 
 check_env() {
-    python -m xtf_kernels.env || return 1
-    python - <<'PY'
+    "$PY" -m xtf_kernels.env || return 1
+    "$PY" - <<'PY'
 import torch
 from xtf_kernels.ops.registry import resolve_backend
 print("backend='cuda' resolves to", resolve_backend("cuda", torch.device("cuda")))
@@ -77,7 +78,7 @@ sanitize() {
     local status=0
     for tool in memcheck racecheck; do
         "$sanitizer" --tool "$tool" --error-exitcode 1 --target-processes all \
-            python -m pytest -m cuda -q -p no:cacheprovider tests/ops/_cuda || status=1
+            "$PY" -m pytest -m cuda -q -p no:cacheprovider tests/ops/_cuda || status=1
     done
     return $status
 }
@@ -86,9 +87,9 @@ for step in "${steps[@]}"; do
     case "$step" in
         build) run_step build build ;;
         env) run_step env check_env ;;
-        test) run_step test python -m pytest -m cuda -q -rs tests ;;
+        test) run_step test "$PY" -m pytest -m cuda -q -rs tests ;;
         sanitize) run_step sanitize sanitize ;;
-        bench) run_step bench python benchmarks/run.py --suite gpu --output "$log_dir/bench_results.csv" \
+        bench) run_step bench "$PY" benchmarks/run.py --suite gpu --output "$log_dir/bench_results.csv" \
             --plot "$log_dir/bench.png" ;;
         *) echo "unknown step '$step' (build env test sanitize bench)"; failed=$((failed + 1)) ;;
     esac

@@ -1,10 +1,10 @@
 """``xtf bench``: memory and throughput of the fused ops on this device, side by side with the peers.
 
-Without a shape it runs the device's standard set (GPU: the issue-3 cases at the Llama-3-8B and
-Gemma-2-2B heads with every backend and installed peer; CPU: a small case in seconds). With
-``--model NAME`` (a named head, see ``--list-models``) or ``--hidden H --vocab V`` it runs that head at
-``--tokens N``. Results are printed as a table, appended to ``--output`` (CSV, validated and written
-atomically) and drawn to ``--plot`` when asked.
+Without a shape it runs the device's standard set (GPU: the ``gpu`` case set of
+:mod:`xtf_kernels.bench.suites`, the Llama-3-8B and Gemma-2-2B heads with every backend and installed
+peer; CPU: a small case in seconds). With ``--model NAME`` (a named head, see ``--list-models``) or
+``--hidden H --vocab V`` it runs that head at ``--tokens N``. Results are printed as a table, appended to
+``--output`` (CSV, validated and written atomically) and drawn to ``--plot`` when asked.
 """
 
 from __future__ import annotations
