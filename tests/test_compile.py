@@ -98,17 +98,21 @@ def _leaves(rows: int = 13, hidden: int = 8, vocab: int = 21, *, all_ignored: bo
 def test_opcheck_linear_cross_entropy(reduction, all_ignored):
     h, w, b, targets, token_weights, _ = _leaves(all_ignored=all_ignored)
     num_items = torch.tensor(9.0) if reduction == "mean" else None
-    args = (h, w, b, targets, token_weights, num_items, -100, reduction, 2.0, 0.1, 1e-3, True, True, True, "torch", 0)
+    class_weights = torch.rand(w.shape[0], generator=torch.Generator().manual_seed(5))
+    args = (h, w, b, targets, token_weights, class_weights, num_items, -100, reduction, 2.0, 1.5, 0.1, 1e-3, True,
+            True, True, True, True, "torch", 0)
     torch.library.opcheck(torch.ops.xtf.linear_cross_entropy.default, args)
-    frozen = (h, w.detach(), None, targets, None, None, -100, reduction, 0.0, 0.0, 0.0, True, False, False, "torch", 4)
+    frozen = (h, w.detach(), None, targets, None, None, None, -100, reduction, 0.0, 1.0, 0.0, 0.0, False, False,
+              True, False, False, "torch", 4)
     torch.library.opcheck(torch.ops.xtf.linear_cross_entropy.default, frozen)
 
 
-@pytest.mark.parametrize("want_entropy", [False, True])
-def test_opcheck_token_logprobs(want_entropy):
+@pytest.mark.parametrize("want_extras", [False, True])
+def test_opcheck_token_logprobs(want_extras):
     h, w, b, targets, _, _ = _leaves()
     torch.library.opcheck(
-        torch.ops.xtf.token_logprobs.default, (h, w, b, targets, -100, 2.0, 0.7, want_entropy, "torch", 0)
+        torch.ops.xtf.token_logprobs.default,
+        (h, w, b, targets, -100, 2.0, 1.3, 0.7, want_extras, want_extras, want_extras, "torch", 0),
     )
 
 
@@ -125,6 +129,7 @@ def test_opcheck_head_backward():
     h, w, b, targets, token_weights, upstream = _leaves()
     lse = torch.logsumexp(h.detach() @ w.detach().T + b.detach(), -1)
     entropy = torch.rand(13)
-    args = (h.detach(), w.detach(), b.detach(), targets, token_weights, lse, entropy, upstream, upstream.flip(0),
-            upstream.abs(), None, -100, 0.0, 1.0, 0.0, 0.0, True, True, True, "torch", 0)
+    class_weights = torch.rand(w.shape[0], generator=torch.Generator().manual_seed(5))
+    args = (h.detach(), w.detach(), b.detach(), targets, token_weights, class_weights, lse, entropy, upstream,
+            upstream.flip(0), upstream.abs(), None, -100, 0.0, 0.8, 1.0, 0.1, 1e-3, True, True, True, "torch", 0)
     torch.library.opcheck(torch.ops.xtf.head_backward.default, args)

@@ -120,7 +120,7 @@ def test_vocabulary_masked_by_minus_inf_bias(impl):
     for name, got, want in zip(out._fields, out, expected):
         assert_close(got, want, msg=name)
     upstream = [torch.randn(23, dtype=torch.float64) for _ in range(3)]
-    got = torch.autograd.grad(list(out), [case.hidden, case.weight], [u.float() for u in upstream])
+    got = torch.autograd.grad(list(out[:3]), [case.hidden, case.weight], [u.float() for u in upstream])
     want = torch.autograd.grad(list(expected), [hidden64, weight64], upstream)
     assert all(torch.isfinite(g).all() for g in got)
     assert_close(got[0], want[0], grad=True, msg="grad hidden")

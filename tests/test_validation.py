@@ -18,7 +18,8 @@ CASES = [
     ("H mismatch", dict(weight=torch.randn(11, 7)), ValueError, "H=8"),
     ("weight 1-D", dict(weight=torch.randn(11)), ValueError, "weight must be 2-D"),
     ("integer hidden", dict(hidden=torch.ones(4, 5, 8, dtype=torch.int64)), TypeError, "hidden must be float32"),
-    ("float64 hidden", dict(hidden=torch.randn(4, 5, 8, dtype=torch.float64)), TypeError, "hidden must be float32"),
+    ("complex hidden", dict(hidden=torch.randn(4, 5, 8, dtype=torch.complex64)), TypeError,
+     "hidden must be float32"),
     ("dtype mismatch", dict(weight=torch.randn(11, 8, dtype=torch.bfloat16)), TypeError, "same dtype"),
     ("float targets", dict(targets=torch.zeros(4, 5)), TypeError, "targets must be an integer"),
     ("bool targets", dict(targets=torch.zeros(4, 5, dtype=torch.bool)), TypeError, "targets must be an integer"),
@@ -41,6 +42,24 @@ CASES = [
     ("num_items shape", dict(num_items_in_batch=torch.ones(3)), ValueError, "num_items_in_batch must hold one"),
     ("num_items negative", dict(num_items_in_batch=-2), ValueError, "num_items_in_batch must be >= 0"),
     ("hidden not a tensor", dict(hidden=[[1.0]]), TypeError, "hidden must be a torch.Tensor"),
+    ("class_weights shape", dict(class_weights=torch.ones(10)), ValueError, "class_weights must be (V,) = (11,)"),
+    ("class_weights 2-D", dict(class_weights=torch.ones(11, 1)), ValueError, "class_weights must be (V,)"),
+    ("class_weights int", dict(class_weights=torch.ones(11, dtype=torch.long)), TypeError,
+     "class_weights must be a floating-point"),
+    ("class_weights negative", dict(class_weights=torch.ones(11).index_fill(0, torch.tensor([4]), -0.5)),
+     ValueError, "class_weights must be finite and >= 0; found 1 bad value(s) (first: -0.5 at class 4)"),
+    ("class_weights inf", dict(class_weights=torch.full((11,), float("inf"))), ValueError,
+     "class_weights must be finite"),
+    ("class_weights list", dict(class_weights=[1.0] * 11), TypeError, "class_weights must be a torch.Tensor"),
+    ("logit_scale zero", dict(logit_scale=0.0), ValueError, "logit_scale must be > 0"),
+    ("logit_scale negative", dict(logit_scale=-2.0), ValueError, "logit_scale must be > 0"),
+    ("logit_scale inf", dict(logit_scale=float("inf")), TypeError, "logit_scale must be a finite number"),
+    ("logit_scale nan", dict(logit_scale=float("nan")), TypeError, "logit_scale must be a finite number"),
+    ("shift length 1", dict(hidden=torch.randn(4, 1, 8), targets=torch.randint(0, 11, (4, 1)), shift=True),
+     ValueError, "shift=True needs targets (..., T) with a sequence length T >= 2"),
+    ("shift scalar target", dict(hidden=torch.randn(8), targets=torch.tensor(3), shift=True), ValueError,
+     "shift=True needs"),
+    ("shift not bool", dict(shift=1), TypeError, "shift must be a bool"),
 ]
 
 
@@ -65,6 +84,10 @@ def test_ignore_index_targets_are_not_range_checked():
     (dict(temperature=0.0), ValueError, "temperature must be > 0"),
     (dict(targets=torch.full((4, 5), 99)), ValueError, "outside [0, 11)"),
     (dict(softcap=-1.0), ValueError, "softcap must be > 0"),
+    (dict(logit_scale=0.0), ValueError, "logit_scale must be > 0"),
+    (dict(logit_scale=float("inf")), TypeError, "logit_scale must be a finite number"),
+    (dict(hidden=torch.randn(4, 1, 8), targets=torch.randint(0, 11, (4, 1)), shift=True), ValueError,
+     "sequence length T >= 2"),
 ])
 def test_token_logprobs_rejects(change, error, fragment):
     kwargs = {**_good(), **change}
@@ -92,3 +115,17 @@ def test_module_rejects_bad_options():
         xk.LinearCrossEntropyLoss(reduction="max")
     with pytest.raises(ValueError, match="backend"):
         xk.LinearCrossEntropyLoss(backend="nope")
+    with pytest.raises(ValueError, match="logit_scale must be > 0"):
+        xk.LinearCrossEntropyLoss(logit_scale=0.0)
+    with pytest.raises(TypeError, match="class_weights must be a floating-point"):
+        xk.LinearCrossEntropyLoss(class_weights=torch.ones(5, dtype=torch.long))
+    with pytest.raises(TypeError, match="shift must be a bool"):
+        xk.LinearCrossEntropyLoss(shift="yes")
+
+
+def test_float64_is_accepted():
+    """float64 inputs run (torch backend) and give float64 results (routing: tests/ops/test_registry.py)."""
+    good = _good()
+    hidden, weight = good["hidden"].double(), good["weight"].double()
+    loss = xk.linear_cross_entropy(hidden, weight, good["targets"])
+    assert loss.dtype == torch.float64

@@ -17,6 +17,7 @@ import importlib
 
 from .errors import BackendUnavailableError
 from .errors import XtfError
+from .functional import LinearCrossEntropyOutput
 from .functional import TokenLogprobs
 from .functional import influence_delta
 from .functional import linear_cross_entropy
@@ -39,6 +40,7 @@ _LAZY = {
 __all__ = [
     "BackendUnavailableError",
     "LinearCrossEntropyLoss",
+    "LinearCrossEntropyOutput",
     "TokenLogprobs",
     "XtfError",
     "influence_delta",

@@ -10,7 +10,8 @@ import math
 
 import torch
 
-FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# float64 runs on the torch backend only (the others do not declare the "float64" feature, ops/registry.py).
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -25,7 +26,7 @@ def check_tensor(name: str, x, *, dims: int | None = None, min_dims: int | None 
 
 def check_float(name: str, x: torch.Tensor) -> None:
     if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {x.dtype}")
+        raise TypeError(f"{name} must be float32, bfloat16, float16 or float64, got {x.dtype}")
 
 
 def check_head(hidden, weight, bias, *, prefix: str = "") -> None:
@@ -83,6 +84,38 @@ def check_token_weights(token_weights, targets) -> None:
         )
     if token_weights.device != targets.device:
         raise ValueError(f"token_weights is on {token_weights.device} but targets is on {targets.device}")
+
+
+def check_class_weights(class_weights, weight) -> None:
+    """class_weights (V,) floating on weight's device, or None; values (finite, >= 0) are checked in the op."""
+    if class_weights is None:
+        return
+    check_tensor("class_weights", class_weights)
+    if not class_weights.is_floating_point():
+        raise TypeError(f"class_weights must be a floating-point tensor, got {class_weights.dtype}")
+    if tuple(class_weights.shape) != (weight.shape[0],):
+        raise ValueError(
+            f"class_weights must be (V,) = ({weight.shape[0]},) (one weight per vocabulary entry), got shape "
+            f"{tuple(class_weights.shape)}"
+        )
+    if class_weights.device != weight.device:
+        raise ValueError(f"class_weights is on {class_weights.device} but weight is on {weight.device}")
+
+
+def check_shift(shift, targets) -> None:
+    """shift=True needs a sequence dimension of length >= 2 (targets (..., T))."""
+    if not isinstance(shift, bool):
+        raise TypeError(f"shift must be a bool, got {shift!r}")
+    if shift and (targets.dim() == 0 or targets.shape[-1] < 2):
+        raise ValueError(
+            f"shift=True needs targets (..., T) with a sequence length T >= 2 (position i predicts i + 1), "
+            f"got targets of shape {tuple(targets.shape)}"
+        )
+
+
+def check_logit_scale(logit_scale) -> float:
+    """A finite number > 0."""
+    return check_number("logit_scale", logit_scale, low=0.0, low_open=True)
 
 
 def check_int(name: str, value) -> None:

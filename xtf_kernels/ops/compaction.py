@@ -61,6 +61,7 @@ def compact_rows(
     *,
     validate: bool = True,
     mover: ModuleType | None = None,
+    class_weights: torch.Tensor | None = None,
 ) -> Compaction:
     """Kept rows: targets != ignore_index and (when given) row_weights != 0.
 
@@ -70,6 +71,7 @@ def compact_rows(
         validate: raise ValueError naming the argument on targets outside [0, vocab) that are not
             ignore_index, and on negative or non-finite weights.
         mover: see :class:`Compaction`; a module without ``gather_rows`` is ignored.
+        class_weights: (V,) float or None, checked finite and >= 0 in the same sync (with ``validate``).
     """
     if mover is not None and not hasattr(mover, "gather_rows"):
         mover = None
@@ -82,6 +84,9 @@ def compact_rows(
         if row_weights is not None:
             bad_weight = ~torch.isfinite(row_weights) | (row_weights < 0)
             counters.append(bad_weight.sum())
+        if class_weights is not None:
+            bad_class = ~torch.isfinite(class_weights) | (class_weights < 0)
+            counters.append(bad_class.sum())
     if row_weights is not None:
         keep = keep & (row_weights != 0)
         counters[0] = keep.sum()
@@ -97,6 +102,12 @@ def compact_rows(
         raise ValueError(
             f"token_weights must be finite and >= 0; found {counts[2]} bad value(s) "
             f"(first: {float(row_weights[pos])} at flat position {pos})"
+        )
+    if validate and class_weights is not None and counts[-1]:
+        pos = _first_position(bad_class)
+        raise ValueError(
+            f"class_weights must be finite and >= 0; found {counts[-1]} bad value(s) "
+            f"(first: {float(class_weights[pos])} at class {pos})"
         )
     kept = counts[0]
     if kept == total:

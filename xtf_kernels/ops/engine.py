@@ -4,6 +4,13 @@ Per chunk of C kept rows: one GEMM forms the (C, V) logits in fp32 (cuBLAS / one
 row kernel turns them into per-row statistics and, when gradients are wanted, overwrites them with the
 gradient of the logits; two more GEMMs form d_hidden for the chunk and accumulate d_weight in fp32.
 The [N, V] logits tensor never exists: peak extra memory is one chunk plus the fp32 d_weight accumulator.
+Float64 inputs run the same passes in float64 (so ``torch.autograd.gradcheck`` applies).
+
+16-bit inputs: on CUDA the GEMMs read the 16-bit operands and accumulate and write fp32 (cuBLAS). The CPU
+has no 16-bit GEMM with an fp32 output (torch's ``mm(..., out_dtype=)`` is CUDA-only; oneDNN rounds its
+fp32 accumulator to 16 bits, 7.6e-3 per-token loss error at H 256 in bf16), so there the chunk's hidden
+rows and the weight, one block of vocabulary rows at a time (:class:`_Fp32WeightBlocks`), are upcast and
+all three GEMMs run in fp32: every result equals the fp32 computation on the upcast inputs.
 
 A backend plugs in a :class:`RowKernel`: a callable with the signature of
 :func:`xtf_kernels.ops._torch.row_pass.row_pass` plus ``extra_buffers``. No host synchronisation happens
@@ -13,10 +20,12 @@ in the loop: the number of rows is known on the host before it starts.
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
 
+from .chunking import memory_budget_bytes
 from .chunking import resolve_chunk_size
 from .spec import HeadPassResult
 from .spec import HeadSpec
@@ -28,7 +37,9 @@ class RowKernel(NamedTuple):
 
     run(z, targets, spec, *, want_entropy, want_mean_logit, grads, lse, entropy) -> (lse, target_logit,
         mean_logit, entropy, grad_logits): see ``_torch.row_pass.row_pass``. ``grad_logits`` may be ``z``
-        itself (in place).
+        itself (in place). Two keyword arguments are passed only when a call uses them, so a row kernel
+        that does not know them keeps working for everything else: ``want_argmax=True`` (then ``run``
+        returns a sixth element, the (C,) int64 argmax) and ``class_weights=`` (V,).
     extra_buffers(spec, *, want_entropy, grads) -> int: (C, V) fp32 buffers ``run`` allocates.
     writes_half_grad: for 16-bit inputs ``run`` also takes ``grad_out`` (the (C, V) 16-bit buffer the
         backward matmuls read) and ``keep_fp32_grad`` (whether the fp32 gradient is still wanted, for the
@@ -41,34 +52,91 @@ class RowKernel(NamedTuple):
     writes_half_grad: bool = False
 
 
-def _logits_into(out: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
-    """out (C, V) fp32 <- hidden @ weight.T + bias, accumulating in fp32 whatever the input dtype."""
-    if hidden.dtype == torch.float32:
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 for float64 inputs, else fp32: the dtype of logits, per-row statistics and d_weight."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class _Fp32WeightBlocks:
+    """A 16-bit (V, H) weight seen as fp32 blocks of vocabulary rows, for the CPU GEMMs.
+
+    Memory arithmetic: the fp32 copy is bounded by the chunk memory budget (``XTF_CHUNK_MEMORY_MB``, 256 MiB
+    on the CPU). When the whole weight fits (V * H * 4 bytes: 64 MiB at H 512, V 32768) it is upcast once
+    per call; otherwise it is upcast block by block into one reusable buffer each time a GEMM needs it (at
+    the Llama-3 head, H 4096, V 128256, 2.1 GB in fp32: 16384-row blocks, 8 per GEMM). The upcasts read
+    and write V * H * 6 bytes per GEMM, against 2 * C * V * H flops for the GEMM itself: at this machine's
+    ~10 GB/s and ~100 GFLOP/s fp32 that is under 2% for chunks of C >= 500 rows.
+    """
+
+    def __init__(self, weight: torch.Tensor, budget_bytes: int):
+        vocab, hidden = weight.shape
+        self.weight = weight
+        self.rows = max(1, min(vocab, budget_bytes // max(4 * hidden, 1)))
+        self.whole = weight.float() if self.rows == vocab else None
+        self.buffer = None if self.whole is not None else weight.new_empty((self.rows, hidden), dtype=torch.float32)
+
+    def blocks(self) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """(start, stop, fp32 rows weight[start:stop]) covering the vocabulary."""
+        vocab = self.weight.shape[0]
+        if self.whole is not None:
+            yield 0, vocab, self.whole
+            return
+        for start in range(0, vocab, self.rows):
+            stop = min(start + self.rows, vocab)
+            block = self.buffer[: stop - start]
+            block.copy_(self.weight[start:stop])
+            yield start, stop, block
+
+
+def _logits_into(out: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 upcast: _Fp32WeightBlocks | None = None):
+    """out (C, V) fp32 (float64) <- hidden @ weight.T + bias, accumulating in out's dtype whatever the input's.
+
+    upcast: the fp32 weight blocks of a 16-bit weight on the CPU (see the module docstring), else None.
+    """
+    if hidden.dtype == out.dtype:
         if bias is None:
             torch.mm(hidden, weight.t(), out=out)
         else:
             torch.addmm(bias, hidden, weight.t(), out=out)
         return out
-    if hidden.is_cuda:
-        # cuBLAS: 16-bit inputs, fp32 accumulation and fp32 output written straight into the chunk buffer
-        # (torch >= 2.8), without a (C, V) temporary.
-        torch.mm(hidden, weight.t(), out_dtype=torch.float32, out=out)
+    if upcast is not None:
+        hidden32 = hidden.float()  # (C, H): small next to the (C, V) chunk
+        for start, stop, block in upcast.blocks():
+            torch.mm(hidden32, block.t(), out=out[:, start:stop])  # strided output, no temporary
     else:
-        out.copy_(torch.mm(hidden, weight.t()))
+        # cuBLAS: 16-bit inputs, fp32 accumulation and fp32 output written straight into the chunk buffer,
+        # without a (C, V) temporary. ``out_dtype`` needs torch >= 2.8 (the package's floor on CUDA).
+        torch.mm(hidden, weight.t(), out_dtype=torch.float32, out=out)
     if bias is not None:
         out.add_(bias)
     return out
 
 
+def _grad_hidden_into(out: torch.Tensor, grad_logits: torch.Tensor, upcast: _Fp32WeightBlocks) -> None:
+    """out (C, H) 16-bit <- grad_logits (C, V) fp32 @ weight, accumulated in fp32 over the weight blocks."""
+    acc = None
+    for start, stop, block in upcast.blocks():
+        if acc is None:
+            acc = torch.mm(grad_logits[:, start:stop], block)
+        else:
+            acc.addmm_(grad_logits[:, start:stop], block)
+    out.copy_(acc)
+
+
 def _accumulate_weight_grad(grad_weight: torch.Tensor, grad_logits: torch.Tensor, hidden: torch.Tensor):
-    """grad_weight (V, H) fp32 += grad_logits.T @ hidden with fp32 accumulation."""
-    if hidden.dtype == torch.float32:
+    """grad_weight (V, H) fp32 (float64) += grad_logits.T @ hidden, accumulating in grad_weight's dtype.
+
+    grad_logits is (C, V) in grad_weight's dtype, or 16-bit on CUDA (the rounded gradient the d_hidden GEMM
+    reads too); a 16-bit hidden is upcast per chunk on the CPU ((C, H), small).
+    """
+    if hidden.dtype == grad_weight.dtype:
         grad_weight.addmm_(grad_logits.t(), hidden)
     elif hidden.is_cuda:
-        # fp32 accumulate + fp32 output without a (V, H) temporary.
+        # fp32 accumulate + fp32 output without a (V, H) temporary (torch >= 2.8).
         torch.addmm(grad_weight, grad_logits.t(), hidden, out_dtype=torch.float32, out=grad_weight)
     else:
-        grad_weight.addmm_(grad_logits.t().float(), hidden.float())
+        grad_weight.addmm_(grad_logits.t(), hidden.float())
 
 
 def chunked_head_pass(
@@ -81,6 +149,8 @@ def chunked_head_pass(
     *,
     want_entropy: bool = False,
     want_mean_logit: bool = False,
+    want_argmax: bool = False,
+    class_weights: torch.Tensor | None = None,
     grads: RowGrads | None = None,
     lse: torch.Tensor | None = None,
     entropy: torch.Tensor | None = None,
@@ -92,44 +162,59 @@ def chunked_head_pass(
     """One pass over M compacted rows.
 
     Args:
-        hidden: (M, H) fp32 / bf16 / fp16.
+        hidden: (M, H) fp32 / bf16 / fp16 / float64.
         weight: (V, H) same dtype; bias: (V,) or None.
         targets: (M,) int64 in [0, V).
+        want_argmax: also return the (M,) int64 argmax of the final logits.
+        class_weights: (V,) fp32 (float64 for float64 inputs) ``F.cross_entropy`` class weights, or None;
+            they change the gradient and the mean logit (see :mod:`xtf_kernels.ops.spec`).
         grads: upstream per-row gradients (M,) or None for a statistics-only pass.
         lse, entropy: (M,) fp32 from an earlier forward, to skip the max/sum pass in a recompute.
         need_grad_*: which parameter gradients to form (only when ``grads`` is given).
+
+    Every fp32 above reads float64 for float64 inputs.
     """
     rows, _ = hidden.shape
     vocab = weight.shape[0]
     device = hidden.device
-    half = hidden.dtype != torch.float32
+    acc_dtype = accumulation_dtype(hidden.dtype)
+    half = hidden.dtype != acc_dtype
     want_grad = grads is not None and (need_grad_hidden or need_grad_weight or need_grad_bias)
     if not want_grad:
         grads = None
+    upcast = _Fp32WeightBlocks(weight, memory_budget_bytes(device)) if half and not hidden.is_cuda else None
+    # CUDA only: the d_hidden / d_weight GEMMs read a 16-bit copy of the chunk's gradient.
+    lowp_grad = half and want_grad and upcast is None
     extra = row_kernel.extra_buffers(spec, want_entropy=want_entropy, grads=grads)
     chunk = resolve_chunk_size(
-        chunk_size, rows=rows, vocab=vocab, device=device, half_precision=half and want_grad,
+        chunk_size, rows=rows, vocab=vocab, device=device, half_precision=lowp_grad,
         extra_fp32_buffers=extra,
     )
-    f32 = dict(dtype=torch.float32, device=device)
-    lse_out = torch.empty(rows, **f32)
-    target_out = torch.empty(rows, **f32)
-    mean_out = torch.empty(rows, **f32) if want_mean_logit else None
-    entropy_out = torch.empty(rows, **f32) if want_entropy else None
+    acc = dict(dtype=acc_dtype, device=device)
+    lse_out = torch.empty(rows, **acc)
+    target_out = torch.empty(rows, **acc)
+    mean_out = torch.empty(rows, **acc) if want_mean_logit else None
+    entropy_out = torch.empty(rows, **acc) if want_entropy else None
+    argmax_out = torch.empty(rows, dtype=torch.int64, device=device) if want_argmax else None
     grad_hidden = torch.empty_like(hidden) if want_grad and need_grad_hidden else None
-    grad_weight = torch.zeros(weight.shape, **f32) if want_grad and need_grad_weight else None
-    grad_bias = torch.zeros(vocab, **f32) if want_grad and need_grad_bias else None
+    grad_weight = torch.zeros(weight.shape, **acc) if want_grad and need_grad_weight else None
+    grad_bias = torch.zeros(vocab, **acc) if want_grad and need_grad_bias else None
 
-    logits_buf = torch.empty((min(chunk, rows), vocab), **f32)
-    lowp_buf = torch.empty((min(chunk, rows), vocab), dtype=hidden.dtype, device=device) if half and want_grad else None
+    logits_buf = torch.empty((min(chunk, rows), vocab), **acc)
+    lowp_buf = torch.empty((min(chunk, rows), vocab), dtype=hidden.dtype, device=device) if lowp_grad else None
     half_out = lowp_buf is not None and row_kernel.writes_half_grad
+    optional = {}
+    if want_argmax:
+        optional["want_argmax"] = True
+    if class_weights is not None:
+        optional["class_weights"] = class_weights
     for start in range(0, rows, chunk):
         stop = min(start + chunk, rows)
         n = stop - start
         h_chunk = hidden[start:stop]
-        z = _logits_into(logits_buf[:n], h_chunk, weight, bias)
+        z = _logits_into(logits_buf[:n], h_chunk, weight, bias, upcast)
         half_kwargs = dict(grad_out=lowp_buf[:n], keep_fp32_grad=grad_bias is not None) if half_out else {}
-        c_lse, c_target, c_mean, c_entropy, c_grad = row_kernel.run(
+        c_lse, c_target, c_mean, c_entropy, c_grad, *c_argmax = row_kernel.run(
             z,
             targets[start:stop],
             spec,
@@ -139,6 +224,7 @@ def chunked_head_pass(
             lse=None if lse is None else lse[start:stop],
             entropy=None if entropy is None else entropy[start:stop],
             **half_kwargs,
+            **optional,
         )
         lse_out[start:stop] = c_lse
         target_out[start:stop] = c_target
@@ -146,6 +232,8 @@ def chunked_head_pass(
             mean_out[start:stop] = c_mean
         if entropy_out is not None:
             entropy_out[start:stop] = c_entropy
+        if argmax_out is not None:
+            argmax_out[start:stop] = c_argmax[0]
         if c_grad is None:
             continue
         if grad_bias is not None:
@@ -156,7 +244,11 @@ def chunked_head_pass(
             if not half_out:
                 mm_grad.copy_(c_grad)
         if grad_hidden is not None:
-            torch.mm(mm_grad, weight, out=grad_hidden[start:stop])
+            if upcast is not None:
+                _grad_hidden_into(grad_hidden[start:stop], c_grad, upcast)
+            else:
+                torch.mm(mm_grad, weight, out=grad_hidden[start:stop])
         if grad_weight is not None:
             _accumulate_weight_grad(grad_weight, mm_grad, h_chunk)
-    return HeadPassResult(lse_out, target_out, mean_out, entropy_out, grad_hidden, grad_weight, grad_bias)
+    return HeadPassResult(lse_out, target_out, mean_out, entropy_out, grad_hidden, grad_weight, grad_bias,
+                          argmax_out)

@@ -10,9 +10,14 @@ and optionally
     influence_delta(base, ref, targets, spec, chunk_size) -> (M,) fp32 logp_ref - logp_base
         (a fused two-model pass; without it two ``head_pass`` calls are made).
 
+and declares ``features: frozenset[str]``, the options of the op contract beyond the common core that it
+implements, a subset of :data:`FEATURES` (a module without the attribute implements none of them).
+
 ``availability(device)`` returns None when the backend can run on that device, else one sentence saying
 what is missing and how to get it; ``resolve_backend`` turns that sentence into a
-:class:`~xtf_kernels.errors.BackendUnavailableError`.
+:class:`~xtf_kernels.errors.BackendUnavailableError`. ``backend="auto"`` also skips backends that lack a
+feature the call needs; an explicit backend that lacks one raises the same error, naming the feature and a
+backend that has it.
 """
 
 from __future__ import annotations
@@ -82,6 +87,10 @@ _AUTO_DEFAULT: tuple[str, ...] = ("torch",)
 
 BACKEND_NAMES: tuple[str, ...] = ("auto", *_BACKENDS)
 
+# Options a call may need beyond the common core: logit_scale != 1, class weights, the argmax (predicted
+# tokens / token accuracy), float64 inputs.
+FEATURES: frozenset[str] = frozenset({"logit_scale", "class_weights", "argmax", "float64"})
+
 
 def check_backend_name(backend: str) -> None:
     """Raise ValueError naming the argument if ``backend`` is not a known name."""
@@ -89,17 +98,48 @@ def check_backend_name(backend: str) -> None:
         raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {backend!r}")
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The concrete backend name for ``backend`` on ``device``; raises if it cannot run there."""
+def backend_features(name: str) -> frozenset[str]:
+    """The features a concrete backend declares (imports its module; call only where it is available)."""
+    return frozenset(getattr(_BACKENDS[name].load(), "features", frozenset()))
+
+
+def _missing(name: str, needs: frozenset[str]) -> list[str]:
+    return sorted(needs - backend_features(name)) if needs else []
+
+
+def _declares(name: str, needs: frozenset[str]) -> bool:
+    """Whether backend ``name`` declares ``needs``, False when its module cannot even be imported here."""
+    try:
+        return not _missing(name, needs)
+    except ImportError:
+        return False
+
+
+def resolve_backend(backend: str, device: torch.device, needs: frozenset[str] = frozenset()) -> str:
+    """The concrete backend name for ``backend`` on ``device``; raises if it cannot run there.
+
+    needs: features of :data:`FEATURES` the call uses; "auto" skips backends lacking any of them (the torch
+    backend has them all), an explicit backend lacking one raises BackendUnavailableError.
+    """
     check_backend_name(backend)
+    unknown = set(needs) - FEATURES
+    if unknown:
+        raise ValueError(f"unknown backend feature(s) {sorted(unknown)}; known: {sorted(FEATURES)}")
     if backend == "auto":
         for name in _AUTO_ORDER.get(device.type, _AUTO_DEFAULT):
-            if _BACKENDS[name].availability(device) is None:
+            if _BACKENDS[name].availability(device) is None and not _missing(name, needs):
                 return name
         return "torch"
     reason = _BACKENDS[backend].availability(device)
     if reason is not None:
         raise BackendUnavailableError(backend, reason)
+    missing = _missing(backend, needs)
+    if missing:
+        others = [name for name in _BACKENDS if name != backend and _declares(name, frozenset(missing))]
+        raise BackendUnavailableError(
+            backend,
+            f"it does not implement {', '.join(missing)} yet; backend={others[0]!r} does",
+        )
     return backend
 
 

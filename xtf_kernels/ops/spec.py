@@ -1,28 +1,31 @@
 """Plain value types shared by every backend: how logits are transformed and which row gradients flow.
 
-The logits every op means are ``z = softcap(hidden @ weight.T + bias) / temperature`` where
-``softcap(y) = s * tanh(y / s)`` (Gemma-2 style; identity when ``s`` is 0). All per-row statistics are
-fp32.
+The logits every op means are ``z = softcap(y) / temperature`` with ``y = logit_scale * (hidden @ weight.T +
+bias)`` and ``softcap(y) = s * tanh(y / s)`` (Gemma-2 style; identity when ``s`` is 0). All per-row
+statistics are fp32 (float64 for float64 inputs).
 
 Row-gradient formula (the one formula every backend implements; see csrc/xtf_row_math.h for the
 host/device copy). For a row with final logits z, p = softmax(z), target t, label smoothing eps, z-loss
-coefficient c and upstream per-row gradients of the four per-row outputs
+coefficient c, class weights w (w_j = 1 for every j without class weights; S = sum_j w_j, which is V
+then) and upstream per-row gradients of the four per-row outputs
 
-    g_loss    of  loss    = (1 - eps)(lse - z_t) + eps (lse - mean_j z_j) + c lse^2
+    g_loss    of  loss    = (1 - eps) w_t (lse - z_t) + (eps / V) sum_j w_j (lse - z_j) + c lse^2
     g_logprob of  logprob = z_t - lse
     g_entropy of  entropy = lse - sum_j p_j z_j
     g_lse     of  lse
 
-the gradient with respect to z is
+(the loss is ``F.cross_entropy(z, t, weight=w, label_smoothing=eps, reduction="none")`` plus the z-loss,
+which is not class-weighted) the gradient with respect to z is
 
-    dz_j = p_j (A + D z_j) + B [j == t] + C
-    A = g_lse + g_loss (1 + 2 c lse) - g_logprob + g_entropy (lse - entropy)
+    dz_j = p_j (A + D z_j) + B [j == t] + C_j
+    A = g_lse + g_loss ((1 - eps) w_t + eps S / V + 2 c lse) - g_logprob + g_entropy (lse - entropy)
     D = -g_entropy
-    B = g_logprob - g_loss (1 - eps)
-    C = -g_loss eps / V
+    B = g_logprob - g_loss (1 - eps) w_t
+    C_j = -g_loss eps w_j / V
 
-and the chain through temperature and softcap multiplies by ``(1 / T) * (1 - tanh^2)`` where
-``tanh = z * T / s`` is recovered from the final logits, so no extra buffer is needed for it.
+and the chain to the raw GEMM output multiplies by ``logit_scale * (1 / T) * (1 - tanh^2)`` where
+``tanh = z * T / s`` is recovered from the final logits, so no extra buffer is needed for it (the factor
+is ``logit_scale / T`` without softcap). ``mean_logit``, when asked for, is ``(1 / V) sum_j w_j z_j``.
 """
 
 from __future__ import annotations
@@ -39,12 +42,15 @@ class HeadSpec(NamedTuple):
     inv_temperature: 1 / T.
     label_smoothing: eps in [0, 1].
     z_loss: c >= 0, the coefficient of lse^2.
+    logit_scale: a > 0 multiplies the raw logits before softcap (Cohere / Granite heads); last, so that
+        positional construction of the first four fields keeps working.
     """
 
     softcap: float = 0.0
     inv_temperature: float = 1.0
     label_smoothing: float = 0.0
     z_loss: float = 0.0
+    logit_scale: float = 1.0
 
 
 class RowGrads(NamedTuple):
@@ -67,11 +73,15 @@ class HeadPassResult(NamedTuple):
     """What one pass over the (compacted) rows returns.
 
     lse, target_logit: (M,) fp32, always.
-    mean_logit: (M,) fp32 mean over the vocabulary of z when label smoothing needs it, else None.
+    mean_logit: (M,) fp32 (1 / V) sum_j w_j z_j (w_j = 1 without class weights) when asked for, else None.
     entropy: (M,) fp32 when asked for, else None.
     grad_hidden: (M, H) in hidden's dtype when asked for, else None.
     grad_weight: (V, H) fp32 accumulator when asked for, else None.
     grad_bias: (V,) fp32 when asked for, else None.
+    argmax: (M,) int64 index of the first maximal z_j (``torch.argmax``'s tie rule) when asked for, else
+        None.
+
+    "fp32" reads float64 for float64 inputs throughout.
     """
 
     lse: torch.Tensor
@@ -81,14 +91,25 @@ class HeadPassResult(NamedTuple):
     grad_hidden: torch.Tensor | None
     grad_weight: torch.Tensor | None
     grad_bias: torch.Tensor | None
+    argmax: torch.Tensor | None = None
 
 
-def row_loss(result: HeadPassResult, spec: HeadSpec) -> torch.Tensor:
-    """Per-row cross-entropy with label smoothing and z-loss from the per-row statistics, (M,) fp32."""
+def row_loss(
+    result: HeadPassResult, spec: HeadSpec, vocab: int, target_weight: torch.Tensor | None = None,
+    weight_sum: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """Per-row cross-entropy with label smoothing and z-loss from the per-row statistics, (M,) fp32.
+
+    target_weight: (M,) class weight w_t of each row's target, or None (all 1); weight_sum: S = sum_j w_j
+    (V when None). ``result.mean_logit`` must be the class-weighted one when class weights are used.
+    """
     lse, eps, c = result.lse, spec.label_smoothing, spec.z_loss
     loss = lse - result.target_logit
+    if target_weight is not None:
+        loss = loss * target_weight
     if eps:
-        loss = (1.0 - eps) * loss + eps * (lse - result.mean_logit)
+        scale = 1.0 if weight_sum is None else weight_sum / vocab
+        loss = (1.0 - eps) * loss + eps * (scale * lse - result.mean_logit)
     if c:
         loss = loss + c * lse * lse
     return loss

@@ -9,6 +9,10 @@ from .row_pass import row_pass
 
 ROW_KERNEL = RowKernel(run=row_pass, extra_buffers=extra_row_buffers)
 
+# Every option of the op contract (see ops/registry.py); the row math is dtype-generic, so float64 inputs
+# run in float64 throughout.
+features = frozenset({"logit_scale", "class_weights", "argmax", "float64"})
+
 
 def head_pass(hidden, weight, bias, targets, spec, **kwargs):
     """See :func:`xtf_kernels.ops.engine.chunked_head_pass`."""

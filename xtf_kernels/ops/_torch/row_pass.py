@@ -1,11 +1,12 @@
 """Per-chunk row math in plain PyTorch: log-sum-exp, target logit, entropy and the in-place gradient.
 
 This is the torch counterpart of the Triton row kernel and of ``csrc/xtf_row_math.h``; the formulas are
-documented once in :mod:`xtf_kernels.ops.spec`.
+documented once in :mod:`xtf_kernels.ops.spec`. It runs in the dtype of the logits it is given (fp32, or
+float64 for float64 inputs).
 
 Memory: the plain cross-entropy path (no softcap, no entropy gradient) works entirely in place in the
-(C, V) fp32 logits buffer it is given. Softcap gradients and entropy need the logits after the softmax
-has been formed, so those paths hold one more (C, V) fp32 buffer; :func:`extra_row_buffers` tells the
+(C, V) logits buffer it is given. Softcap gradients and entropy need the logits after the softmax
+has been formed, so those paths hold one more (C, V) buffer; :func:`extra_row_buffers` tells the
 chunk-size arithmetic how many.
 """
 
@@ -31,11 +32,15 @@ def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def transform_logits_(z: torch.Tensor, spec: HeadSpec) -> torch.Tensor:
-    """z <- softcap(z) / T in place (fp32)."""
+    """z <- softcap(logit_scale * z) / T in place.
+
+    The logit scale is folded into the softcap's 1 / s (or into 1 / T without softcap), so it costs no
+    extra pass; torch's tanh is exact to rounding for small arguments too (no (1 - e) / (1 + e) form).
+    """
     if spec.softcap > 0:
-        z.mul_(1.0 / spec.softcap).tanh_().mul_(spec.softcap * spec.inv_temperature)
-    elif spec.inv_temperature != 1.0:
-        z.mul_(spec.inv_temperature)
+        z.mul_(spec.logit_scale / spec.softcap).tanh_().mul_(spec.softcap * spec.inv_temperature)
+    elif spec.inv_temperature * spec.logit_scale != 1.0:
+        z.mul_(spec.logit_scale * spec.inv_temperature)
     return z
 
 
@@ -49,26 +54,35 @@ def row_pass(
     grads: RowGrads | None = None,
     lse: torch.Tensor | None = None,
     entropy: torch.Tensor | None = None,
+    want_argmax: bool = False,
+    class_weights: torch.Tensor | None = None,
 ):
     """One pass over a chunk of raw logits.
 
     Args:
-        z: (C, V) fp32 raw logits (``hidden @ weight.T + bias``), overwritten.
+        z: (C, V) fp32 (or float64) raw logits (``hidden @ weight.T + bias``), overwritten.
         targets: (C,) int64 in [0, V).
         spec: logits transform and loss terms.
-        want_entropy / want_mean_logit: compute those per-row statistics.
+        want_entropy / want_mean_logit: compute those per-row statistics (the mean is class-weighted when
+            ``class_weights`` is given).
         grads: upstream per-row gradients; when given, the gradient with respect to the raw logits is
-            written into the returned buffer (fp32, (C, V)).
-        lse, entropy: (C,) fp32 from an earlier forward; when ``lse`` is given the max/sum pass is
-            skipped (the backward of a recomputing op).
+            written into the returned buffer ((C, V), z's dtype).
+        lse, entropy: (C,) from an earlier forward; when ``lse`` is given the max/sum pass is skipped (the
+            backward of a recomputing op).
+        want_argmax: also return the (C,) int64 index of the first maximal final logit.
+        class_weights: (V,) in z's dtype, the ``weight=`` of ``F.cross_entropy``, or None.
 
     Returns:
-        (lse, target_logit, mean_logit | None, entropy | None, grad_logits | None)
+        (lse, target_logit, mean_logit | None, entropy | None, grad_logits | None), plus a sixth element,
+        argmax (C,) int64, when ``want_argmax`` is passed.
     """
     vocab = z.shape[1]
     transform_logits_(z, spec)
     target_logit = z.gather(1, targets.unsqueeze(1)).squeeze(1)
-    mean_logit = z.mean(1) if want_mean_logit else None
+    argmax = z.argmax(1) if want_argmax else None
+    mean_logit = None
+    if want_mean_logit:
+        mean_logit = z.mean(1) if class_weights is None else torch.mv(z, class_weights).div_(vocab)
     keep_logits = want_entropy or (grads is not None and (spec.softcap > 0 or grads.entropy is not None))
     if lse is None:
         row_max = z.amax(1, keepdim=True)
@@ -87,34 +101,51 @@ def row_pass(
         finite_z = torch.where(probs > 0, z, torch.zeros((), dtype=z.dtype, device=z.device))
     if want_entropy or (grads is not None and grads.entropy is not None and entropy is None):
         entropy = lse - _row_dot(probs, finite_z)
+    stats = (lse, target_logit, mean_logit, entropy if want_entropy else None)
     if grads is None:
-        return lse, target_logit, mean_logit, entropy if want_entropy else None, None
+        return (*stats, None, argmax) if want_argmax else (*stats, None)
 
-    coef_a, coef_b, coef_c, coef_d = row_grad_coefficients(grads, spec, lse, entropy, vocab)
+    target_weight = None if class_weights is None else class_weights[targets]
+    coef_a, coef_b, coef_c, coef_d = row_grad_coefficients(grads, spec, lse, entropy, vocab, target_weight,
+                                                            class_weights)
     if coef_d is not None:
         probs.mul_(torch.addcmul(coef_a.unsqueeze(1), finite_z, coef_d.unsqueeze(1)))
     else:
         probs.mul_(coef_a.unsqueeze(1))
     if coef_c is not None:
-        probs.add_(coef_c.unsqueeze(1))
+        if class_weights is None:
+            probs.add_(coef_c.unsqueeze(1))
+        else:
+            probs.addr_(coef_c, class_weights)  # C_j = c_row * w_j, without a (C, V) temporary
     probs.scatter_add_(1, targets.unsqueeze(1), coef_b.unsqueeze(1))
     if spec.softcap > 0:
-        # d softcap(y)/dy = 1 - tanh^2 with tanh = z * T / s, recovered from the final logits z.
+        # d softcap(a y)/dy = a (1 - tanh^2) with tanh = z * T / s, recovered from the final logits z.
         tanh_scale = 1.0 / (spec.softcap * spec.inv_temperature)
         z.mul_(tanh_scale).square_().neg_().add_(1.0)
-        probs.mul_(z).mul_(spec.inv_temperature)
-    elif spec.inv_temperature != 1.0:
-        probs.mul_(spec.inv_temperature)
-    return lse, target_logit, mean_logit, entropy if want_entropy else None, probs
+        probs.mul_(z).mul_(spec.inv_temperature * spec.logit_scale)
+    elif spec.inv_temperature * spec.logit_scale != 1.0:
+        probs.mul_(spec.inv_temperature * spec.logit_scale)
+    return (*stats, probs, argmax) if want_argmax else (*stats, probs)
 
 
-def row_grad_coefficients(grads: RowGrads, spec: HeadSpec, lse, entropy, vocab: int):
-    """A, B, C, D of ``dz = p (A + D z) + B onehot + C`` per row (each (C,) fp32, C and D may be None)."""
+def row_grad_coefficients(grads: RowGrads, spec: HeadSpec, lse, entropy, vocab: int, target_weight=None,
+                          class_weights=None):
+    """A, B, C, D of ``dz = p (A + D z) + B onehot + C`` per row (each (C,), C and D may be None).
+
+    With ``class_weights`` (V,) and ``target_weight`` = w_t (C,), C is the per-row factor ``-g_loss eps / V``
+    that multiplies w_j; without them it is the whole (row-constant) C.
+    """
     zero = torch.zeros_like(lse)
+    eps = spec.label_smoothing
     g_loss = grads.loss if grads.loss is not None else zero
-    coef_a = g_loss * (1.0 + 2.0 * spec.z_loss * lse) if spec.z_loss else g_loss.clone()
-    coef_b = -(1.0 - spec.label_smoothing) * g_loss
-    coef_c = -g_loss * (spec.label_smoothing / vocab) if spec.label_smoothing else None
+    weighted_loss = g_loss if target_weight is None else g_loss * target_weight
+    # d loss / d lse = (1 - eps) w_t + eps S / V + 2 c lse; S / V = 1 without class weights.
+    smoothing_mass = 1.0 if class_weights is None else class_weights.sum() / vocab
+    coef_a = (1.0 - eps) * weighted_loss + eps * smoothing_mass * g_loss
+    if spec.z_loss:
+        coef_a = coef_a + g_loss * (2.0 * spec.z_loss * lse)
+    coef_b = -(1.0 - eps) * weighted_loss
+    coef_c = -g_loss * (eps / vocab) if eps else None
     coef_d = None
     if grads.lse is not None:
         coef_a = coef_a + grads.lse
