@@ -18,6 +18,8 @@
 #            forward-only): xtf's default and fast paths with the fused peers, then (after the profile) the
 #            peers that form the full logits and xtf's slower paths; one run id for both
 #   profile  benchmarks/profile_step.py: torch.profiler breakdown of one Triton chunked step (N 16384)
+#   sweep    benchmarks/sweep.py: chunk sizes 1024-8192 at N 16384 on the chunked paths, and the N at which
+#            the Triton fused path stops beating the chunked one (its place in "auto")
 #   tier     the cuda test tier (pytest -m cuda tests benchmarks, 4 xdist workers when xdist is there) with
 #            whatever time is left
 #
@@ -29,13 +31,15 @@
 # With the device tool: run `bash benchmarks/gpu_run.sh` with carry [".whl"] and timeout_s 600 (the
 # budget plus the machine's start-up of Python); OUT is set there.
 #
-# Output, in $OUT (default ./gpu_out), five files so that a device tool that returns at most 8 brings all:
+# Output, in $OUT (default ./gpu_out), six files so that a device tool that returns at most 8 brings all:
 #   summary.txt      step statuses and times, the checks' measurements, the benchmark table, the profile
 #   gpu_results.csv  the benchmark rows (merge here with `python benchmarks/merge_results.py`; on the GPU
 #                    machine they are also appended to benchmarks/data/results.csv, except in a dry run)
 #   checks.jsonl     one JSON line per check measurement (errors against float64, timings, path choices)
 #   profile.txt      the profiler breakdown
-#   logs.tar.gz      every step's log, env.txt, the pytest junit files, the benchmark plot, profile.json
+#   sweep.txt        the chunk sweep and the fused / chunked crossover
+#   logs.tar.gz      every step's log, env.txt, the pytest junit files, the benchmark plots, profile.json,
+#                    sweep.json
 # The exit status is the number of steps that failed or timed out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,11 +52,11 @@ steps=()
 for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY_RUN=1 ;;
-        install|build|checks|bench|profile|tier) steps+=("$arg") ;;
-        *) echo "gpu_run: unknown argument '$arg' (--dry-run, install build checks bench profile tier)"; exit 2 ;;
+        install|build|checks|bench|profile|sweep|tier) steps+=("$arg") ;;
+        *) echo "gpu_run: unknown argument '$arg' (--dry-run, install build checks bench profile sweep tier)"; exit 2 ;;
     esac
 done
-[ ${#steps[@]} -eq 0 ] && steps=(install build checks bench profile tier)
+[ ${#steps[@]} -eq 0 ] && steps=(install build checks bench profile sweep tier)
 if [ "$DRY_RUN" -eq 1 ]; then  # nothing to install or build on the CPU
     kept=()
     for step in "${steps[@]}"; do [ "$step" = install ] || [ "$step" = build ] || kept+=("$step"); done
@@ -148,6 +152,14 @@ profile() {
     fi
 }
 
+run_sweep() {
+    if [ "$DRY_RUN" -eq 1 ]; then
+        "$PY" benchmarks/sweep.py --out "$LOGS/sweep" --dry-run
+    else
+        "$PY" benchmarks/sweep.py --out "$LOGS/sweep"
+    fi
+}
+
 tier() {
     if [ "$DRY_RUN" -eq 1 ]; then  # the command line and the collection, not the GPU tests themselves
         pytest_cuda tier.xml --collect-only tests/ops/_cuda benchmarks
@@ -161,7 +173,7 @@ tier() {
 RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)-gpu-run"
 [ "$DRY_RUN" -eq 1 ] && RUN_ID="${RUN_ID%-gpu-run}-dry-run"
 export ROOT PY OUT LOGS DRY_RUN RUN_ID
-export -f install_peers build_extension pytest_cuda run_checks bench profile tier
+export -f install_peers build_extension pytest_cuda run_checks bench profile run_sweep tier
 say "run $RUN_ID, budget $BUDGET s, steps: ${steps[*]}, dry run: $DRY_RUN, out: $OUT"
 wants() { [[ " ${steps[*]} " == *" $1 "* ]]; }
 # Most valuable first, so that what the budget cuts is the least valuable: the benchmark's second group
@@ -171,6 +183,7 @@ wants build && run_step build 180 build_extension
 wants checks && run_step checks 150 run_checks
 wants bench && run_step bench 200 bench xtf-auto,xtf-triton-chunked,xtf-cuda,cce,cce-exact,liger bench
 wants profile && run_step profile 60 profile
+wants sweep && run_step sweep 90 run_sweep
 wants bench && run_step bench2 150 bench xtf-torch,xtf-triton-fused,torch-chunked,torch-compile,torch-materialised bench2
 wants tier && run_step tier 600 tier
 
@@ -189,10 +202,14 @@ wants tier && run_step tier 600 tier
     echo "== profile"
     cat "$LOGS/profile/profile.txt" 2>/dev/null
     echo
+    echo "== sweep"
+    cat "$LOGS/sweep/sweep.txt" 2>/dev/null
+    echo
     echo "== tier"
     tail -n 15 "$LOGS/tier.log" 2>/dev/null
 } >"$OUT/summary.txt"
 [ -f "$LOGS/profile/profile.txt" ] && cp "$LOGS/profile/profile.txt" "$OUT/profile.txt"
+[ -f "$LOGS/sweep/sweep.txt" ] && cp "$LOGS/sweep/sweep.txt" "$OUT/sweep.txt"
 tar -czf "$OUT/logs.tar.gz" -C "$LOGS" . && rm -rf "$LOGS"
 cat "$OUT/summary.txt"
 exit "$failed"
