@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import xtf_kernels
 from tests.helpers import assert_close
 from tests.integrations.memory_profile import profile_memory
+from tests.integrations.op_counter import XtfOpCounter
 from tests.integrations.tiny_models import ARCHITECTURES
 from tests.integrations.tiny_models import VOCAB
 from tests.integrations.tiny_models import batch
@@ -258,17 +259,44 @@ def test_rho1_loss_plugs_in_through_loss_fn():
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("config_name", "model_name"), [("CohereConfig", "CohereForCausalLM"),
-                                                          ("GraniteConfig", "GraniteForCausalLM")])
-def test_a_model_that_rescales_its_logits_is_refused_on_the_first_training_call(config_name, model_name):
+@pytest.mark.parametrize(("config_name", "model_name", "scale"), [
+    ("CohereConfig", "CohereForCausalLM", {"logit_scale": 0.25}),  # logits * logit_scale
+    ("GraniteConfig", "GraniteForCausalLM", {"logits_scaling": 4.0}),  # logits / logits_scaling
+])
+def test_a_model_that_scales_its_logits_trains_like_the_unpatched_model(config_name, model_name, scale):
     import transformers
 
     config = getattr(transformers, config_name)(
         vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-        **({"logits_scaling": 4.0} if model_name.startswith("Granite") else {"logit_scale": 0.25}),
+        num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2, **scale,
     )
-    model = apply_xtf_kernels(getattr(transformers, model_name)(config).train())
+    torch.manual_seed(0)
+    reference = getattr(transformers, model_name)(config).train()
+    patched = apply_xtf_kernels(twin(reference))
+    inputs = batch()
+    for _ in range(2):  # the first call checks the transform, the second runs without the check
+        reference.zero_grad(set_to_none=True)
+        patched.zero_grad(set_to_none=True)
+        expected = reference(**inputs).loss
+        expected.backward()
+        with XtfOpCounter() as ops:
+            out = patched(**inputs)
+            out.loss.backward()
+        assert out.logits is None and ops.calls["linear_cross_entropy"] == 1
+        assert_close(out.loss, expected, msg="loss")
+        for (name, p), q in zip(reference.named_parameters(), patched.parameters()):
+            assert_close(q.grad, p.grad, grad=True, msg=name)
+
+
+def test_a_logit_transform_the_config_does_not_describe_is_refused_on_the_first_training_call():
+    import transformers
+
+    config = transformers.CohereConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2, logit_scale=0.25,
+    )
+    model = apply_xtf_kernels(transformers.CohereForCausalLM(config).train())
+    model.logit_scale = 0.5  # the forward multiplies by the attribute; the config still says 0.25
     with pytest.raises(UnsupportedModelError, match="transforms its head's output"):
         model(**batch())
 

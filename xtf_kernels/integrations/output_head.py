@@ -33,6 +33,9 @@ from torch import nn
 
 from ..errors import UnsupportedModelError
 from ..functional import linear_cross_entropy
+from .bypass import caller_outside_libraries
+from .bypass import projection_is_sanctioned
+from .bypass import warn_bypass
 
 
 class HeadLossRequest:
@@ -107,6 +110,8 @@ def _class_names(module: nn.Module) -> set[str]:
     return {cls.__name__ for cls in type(module).__mro__}
 
 
+# Instance flag of a head leaf whose full-logits projections in training are reported (see watch_output_head).
+_WATCHED = "_xtf_watched"
 # Original nn.Linear (sub)class -> its request-aware subclass, so each class is derived once.
 _REQUEST_AWARE: dict[type, type] = {}
 
@@ -127,6 +132,8 @@ def _request_aware_class(cls: type) -> type:
         def forward(self, input, *args, **kwargs):
             if len(args) == 1 and not kwargs and isinstance(args[0], HeadLossRequest):
                 return args[0].run(self, input)
+            if self.__dict__.get(_WATCHED) and self.training and torch.is_grad_enabled():
+                _warn_full_projection()
             return cls.forward(self, input, *args, **kwargs)
 
         def __reduce_ex__(self, protocol):
@@ -147,6 +154,30 @@ def _request_aware_class(cls: type) -> type:
         )
         _REQUEST_AWARE[cls] = derived
     return derived
+
+
+def watch_output_head(head: nn.Module, watched: bool) -> None:
+    """Turn on (or off) the bypass warning of ``head``'s leaves: ``apply_xtf_kernels`` watches the head of the
+    model it patches, so a training-time projection of full logits that does not come from it is reported."""
+    for leaf in output_head_leaves(head):
+        if watched:
+            leaf.__dict__[_WATCHED] = True
+        else:
+            leaf.__dict__.pop(_WATCHED, None)
+
+
+def _warn_full_projection() -> None:
+    """A plain call of a watched head in training with gradients builds the [tokens x vocab] logits."""
+    if projection_is_sanctioned() or torch.compiler.is_compiling():
+        return
+    warn_bypass(
+        "the lm_head projected full logits for training",
+        "The model ran without labels (e.g. Trainer's compute_loss_func or label_smoothing_factor, SFTTrainer's "
+        "compute_loss_func, or a loss computed from model(...).logits), so the [tokens x vocab] logits were built; "
+        "pass labels (and token_weights / apply_xtf_kernels(label_smoothing=..., loss_fn=...)) to train on the "
+        "fused ops.",
+        caller=caller_outside_libraries(),
+    )
 
 
 def _inner_module(module: nn.Module) -> nn.Module | None:

@@ -74,6 +74,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
+import types
 from dataclasses import dataclass
 
 import torch
@@ -82,13 +84,17 @@ from torch import nn
 from .. import _validation as v
 from ..errors import UnsupportedModelError
 from ..ops.registry import check_backend_name
+from .bypass import sanctioned_projection
 from .output_head import head_loss
 from .output_head import output_head_leaves
+from .output_head import watch_output_head
 
 __all__ = ["UnsupportedModelError", "XtfLossOptions", "apply_xtf_kernels", "remove_xtf_kernels"]
 
 # Batch keywords the patched forward consumes itself (never passed on to the model's own forward).
 _OWN_KEYWORDS = ("token_weights", "skip_logits")
+# TRL's keyword for its fused lm_head path (trl.trainer.utils.add_fused_lm_head); consumed, not in the signature.
+_TRL_KEYWORD = "fused_lm_head"
 # Relative tolerance of the one-time check that the model's logits are softcap(head(hidden)); bf16 logits
 # transformed in bf16 differ from the fp32 transform by ~2^-8 relative, a scaled head by >= 10 %.
 _PROBE_RTOL = 2e-2
@@ -159,11 +165,49 @@ def _forward_signature(base_forward, columns: tuple[str, ...]) -> inspect.Signat
     return signature.replace(parameters=params + extra + var_keyword)
 
 
+class _ForwardSlot:
+    """The patched class's ``forward``: a data descriptor, so an instance-level ``model.forward = f`` is seen.
+
+    Libraries wrap a model by assigning ``model.forward`` on the instance. Two kinds arrive here:
+    - TRL's fused lm_head (``trl.trainer.utils.add_fused_lm_head``, installed by SFT / GRPO / DPO / RLOO / KTO
+      trainers): its ``fused_lm_head=True`` path reads ``lm_head.weight`` directly and never calls the patched
+      forward. Its options (temperature, requested outputs) are recorded instead, and the patched forward
+      serves ``fused_lm_head=True`` itself through xtf's ops (see :mod:`.trl`);
+    - any other wrapper (accelerate's autocast / fp32-output wrappers, ...): stored and returned as the
+      instance's forward, exactly as a plain attribute would be; such wrappers call the patched forward.
+    """
+
+    def __init__(self, function):
+        self.function = function
+
+    def __get__(self, instance, owner):
+        if instance is None:
+            return self.function
+        override = instance.__dict__.get("_xtf_forward_override")
+        return override if override is not None else types.MethodType(self.function, instance)
+
+    def __set__(self, instance, value):
+        from .trl import recognise_fused_head
+
+        fused_head = recognise_fused_head(value)
+        if fused_head is not None:
+            instance.__dict__["_xtf_trl_head"] = fused_head
+            instance.__dict__.pop("_xtf_forward_override", None)
+        else:
+            instance.__dict__["_xtf_forward_override"] = value
+
+    def __delete__(self, instance):
+        instance.__dict__.pop("_xtf_forward_override", None)
+        instance.__dict__.pop("_xtf_trl_head", None)
+
+
 def _patched_class(base_cls: type, columns: tuple[str, ...]) -> type:
     base_forward = base_cls.forward
     base_signature = inspect.signature(base_forward)
+    consumed = (*_OWN_KEYWORDS, _TRL_KEYWORD, *columns)
 
     def forward(self, *args, **kwargs):
+        own = {name: kwargs.pop(name) for name in consumed if name in kwargs}
         bound = base_signature.bind(self, *args, **kwargs).arguments
         call = {}
         for name, value in bound.items():
@@ -172,6 +216,10 @@ def _patched_class(base_cls: type, columns: tuple[str, ...]) -> type:
                 call.update(value)
             elif name != "self":
                 call[name] = value
+        if "_xtf_options" not in self.__dict__:
+            # remove_xtf_kernels ran while a wrapper (TRL's) still held this forward: the model's own forward.
+            return base_forward(self, **call)
+        call.update(own)
         return _forward(self, base_forward, call)
 
     def __reduce_ex__(self, protocol):
@@ -184,7 +232,7 @@ def _patched_class(base_cls: type, columns: tuple[str, ...]) -> type:
         base_cls.__name__,
         (base_cls,),
         {
-            "forward": forward,
+            "forward": _ForwardSlot(forward),
             "__reduce_ex__": __reduce_ex__,
             "_xtf_base_class": base_cls,
             "__module__": base_cls.__module__,
@@ -251,12 +299,25 @@ def apply_xtf_kernels(
     target = _unwrap_peft(model)
     base_cls = getattr(type(target), "_xtf_base_class", type(target))
     _check_model(target, base_cls)
+    instance_forward = target.__dict__.pop("forward", None)
+    if instance_forward is not None:
+        from .trl import recognise_fused_head
+
+        if recognise_fused_head(instance_forward) is None:
+            target.__dict__["forward"] = instance_forward
+            raise UnsupportedModelError(
+                f"{base_cls.__name__}.forward was replaced on the instance ({instance_forward!r}) before "
+                "apply_xtf_kernels, so the patch would never run; apply it first, then wrap the model"
+            )
     target.__class__ = _patched_class(base_cls, loss_columns)
+    if instance_forward is not None:
+        target.forward = instance_forward  # TRL's fused lm_head, added first: served by xtf from now on
     target._xtf_options = XtfLossOptions(
         ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss, loss_fn=loss_fn,
         loss_columns=loss_columns, backend=backend, chunk_size=chunk_size,
     )
     target._xtf_checked = False
+    watch_output_head(target.get_output_embeddings(), True)
     # Trainer passes num_items_in_batch to forward (and trusts the loss to be normalised by it) only when
     # the unwrapped model says it accepts loss kwargs.
     target.accepts_loss_kwargs = True
@@ -270,9 +331,17 @@ def remove_xtf_kernels(model: nn.Module) -> nn.Module:
     base_cls = getattr(type(target), "_xtf_base_class", None)
     if base_cls is None:
         return model
+    fused_head = target.__dict__.pop("_xtf_trl_head", None)
+    override = target.__dict__.pop("_xtf_forward_override", None)
+    watch_output_head(target.get_output_embeddings(), False)
     target.__class__ = base_cls
     for name in ("_xtf_options", "_xtf_checked", "_xtf_head_location", "accepts_loss_kwargs"):
         target.__dict__.pop(name, None)
+    # Wrappers installed while patched go back to being the instance's forward, as they would have been.
+    if override is not None:
+        target.__dict__["forward"] = override
+    elif fused_head is not None:
+        target.__dict__["forward"] = fused_head.wrapper
     return model
 
 
@@ -316,9 +385,11 @@ class _HeadCapture(nn.Module):
             )
         self.hidden = hidden
         if self.mode == "full":
-            return self.head(hidden)
+            with sanctioned_projection():
+                return self.head(hidden)
         if self.mode == "check":
-            self.head_logits = self.head(hidden[..., :1, :])
+            with sanctioned_projection():
+                self.head_logits = self.head(hidden[..., :1, :])
             return self.head_logits
         return hidden[..., :0]
 
@@ -348,15 +419,49 @@ def _capturing_head(model: nn.Module, head: nn.Module, mode: str):
         setattr(parent, name, head)
 
 
-def _softcap(model: nn.Module) -> float | None:
+def _text_config(model: nn.Module):
     config = model.config
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    cap = getattr(text_config, "final_logit_softcapping", None)
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def _softcap(model: nn.Module) -> float | None:
+    cap = getattr(_text_config(model), "final_logit_softcapping", None)
     return float(cap) if cap else None
 
 
-def _check_logits_transform(model: nn.Module, output, capture: _HeadCapture, softcap: float | None) -> None:
-    """The model's logits must be softcap(head(hidden)); checked on the first fused call's probe row."""
+def _logit_scale(model: nn.Module) -> float:
+    """The constant the model multiplies its head's output by, from its config (1.0 when none).
+
+    Cohere / Cohere2 ``logit_scale`` (multiply), Granite ``logits_scaling`` (divide; HyperCLOVA X multiplies),
+    Falcon-H1 ``lm_head_multiplier``, ``output_multiplier``: the names TRL's fused head reads too. The
+    one-time check below verifies the model really forms its logits that way.
+    """
+    config = _text_config(model)
+    for name in ("logit_scale", "output_multiplier", "lm_head_multiplier"):
+        value = getattr(config, name, None)
+        if value is not None:
+            return float(value)
+    scaling = getattr(config, "logits_scaling", None)
+    if scaling is not None:
+        return float(scaling) if getattr(config, "model_type", None) == "hyperclovax" else 1.0 / float(scaling)
+    return 1.0
+
+
+def _check_logit_scale(model: nn.Module) -> float:
+    scale = _logit_scale(model)
+    if not (math.isfinite(scale) and scale > 0):
+        raise UnsupportedModelError(
+            f"{type(model).__name__}'s config gives a logit scale of {scale}; the fused loss needs a finite "
+            "positive constant"
+        )
+    return scale
+
+
+def _check_logits_transform(
+    model: nn.Module, output, capture: _HeadCapture, softcap: float | None, logit_scale: float
+) -> None:
+    """The model's logits must be softcap(logit_scale * head(hidden)); checked on the first fused call's probe
+    row."""
     logits = output[0] if isinstance(output, tuple) else getattr(output, "logits", None)
     head_logits = capture.head_logits
     name = type(model).__name__
@@ -366,7 +471,7 @@ def _check_logits_transform(model: nn.Module, output, capture: _HeadCapture, sof
             "tell how it forms its logits"
         )
     with torch.no_grad():
-        expected = head_logits.float()
+        expected = head_logits.float() * logit_scale
         if softcap:
             expected = softcap * torch.tanh(expected / softcap)
         error = (logits.float() - expected).abs().max().item()
@@ -374,8 +479,8 @@ def _check_logits_transform(model: nn.Module, output, capture: _HeadCapture, sof
     if not error <= _PROBE_RTOL * scale + 1e-4:
         raise UnsupportedModelError(
             f"{name}.forward transforms its head's output into logits in a way the fused loss does not reproduce "
-            f"(softcap from config.final_logit_softcapping = {softcap}; max difference {error:.3g} at logit "
-            f"scale {scale:.3g}); e.g. a logit scale factor is not supported"
+            f"(expected softcap(logit_scale * head(hidden)) with logit_scale {logit_scale:g} and softcap {softcap} "
+            f"from the config; max difference {error:.3g} at logit magnitude {scale:.3g})"
         )
 
 
@@ -389,7 +494,35 @@ def _with_loss(output, loss: torch.Tensor, drop_logits: bool):
     return type(output)(**fields)
 
 
+def _run_with_capture(model: nn.Module, base_forward, call: dict, *, fused: bool = True):
+    """The model's own forward with its head captured: (output, head, hidden, softcap, logit_scale).
+
+    ``hidden`` is the exact (..., H) tensor the model would project; on the first fused call the logits
+    transform is checked against softcap(logit_scale * head(hidden)).
+    """
+    head = model.get_output_embeddings()
+    if fused:
+        mode = "empty" if model._xtf_checked or torch.compiler.is_compiling() else "check"
+    else:
+        mode = "full"
+    with _capturing_head(model, head, mode) as capture:
+        output = base_forward(model, **call)
+    hidden = capture.hidden
+    if hidden is None:
+        raise UnsupportedModelError(f"{type(model).__name__}.forward never called its output embedding")
+    softcap = _softcap(model)
+    logit_scale = _check_logit_scale(model)
+    if mode == "check":
+        _check_logits_transform(model, output, capture, softcap, logit_scale)
+        model._xtf_checked = True
+    return output, head, hidden, softcap, logit_scale
+
+
 def _forward(model: nn.Module, base_forward, call: dict):
+    if call.pop(_TRL_KEYWORD, False):
+        from .trl import fused_head_forward
+
+        return fused_head_forward(model, base_forward, call, _run_with_capture)
     options: XtfLossOptions = model._xtf_options
     labels = call.pop("labels", None)
     shift_labels = call.pop("shift_labels", None)
@@ -412,7 +545,8 @@ def _forward(model: nn.Module, base_forward, call: dict):
         for key, value in (("labels", labels), ("shift_labels", shift_labels), ("num_items_in_batch", num_items)):
             if value is not None:
                 call[key] = value
-        return base_forward(model, **call)
+        with sanctioned_projection():
+            return base_forward(model, **call)
 
     ignore_index = options.ignore_index
     if shift_labels is not None:
@@ -430,24 +564,11 @@ def _forward(model: nn.Module, base_forward, call: dict):
         if shift_labels is None:
             columns[name] = _shift(value, 0)
 
-    head = model.get_output_embeddings()
-    if fused:
-        mode = "empty" if model._xtf_checked or torch.compiler.is_compiling() else "check"
-    else:
-        mode = "full"
     # Ask for the output object (its aux_loss, its field names) and honour return_dict=False at the end.
     wants_tuple = call.get("return_dict") is False
     if wants_tuple:
         call["return_dict"] = True
-    with _capturing_head(model, head, mode) as capture:
-        output = base_forward(model, **call)
-    hidden = capture.hidden
-    if hidden is None:
-        raise UnsupportedModelError(f"{type(model).__name__}.forward never called its output embedding")
-    softcap = _softcap(model)
-    if mode == "check":
-        _check_logits_transform(model, output, capture, softcap)
-        model._xtf_checked = True
+    output, head, hidden, softcap, logit_scale = _run_with_capture(model, base_forward, call, fused=fused)
     if tuple(hidden.shape[:-1]) != tuple(targets.shape):
         raise ValueError(
             f"{reference_name} shape {tuple(targets.shape)} does not match the head's input {tuple(hidden.shape)}; "
@@ -462,6 +583,8 @@ def _forward(model: nn.Module, base_forward, call: dict):
         extra = dict(columns)
         if softcap:
             extra["softcap"] = softcap
+        if logit_scale != 1.0:
+            extra["logit_scale"] = logit_scale
         if ignore_index != -100:
             extra["ignore_index"] = ignore_index
         if token_weights is not None:
@@ -471,10 +594,11 @@ def _forward(model: nn.Module, base_forward, call: dict):
             labelled = (targets != ignore_index).sum()
             loss = loss * labelled / torch.as_tensor(num_items, device=loss.device)
     else:
+        scale = {} if logit_scale == 1.0 else {"logit_scale": logit_scale}
         loss = head_loss(
             head, hidden, targets, token_weights=token_weights, ignore_index=ignore_index, reduction="mean",
             num_items_in_batch=num_items, softcap=softcap, label_smoothing=options.label_smoothing,
-            z_loss=options.z_loss, backend=options.backend, chunk_size=options.chunk_size,
+            z_loss=options.z_loss, backend=options.backend, chunk_size=options.chunk_size, **scale,
         )
 
     aux_loss = None if isinstance(output, tuple) else output.get("aux_loss")
@@ -483,4 +607,3 @@ def _forward(model: nn.Module, base_forward, call: dict):
         loss = loss + aux_coef * aux_loss.to(loss.device)
     output = _with_loss(output, loss, drop_logits=fused)
     return output.to_tuple() if wants_tuple and not isinstance(output, tuple) else output
-
