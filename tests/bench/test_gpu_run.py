@@ -17,8 +17,8 @@ from xtf_kernels.bench.store import read_rows
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_run.sh"
 OUTPUTS = ["checks.jsonl", "gpu_results.csv", "logs.tar.gz", "profile.txt", "summary.txt", "sweep.txt"]
-CHECKS = {"path_vs_float64", "misaligned_hidden", "n_times_v_over_2_31", "per_token_all_options", "memory_pressure",
-          "out_dtype_forms"}
+CHECKS = {"path_vs_float64", "misaligned_hidden", "n_times_v_over_2_31", "per_token_all_options",
+          "token_logprobs_all_options", "memory_pressure", "out_dtype_forms"}
 
 
 def _run(*args: str, out: Path) -> subprocess.CompletedProcess:

@@ -4,6 +4,7 @@ test_out_dtype        the cuBLAS out_dtype forms of the chunked paths (mm, in-pl
 test_paths            every path at N 4096 on the Llama-3 head against float64, NaN-poisoned allocator,
                       bitwise repeat; a misaligned ``hidden``
 test_large            N * V > 2^31 on every path
-test_per_token        reduction="none", per-token upstream gradients, 60% kept, every option on
+test_per_token        per-token upstream gradients, 60% kept, every option on: linear_cross_entropy with
+                      reduction="none", token_logprobs with entropy and lse
 test_path_selection   chunk size, kernels and result unchanged under memory pressure
 """
