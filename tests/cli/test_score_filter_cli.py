@@ -111,3 +111,52 @@ def test_help_in_a_subprocess(command, option):
     done = subprocess.run([sys.executable, "-m", "xtf_kernels", command, "--help"], capture_output=True, text=True,
                           timeout=120, cwd=root)
     assert done.returncode == 0 and option in done.stdout and "Example" in done.stdout
+
+
+def test_filter_to_a_dataset_then_score_that_dataset(workspace, capsys):
+    datasets = pytest.importorskip("datasets")
+    root, dataset = workspace
+    scores, filtered = root / "xtf-ds", root / "filtered-ds"
+    assert main(["score", str(root / "data.jsonl"), "--model", str(root / "base"), "--out", str(scores),
+                 "--no-progress", "--no-report", "--num-workers", "0"]) == 0
+    assert main(["filter", str(root / "data.jsonl"), "--scores", str(scores), "--out", str(filtered),
+                 "--format", "dataset"]) == 0
+    loaded = datasets.load_from_disk(str(filtered))
+    assert loaded.num_rows == 10 and {"completion_mask", "token_weights", "dropped_by", "score_kn"} <= set(
+        loaded.column_names)
+    assert json.loads(loaded.info.description)["rule_names"] == {"0": "RI", "1": "KN", "2": "TR"}
+    capsys.readouterr()
+    assert main(["score", str(filtered), "--model", str(root / "base"), "--out", str(root / "rescored"),
+                 "--no-progress", "--no-report", "--num-workers", "0"]) == 0  # a datasets folder as input
+    assert "10 samples" in capsys.readouterr().out
+
+
+def test_score_under_torchrun_matches_one_process(workspace, tmp_path):
+    import torch
+
+    from xtf_kernels.pipeline import ScoreResult
+
+    root, _ = workspace
+    argv = ["score", str(root / "data.jsonl"), "--model", str(root / "base"), "--method", "token-cleaning",
+            "--ref", str(root / "ref"), "--k", "0.4", "--shard-size", "3", "--batch-size", "2", "--no-progress",
+            "--no-report", "--num-workers", "0", "--device", "cpu"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank below
+    try:
+        assert main([*argv, "--out", str(tmp_path / "one")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    port = subprocess.run([sys.executable, "-c", "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); "
+                           "print(s.getsockname()[1])"], capture_output=True, text=True).stdout.strip()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
+                           "127.0.0.1", "--master-port", port, "-m", "xtf_kernels", *argv, "--out",
+                           str(tmp_path / "two")], capture_output=True, text=True, timeout=240, env=env,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "on 2 rank(s)" in done.stdout and done.stdout.count("response tokens scored") == 1  # rank 0 prints
+    one, two = ScoreResult(tmp_path / "one"), ScoreResult(tmp_path / "two")
+    assert two.manifest["throughput"]["world_size"] == 2
+    for a, b in zip(one.iter_samples(), two.iter_samples(), strict=True):
+        assert torch.equal(a.dropped_by, b.dropped_by)
+        torch.testing.assert_close(a.scores["influence"], b.scores["influence"], rtol=0, atol=0, equal_nan=True)

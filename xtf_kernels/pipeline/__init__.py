@@ -10,10 +10,15 @@
     write_report(result, data="train.jsonl", tokenizer=tokenizer)                        # report.html
 
 - :func:`score_dataset`: streaming, batched, sharded (safetensors + JSON manifest, atomic writes),
-  fingerprinted, resumable (:mod:`~xtf_kernels.pipeline.scoring`, :mod:`~xtf_kernels.pipeline.store`).
+  fingerprinted, resumable (:mod:`~xtf_kernels.pipeline.scoring`, :mod:`~xtf_kernels.pipeline.store`); the
+  same call on every rank under torchrun / accelerate launch / srun scores each rank's share of the shards,
+  with results identical to one process (:mod:`~xtf_kernels.pipeline.distributed`,
+  :mod:`~xtf_kernels.pipeline.topk`); one run per folder (:class:`RunLockedError`,
+  :mod:`~xtf_kernels.pipeline.lock`).
 - :class:`ScoreResult`: per-sample scores and rule flags; ``apply`` / ``write_filtered`` refuse data whose
   fingerprint differs (:class:`~xtf_kernels.errors.FingerprintMismatchError`); every file is validated on
-  read (:class:`~xtf_kernels.errors.CorruptFileError`).
+  read (:class:`~xtf_kernels.errors.CorruptFileError`). ``write_filtered(..., format="dataset" | "parquet")``
+  writes a Hugging Face dataset trainers read directly (:mod:`~xtf_kernels.pipeline.export`).
 - :func:`write_report`: counts per rule, overlaps, histograms with thresholds, highlighted samples (HTML).
 - :func:`load_causal_lm` / :func:`load_tokenizer`: a local transformers model folder, one-line errors.
 """
@@ -25,6 +30,7 @@ from .fingerprint import data_fingerprint
 from .fingerprint import model_fingerprint
 from .loading import load_causal_lm
 from .loading import load_tokenizer
+from .lock import RunLockedError
 from .report import precision_recall
 from .report import rule_statistics
 from .report import write_report
@@ -33,6 +39,7 @@ from .result import Shard
 from .scoring import score_dataset
 
 __all__ = [
+    "RunLockedError",
     "ScoreResult",
     "Shard",
     "config_fingerprint",

@@ -8,7 +8,7 @@ column                type          meaning
 ``input_ids``         int64         the tokens, unchanged (dropped tokens stay in the input)
 ``labels``            int64         the ids, -100 at prompt tokens and at every dropped token
                                     (``transformers.Trainer`` with or without ``apply_xtf_kernels``)
-``completion_mask``   int64 (0/1)   1 at the response tokens that are kept (TRL ``SFTTrainer``'s column)
+``completion_mask``   int8 (0/1)    1 at the response tokens that are kept (TRL ``SFTTrainer``'s column)
 ``token_weights``     float32       1.0 at kept response tokens, 0.0 elsewhere (the fused loss's
                                     ``token_weights``; pad it with ``TokenColumnsCollator``)
 ``dropped_by``        uint8         rule bits: bit i set = ``rule_names[i]`` dropped the token
@@ -66,7 +66,7 @@ def features(score_names: Iterable[str]):
     def column(dtype: str):
         return datasets.Sequence(datasets.Value(dtype))
 
-    columns = {"input_ids": column("int64"), "labels": column("int64"), "completion_mask": column("int64"),
+    columns = {"input_ids": column("int64"), "labels": column("int64"), "completion_mask": column("int8"),
                "token_weights": column("float32"), "dropped_by": column("uint8")}
     columns.update({f"score_{name}": column("float32") for name in score_names})
     return datasets.Features(columns)
