@@ -59,6 +59,40 @@ def test_compiled_step_matches_eager_without_graph_breaks(backend):
             assert_close(a.grad, e.grad, grad=True, msg=f"grad {name}")
 
 
+def _step_with_outputs(h, w, b, targets, token_weights, upstream):
+    """The newer options and outputs in one step: class weights, logit scale, shift, z-loss / accuracy /
+    argmax outputs, log-prob argmax and mean logit."""
+    class_weights = torch.linspace(0.5, 1.5, w.shape[0])
+    out = linear_cross_entropy(h.unsqueeze(0), w, targets.unsqueeze(0), bias=b,
+                               token_weights=token_weights.unsqueeze(0),
+                               class_weights=class_weights, logit_scale=0.8, z_loss=1e-3, shift=True,
+                               return_z_loss=True, return_token_accuracy=True, return_predicted_tokens=True)
+    per_token = linear_cross_entropy(h, w, targets, class_weights=class_weights, reduction="none",
+                                     label_smoothing=0.1, return_predicted_tokens=True)
+    lp = token_logprobs(h, w, targets, logit_scale=1.2, return_predicted_tokens=True, return_mean_logit=True)
+    total = out.loss + (per_token.loss * upstream).sum() + (lp.logprobs * upstream).sum()
+    return (total, out.z_loss, out.token_accuracy, out.predicted_tokens, per_token.predicted_tokens,
+            lp.predicted_tokens, lp.mean_logit)
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_compiled_step_with_new_outputs_matches_eager(backend):
+    torch._dynamo.reset()
+    compiled = torch.compile(_step_with_outputs, backend=backend, fullgraph=True)
+    eager_inputs, compiled_inputs = _inputs(37), _inputs(37)
+    expected = _step_with_outputs(*eager_inputs)
+    actual = compiled(*compiled_inputs)
+    for index, (a, e) in enumerate(zip(actual, expected)):
+        if e.dtype == torch.int64:
+            assert torch.equal(a, e), f"output {index}"
+        else:
+            assert_close(a, e, msg=f"output {index}")
+    expected[0].backward()
+    actual[0].backward()
+    for name, a, e in zip(("hidden", "weight", "bias"), compiled_inputs[:3], eager_inputs[:3]):
+        assert_close(a.grad, e.grad, grad=True, msg=f"grad {name}")
+
+
 def test_compiled_patched_model_training_step_is_one_graph():
     pytest.importorskip("transformers")
     from tests.integrations.tiny_models import batch

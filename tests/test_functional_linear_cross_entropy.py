@@ -11,46 +11,79 @@ from hypothesis import strategies as st
 
 import xtf_kernels as xk
 from tests.cases import make_case
+from tests.helpers import accumulation_dtype
 from tests.helpers import assert_close
+from tests.helpers import backend_features
+from tests.helpers import option_features
 from tests.reference import reference_linear_cross_entropy
+from tests.reference import reference_linear_cross_entropy_outputs
 
 OPTIONS = {
     "plain": {},
     "bias": {"bias": True},
     "token_weights": {"token_weights": True},
+    "class_weights": {"class_weights": True},
     "softcap": {"softcap": 2.5},
+    "logit_scale": {"logit_scale": 0.37},
     "label_smoothing": {"label_smoothing": 0.1},
     "z_loss": {"z_loss": 1e-2},
-    "all": {"bias": True, "token_weights": True, "softcap": 2.5, "label_smoothing": 0.1, "z_loss": 1e-2,
-            "ignore_index": 7},
+    "shift": {"shift": True},
+    "all": {"bias": True, "token_weights": True, "class_weights": True, "softcap": 2.5, "logit_scale": 1.7,
+            "label_smoothing": 0.1, "z_loss": 1e-2, "ignore_index": 7},
+    "all_shift": {"bias": True, "token_weights": True, "class_weights": True, "softcap": 2.5, "logit_scale": 1.7,
+                  "label_smoothing": 0.1, "z_loss": 1e-2, "ignore_index": 7, "shift": True},
 }
+# Options run with every return_* output too (the others run the plain-tensor path).
+WITH_OUTPUTS = ("class_weights", "shift", "all", "all_shift")
 REDUCTIONS = ("mean", "sum", "none")
-CASE_KEYS = ("bias", "token_weights", "ignore_index")
+CASE_KEYS = ("bias", "token_weights", "class_weights", "ignore_index")
+
+
+def check_outputs(out, reference, case, ignore_index, dtype):
+    """z-loss term, token accuracy and predicted tokens of a LinearCrossEntropyOutput against the reference."""
+    assert isinstance(out, xk.LinearCrossEntropyOutput)
+    assert out.z_loss.shape == out.loss.shape and out.z_loss.dtype == out.loss.dtype
+    assert not out.z_loss.requires_grad
+    assert_close(out.z_loss, reference.z_loss, accumulation_dtype(dtype), msg="z_loss term")
+    assert out.predicted_tokens.dtype == torch.int64
+    assert out.predicted_tokens.shape == reference.predicted_tokens.shape
+    assert torch.equal(out.predicted_tokens.cpu(), reference.predicted_tokens), "predicted tokens"
+    assert out.token_accuracy.shape == reference.token_accuracy.shape
+    torch.testing.assert_close(out.token_accuracy.double().cpu(), reference.token_accuracy, atol=1e-6, rtol=0)
 
 
 def run_and_compare(impl, lead, hidden_size, vocab, dtype, reduction, options, *, chunk_size=None, seed=0,
-                    num_items_in_batch=None):
-    """Forward and every gradient of the op against the float64 reference, with a random upstream grad."""
+                    num_items_in_batch=None, outputs=False):
+    """Forward and every gradient of the op against the float64 reference, with a random upstream grad.
+
+    outputs: also ask for every ``return_*`` output and check each against the reference.
+    """
     case_kwargs = {k: options[k] for k in CASE_KEYS if k in options}
     op_kwargs = {k: v for k, v in options.items() if k not in CASE_KEYS}
     ignore_index = options.get("ignore_index", -100)
     case = make_case(lead, hidden_size, vocab, dtype=dtype, device=impl.device, seed=seed, **case_kwargs)
-    loss = xk.linear_cross_entropy(
+    returns = dict(return_z_loss=True, return_token_accuracy=True, return_predicted_tokens=True) if outputs else {}
+    out = xk.linear_cross_entropy(
         case.hidden, case.weight, case.targets, bias=case.bias, token_weights=case.token_weights,
-        ignore_index=ignore_index, reduction=reduction, num_items_in_batch=num_items_in_batch,
-        backend=impl.backend, chunk_size=chunk_size, **op_kwargs,
+        class_weights=case.class_weights, ignore_index=ignore_index, reduction=reduction,
+        num_items_in_batch=num_items_in_batch, backend=impl.backend, chunk_size=chunk_size, **op_kwargs, **returns,
     )
+    loss = out.loss if outputs else out
     ref_leaves = case.float64_leaves()
     ref_hidden, ref_weight, *ref_bias = ref_leaves
-    expected = reference_linear_cross_entropy(
+    reference = reference_linear_cross_entropy_outputs(
         ref_hidden, ref_weight, case.targets.cpu(), bias=ref_bias[0] if ref_bias else None,
-        token_weights=None if case.token_weights is None else case.token_weights.cpu(), ignore_index=ignore_index,
+        token_weights=None if case.token_weights is None else case.token_weights.cpu(),
+        class_weights=None if case.class_weights is None else case.class_weights.cpu(), ignore_index=ignore_index,
         reduction=reduction, num_items_in_batch=num_items_in_batch, **op_kwargs,
     )
-    assert loss.dtype == torch.float32
-    assert_close(loss, expected, dtype, msg="loss")
+    expected = reference.loss
+    assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert_close(loss, expected, accumulation_dtype(dtype), msg="loss")
+    if outputs:
+        check_outputs(out, reference, case, ignore_index, dtype)
     grad_out = torch.randn(loss.shape, dtype=torch.float64) if reduction == "none" else torch.tensor(1.7).double()
-    grads = torch.autograd.grad(loss, case.leaves(), grad_out.to(device=impl.device, dtype=torch.float32),
+    grads = torch.autograd.grad(loss, case.leaves(), grad_out.to(device=impl.device, dtype=loss.dtype),
                                 allow_unused=True)
     expected_grads = torch.autograd.grad(expected, ref_leaves, grad_out, allow_unused=True)
     for name, got, want in zip(("hidden", "weight", "bias"), grads, expected_grads):
@@ -61,13 +94,33 @@ def run_and_compare(impl, lead, hidden_size, vocab, dtype, reduction, options, *
     return case, loss, grads
 
 
+def skip_unsupported(impl, options, dtype=torch.float32, outputs=False):
+    """Skip when ``impl`` does not declare a feature these options need (tested to raise instead, below)."""
+    missing = option_features(options, dtype=dtype, outputs=outputs) - backend_features(impl.backend)
+    if missing:
+        pytest.skip(f"{impl} does not declare {sorted(missing)} (the typed error is tested)")
+
+
+def supported(impl, options, outputs=True):
+    """``options`` without what ``impl`` does not declare, and whether it can return the argmax outputs."""
+    features = backend_features(impl.backend)
+    kept = dict(options)
+    if "class_weights" not in features:
+        kept.pop("class_weights", None)
+    if "logit_scale" not in features:
+        kept.pop("logit_scale", None)
+    return kept, outputs and "argmax" in features
+
+
 @pytest.mark.parametrize("option", list(OPTIONS))
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 def test_options_match_reference(impl, dtype, reduction, option):
     if dtype not in impl.dtypes:
         pytest.skip(f"{dtype} not tested on {impl}")
-    run_and_compare(impl, (47,), 31, 123, dtype, reduction, OPTIONS[option], chunk_size=16)
+    outputs = option in WITH_OUTPUTS
+    skip_unsupported(impl, OPTIONS[option], dtype, outputs)
+    run_and_compare(impl, (47,), 31, 123, dtype, reduction, OPTIONS[option], chunk_size=16, outputs=outputs)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -77,16 +130,17 @@ def test_options_match_reference(impl, dtype, reduction, option):
     ids=["47x31x123", "3d", "single", "empty", "empty-3d", "V=1"],
 )
 def test_shapes_match_reference(impl, lead, hidden_size, vocab, reduction):
-    options = dict(OPTIONS["all"])
+    options, outputs = supported(impl, OPTIONS["all"])
     if vocab <= options["ignore_index"]:
         options["ignore_index"] = -100
-    run_and_compare(impl, lead, hidden_size, vocab, torch.float32, reduction, options)
+    run_and_compare(impl, lead, hidden_size, vocab, torch.float32, reduction, options, outputs=outputs)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 5, 47, 1000])
 def test_chunk_size_does_not_change_result(impl, chunk_size):
-    _, loss, grads = run_and_compare(impl, (47,), 31, 123, torch.float32, "mean", OPTIONS["all"], chunk_size=chunk_size)
-    _, loss_ref, grads_ref = run_and_compare(impl, (47,), 31, 123, torch.float32, "mean", OPTIONS["all"])
+    options, _ = supported(impl, OPTIONS["all"])
+    _, loss, grads = run_and_compare(impl, (47,), 31, 123, torch.float32, "mean", options, chunk_size=chunk_size)
+    _, loss_ref, grads_ref = run_and_compare(impl, (47,), 31, 123, torch.float32, "mean", options)
     torch.testing.assert_close(loss, loss_ref, atol=1e-6, rtol=1e-6)
     for got, want in zip(grads, grads_ref):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)

@@ -11,41 +11,63 @@ from hypothesis import strategies as st
 
 import xtf_kernels as xk
 from tests.cases import make_case
+from tests.helpers import accumulation_dtype
 from tests.helpers import assert_close
+from tests.helpers import backend_features
 from tests.reference import reference_token_logprobs
+from tests.reference import reference_token_logprobs_outputs
 
 OPTIONS = {
     "plain": {},
     "bias": {"bias": True},
     "temperature": {"temperature": 0.7},
     "softcap": {"softcap": 2.5},
-    "all": {"bias": True, "temperature": 1.3, "softcap": 2.5, "ignore_index": 3},
+    "logit_scale": {"logit_scale": 0.45},
+    "shift": {"shift": True},
+    "all": {"bias": True, "temperature": 1.3, "softcap": 2.5, "logit_scale": 2.2, "ignore_index": 3},
+    "all_shift": {"bias": True, "temperature": 1.3, "softcap": 2.5, "logit_scale": 2.2, "ignore_index": 3,
+                  "shift": True},
 }
+OP_KEYS = ("temperature", "softcap", "logit_scale", "shift")
 
 
 def _run(impl, lead, hidden_size, vocab, dtype, options, *, grad_outputs=("logprobs", "entropy", "lse"), seed=0):
     ignore_index = options.get("ignore_index", -100)
-    op_kwargs = {k: v for k, v in options.items() if k in ("temperature", "softcap")}
+    op_kwargs = {k: v for k, v in options.items() if k in OP_KEYS}
+    extras = "argmax" in backend_features(impl.backend)
     case = make_case(lead, hidden_size, vocab, dtype=dtype, device=impl.device, bias=options.get("bias", False),
                      ignore_index=ignore_index, seed=seed)
     out = xk.token_logprobs(case.hidden, case.weight, case.targets, bias=case.bias, ignore_index=ignore_index,
-                            return_entropy=True, return_lse=True, backend=impl.backend, **op_kwargs)
+                            return_entropy=True, return_lse=True, return_predicted_tokens=extras,
+                            return_mean_logit=extras, backend=impl.backend, **op_kwargs)
     ref_leaves = case.float64_leaves()
-    expected = reference_token_logprobs(ref_leaves[0], ref_leaves[1], case.targets.cpu(),
-                                        bias=ref_leaves[2] if case.bias is not None else None,
-                                        ignore_index=ignore_index, **op_kwargs)
-    for name, got, want in zip(out._fields, out, expected):
-        assert got.dtype == torch.float32 and got.shape == case.targets.shape
-        assert_close(got, want, dtype, msg=name)
+    expected = reference_token_logprobs_outputs(ref_leaves[0], ref_leaves[1], case.targets.cpu(),
+                                                bias=ref_leaves[2] if case.bias is not None else None,
+                                                ignore_index=ignore_index, **op_kwargs)
+    shape = expected[0].shape
+    for name, got, want in zip(out._fields[:3], out, expected):
+        assert got.dtype == accumulation_dtype(dtype) and got.shape == shape
+        assert_close(got, want, accumulation_dtype(dtype), msg=name)
+    if extras:
+        assert out.predicted_tokens.dtype == torch.int64 and torch.equal(out.predicted_tokens.cpu(), expected[3])
+        assert not out.mean_logit.requires_grad
+        assert_close(out.mean_logit, expected[4], accumulation_dtype(dtype), msg="mean_logit")
     # A random upstream gradient on each chosen output, the others unused.
-    chosen = [i for i, name in enumerate(out._fields) if name in grad_outputs]
-    upstream = [torch.randn(case.targets.shape, dtype=torch.float64) for _ in chosen]
+    chosen = [i for i, name in enumerate(out._fields[:3]) if name in grad_outputs]
+    upstream = [torch.randn(shape, dtype=torch.float64) for _ in chosen]
     got_grads = torch.autograd.grad([out[i] for i in chosen], case.leaves(),
-                                    [g.float().to(impl.device) for g in upstream])
+                                    [g.to(device=impl.device, dtype=out.logprobs.dtype) for g in upstream])
     want_grads = torch.autograd.grad([expected[i] for i in chosen], ref_leaves, upstream)
     for name, got, want in zip(("hidden", "weight", "bias"), got_grads, want_grads):
         assert_close(got, want, dtype, grad=True, msg=f"grad {name}")
     return case, out
+
+
+def _supported(impl, options):
+    """``options`` without a logit scale where ``impl`` does not declare it (its typed error is tested)."""
+    if "logit_scale" in backend_features(impl.backend):
+        return options
+    return {k: v for k, v in options.items() if k != "logit_scale"}
 
 
 @pytest.mark.parametrize("option", list(OPTIONS))
@@ -53,12 +75,14 @@ def _run(impl, lead, hidden_size, vocab, dtype, options, *, grad_outputs=("logpr
 def test_options_match_reference(impl, dtype, option):
     if dtype not in impl.dtypes:
         pytest.skip(f"{dtype} not tested on {impl}")
+    if "logit_scale" in OPTIONS[option] and "logit_scale" not in backend_features(impl.backend):
+        pytest.skip(f"{impl} does not declare logit_scale (the typed error is tested)")
     _run(impl, (47,), 31, 123, dtype, OPTIONS[option])
 
 
 @pytest.mark.parametrize("outputs", [("logprobs",), ("entropy",), ("lse",), ("logprobs", "entropy")])
 def test_gradient_through_each_output(impl, outputs):
-    _run(impl, (29,), 16, 57, torch.float32, OPTIONS["all"], grad_outputs=outputs)
+    _run(impl, (29,), 16, 57, torch.float32, _supported(impl, OPTIONS["all"]), grad_outputs=outputs)
 
 
 @pytest.mark.parametrize("lead,hidden_size,vocab", [((3, 11), 31, 123), ((1,), 8, 17), ((0,), 8, 17)],

@@ -98,6 +98,9 @@ def check_backend_name(backend: str) -> None:
         raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {backend!r}")
 
 
+# Under torch.compile the import cannot be traced; the declared set is a constant of the backend, so dynamo
+# calls this eagerly and bakes the result into the graph.
+@torch.compiler.assume_constant_result
 def backend_features(name: str) -> frozenset[str]:
     """The features a concrete backend declares (imports its module; call only where it is available)."""
     return frozenset(getattr(_BACKENDS[name].load(), "features", frozenset()))
