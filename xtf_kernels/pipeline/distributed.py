@@ -150,22 +150,25 @@ def join(device: str | torch.device | None = None) -> Group:
         if not os.environ.get(name):
             raise ValueError(f"{world} processes need {name} in the environment (torchrun sets it; under srun "
                              "export MASTER_ADDR=<first node> MASTER_PORT=<free port> in the job script)")
-    use_cuda = resolve_rank_device(device, local).type == "cuda"
-    if use_cuda and torch.cuda.device_count() <= local:
-        raise ValueError(f"device {device!r} on local rank {local} needs GPU {local}, but torch sees "
-                         f"{torch.cuda.device_count()} GPU(s) on this node")
+    rank_device = resolve_rank_device(device, local)
+    use_cuda = rank_device.type == "cuda"
     if use_cuda:
-        torch.cuda.set_device(local)
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} was asked for but torch sees no CUDA GPU")
+        torch.cuda.set_device(rank_device)
     dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world, timeout=TIMEOUT)
     return Group(rank, world, local, owns_group=True)
 
 
 def resolve_rank_device(device: str | torch.device | None, local_rank: int) -> torch.device:
-    """"auto" / None: ``cuda:local_rank`` if torch sees a GPU, else cpu; a bare "cuda" becomes
-    ``cuda:local_rank``; anything else is taken as given."""
+    """"auto" / None: this rank's GPU if torch sees one, else cpu; a bare "cuda" is this rank's GPU; anything
+    else is taken as given. This rank's GPU is ``cuda:(local_rank mod visible GPUs)``: ``cuda:LOCAL_RANK``
+    under torchrun (every GPU of the node visible), ``cuda:0`` under ``srun --gpus-per-task 1`` (one visible)."""
     if device is None or str(device) == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        device = "cuda"
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", local_rank)
+        return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
     return device
