@@ -139,7 +139,8 @@ bench() {  # bench PROVIDERS: one benchmarks/run.py invocation of the suite, sha
         "$PY" benchmarks/run.py --suite dry-run --device cpu --warmup 0 --repeats 1 --run-id "$RUN_ID" \
             --providers "$1" "${outputs[@]}"
     else
-        "$PY" benchmarks/run.py --suite gpu-run --warmup 2 --repeats 5 --timeout 200 --run-id "$RUN_ID" \
+        # 90 s per worker (one provider, all its cases; ~30 s expected): one that hangs costs its own rows only.
+        "$PY" benchmarks/run.py --suite gpu-run --warmup 2 --repeats 5 --timeout 90 --run-id "$RUN_ID" \
             --providers "$1" "${outputs[@]}" --output benchmarks/data/results.csv --plot "$LOGS/$2.png"
     fi
 }
