@@ -63,6 +63,10 @@ if [ "$DRY_RUN" -eq 1 ]; then  # nothing to install or build on the CPU
     steps=("${kept[@]}")
 fi
 
+if [ "$DRY_RUN" -eq 0 ] && ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "gpu_run: torch sees no CUDA device here; bash benchmarks/gpu_run.sh --dry-run rehearses the run on the CPU"
+    exit 1
+fi
 mkdir -p "$OUT"
 LOGS="$(mktemp -d "${TMPDIR:-/tmp}/xtf-gpu-run.XXXXXX")"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -139,9 +143,11 @@ bench() {  # bench PROVIDERS: one benchmarks/run.py invocation of the suite, sha
         "$PY" benchmarks/run.py --suite dry-run --device cpu --warmup 0 --repeats 1 --run-id "$RUN_ID" \
             --providers "$1" "${outputs[@]}"
     else
-        # 90 s per worker (one provider, all its cases; ~30 s expected): one that hangs costs its own rows only.
-        "$PY" benchmarks/run.py --suite gpu-run --warmup 2 --repeats 5 --timeout 90 --run-id "$RUN_ID" \
-            --providers "$1" "${outputs[@]}" --output benchmarks/data/results.csv --plot "$LOGS/$2.png"
+        # 90 s per worker (one provider, all its cases; about 30 s estimated, not measured): one that hangs
+        # costs its own rows only.
+        "$PY" benchmarks/run.py --suite gpu-run --device cuda --warmup 2 --repeats 5 --timeout 90 \
+            --run-id "$RUN_ID" --providers "$1" "${outputs[@]}" --output benchmarks/data/results.csv \
+            --plot "$LOGS/$2.png"
     fi
 }
 

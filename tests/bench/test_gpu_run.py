@@ -54,3 +54,9 @@ def test_dry_run_rehearses_every_step(tmp_path):
 def test_unknown_step_is_refused(tmp_path):
     done = _run("benchmark", out=tmp_path)
     assert done.returncode == 2 and "unknown argument 'benchmark'" in done.stdout
+
+
+def test_without_a_gpu_the_real_run_stops_at_once(tmp_path):
+    done = _run("checks", out=tmp_path)
+    assert done.returncode == 1 and "--dry-run" in done.stdout
+    assert not any(tmp_path.iterdir())
