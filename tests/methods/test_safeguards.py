@@ -73,10 +73,10 @@ def test_per_sample_cap_keeps_the_least_noisy_back():
         valid = sample.response_mask
         n = int(valid.sum())
         assert int(result.dropped.sum()) == math.floor(3 * n / 10)
-        # noise = 1 rule + 0.5 PCP: the highest-PCP tokens stay dropped (ties to the earlier position)
+        # noise = 1 rule + 0.5 (1 - PCP): the lowest-PCP tokens stay dropped (ties to the earlier position)
         pcp = 1.0 - result.scores["kn"][valid].double()
         positions = valid.nonzero().squeeze(1)
-        order = sorted(range(n), key=lambda i: (-float(pcp[i]), i))
+        order = sorted(range(n), key=lambda i: (float(pcp[i]), i))
         expected = torch.zeros_like(valid)
         expected[positions[order[: math.floor(3 * n / 10)]]] = True
         assert torch.equal(result.dropped, expected)

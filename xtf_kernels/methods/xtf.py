@@ -470,10 +470,11 @@ class XTFScorer(TokenScorer):
         guard[anchors & (flags == 0)] = ANCHOR
         flags[protected] = 0
         guard[protected] = PROTECTED
-        # noisier = more rules fired, then (KN scored) the higher PCP: the surer the base, the less the token
-        # teaches; the per-sample cap keeps the least noisy back
+        # noisier = more rules fired, then (KN scored) the LOWER PCP: a corrupted token is one the base finds
+        # improbable (KN's high-PCP drops were corrupted at precision 0.001 on the toy benchmark), so the
+        # per-sample cap keeps back the tokens the base predicts best
         count = sum(((flags >> bit) & 1).float() for bit in range(len(RULES)))
-        noise = count + (0.5 * pcp if pcp is not None else 0.0)
+        noise = count + (0.5 * (1.0 - pcp) if pcp is not None else 0.0)
         dropped, guard = guard_sample_drops(flags != 0, valid, noise, guard, guard_config)
         flags = torch.where(dropped, flags, torch.zeros_like(flags))
         self.drop_counter.add(flags != 0, valid)
