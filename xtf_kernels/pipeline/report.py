@@ -108,10 +108,11 @@ def thresholds(result: ScoreResult) -> dict[str, list[float]]:
     """Score name -> the thresholds that decide its rule, on the score's scale."""
     out: dict[str, list[float]] = {}
     if result.method == "xtf":
-        if "kn" in result.score_names:
+        # the target-rate modes decide per sample (RI, KN) or per id (TR): no single line on the histogram
+        if "kn" in result.score_names and result.config.get("kn_threshold", "absolute") == "absolute":
             out["kn"] = [1.0 - float(result.config["kn_pcp_max"])]
         state = result.state()
-        if "tr" in result.score_names and "tr_thresholds" in state:
+        if "tr" in result.score_names and "tr_thresholds" in state and state["tr_thresholds"].numel():
             out["tr"] = [float(t) for t in state["tr_thresholds"]]
     topk = result.manifest["global_topk"]
     if topk is not None and topk["value"] is not None:
