@@ -110,7 +110,10 @@ install_peers() {
     for pattern in '.whl/liger_kernel-*.whl' '.whl/cut_cross_entropy-*.whl'; do
         for wheel in $pattern; do [ -f "$wheel" ] && wheels+=("$wheel"); done
     done
-    [ ${#wheels[@]} -eq 0 ] && { echo "no peer wheels in .whl/ (benchmarks/peer_wheels.sh): peers report missing"; return 0; }
+    if [ ${#wheels[@]} -eq 0 ]; then
+        echo "no peer wheels in .whl/ (benchmarks/peer_wheels.sh makes them): the peers report missing"
+        return 0
+    fi
     "$PY" -m pip install -q --no-index --no-deps "${wheels[@]}" && echo "installed ${wheels[*]}"
 }
 
@@ -118,8 +121,8 @@ build_extension() {
     "$PY" -c "import torch; assert torch.cuda.is_available(), 'torch sees no CUDA device'" || return 1
     XTF_BUILD_CUDA=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" setup.py build_ext --inplace || return 1
     "$PY" -m xtf_kernels.env | tee "$LOGS/env.txt"
-    "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" \
-        | tee -a "$LOGS/env.txt"
+    "$PY" -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())" \
+        | sed 's/^/torch, triton, device: /' | tee -a "$LOGS/env.txt"
 }
 
 pytest_cuda() {  # pytest_cuda JUNIT ARGS...: the cuda marker, junit XML into the logs
@@ -191,7 +194,8 @@ wants checks && run_step checks 150 run_checks
 wants bench && run_step bench 200 bench xtf-auto,xtf-triton-chunked,xtf-cuda,cce,cce-exact,liger bench
 wants profile && run_step profile 60 profile
 wants sweep && run_step sweep 90 run_sweep
-wants bench && run_step bench2 150 bench xtf-torch,xtf-triton-fused,torch-chunked,torch-compile,torch-materialised bench2
+wants bench && run_step bench2 150 bench \
+    xtf-torch,xtf-triton-fused,torch-chunked,torch-compile,torch-materialised bench2
 wants tier && run_step tier 600 tier
 
 {
