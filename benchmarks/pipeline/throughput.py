@@ -3,9 +3,9 @@
 Builds (once, in --work) a Llama-style model from a transformers config (nothing is downloaded) and a
 tokenised JSONL set of synthetic samples, then for each world size runs the same command a user runs,
 ``torchrun --nproc-per-node W -m xtf_kernels score ...`` (a plain ``python -m xtf_kernels score`` for one
-process), each process with cores / W torch threads, into a fresh results folder. It reports the wall time
-of the command and the manifest's tokens/s (overall, and per rank), with the load average before and after,
-and appends everything to benchmarks/pipeline/results.json.
+process), each process with cores / W torch threads (or --threads), into a fresh results folder. It reports
+the wall time of the command and the manifest's tokens/s (overall, and per rank), with the load average
+before and after, and appends everything to benchmarks/pipeline/results.json.
 
     python -m benchmarks.pipeline.throughput                      # XTF, 1 / 2 / 4 processes
     python -m benchmarks.pipeline.throughput --method token-cleaning --worlds 1 2
@@ -69,7 +69,7 @@ def build(work: str, args) -> tuple[str, str]:
 
 def run_one(world: int, model_dir: str, data: str, out: str, args) -> dict:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // world)
+    threads = args.threads or max(1, cores // world)
     command = ["-m", "xtf_kernels", "score", data, "--model", model_dir, "--out", out, "--method", args.method,
                "--device", "cpu", "--no-report", "--no-progress", "--overwrite", "--batch-size", str(args.batch_size),
                "--shard-size", str(args.shard_size), "--num-workers", str(args.num_workers)]
@@ -115,6 +115,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--shard-size", type=int, default=8)
     parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, help="torch threads per process (default: cores / processes)")
     parser.add_argument("--results", default=os.path.join(HERE, "results.json"))
     args = parser.parse_args(argv)
 

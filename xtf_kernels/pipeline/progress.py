@@ -19,9 +19,9 @@ class Meter:
 
     Args:
         out_dir: the results folder.
-        shard_tokens: tokens of each pending shard by index (other ranks' shards are recognised on disk).
-        total_samples / done_samples: for the bar.
-        bar: a tqdm bar (rank 0 with progress on) or None.
+        shard_samples / shard_tokens: samples and tokens of each shard to score in this run, by index (other
+            ranks' shards are recognised on disk).
+        bar: a tqdm bar over every rank's samples (rank 0 with progress on) or None.
     """
 
     def __init__(self, out_dir: str, shard_samples: dict[int, int], shard_tokens: dict[int, int], bar=None):
