@@ -47,3 +47,16 @@ def test_gpu_rate_targets_are_lower_bounds():
     assert verdicts["gpu-vs-peers"].passed and abs(verdicts["gpu-vs-peers"].measured - 80 / 90) < 1e-12
     assert verdicts["gpu-default-memory"].passed and abs(verdicts["gpu-default-memory"].measured - 2 / 1.5) < 1e-12
     assert len({t.name for t in TARGETS}) == len(TARGETS)
+
+
+def test_exact_peer_and_published_quack_targets():
+    gpu = dict(device_type="cuda", model="llama3-8b", hidden=4096, vocab=128256, dtype="bfloat16", mode="fwd_bwd")
+    rows = [make_row(provider="xtf-auto", tokens=16384, kept_tokens=16384, ms=80.0, device="NVIDIA H200", **gpu),
+            make_row(provider="cce-exact", family="peer", tokens=16384, kept_tokens=16384, ms=100.0, **gpu),
+            make_row(provider="xtf-auto", tokens=4096, kept_tokens=4096, ms=20.0, device="NVIDIA H200", **gpu)]
+    verdicts = {v.name: v for v in evaluate(rows)}
+    assert verdicts["gpu-vs-cce-exact"].passed and abs(verdicts["gpu-vs-cce-exact"].measured - 0.8) < 1e-12
+    assert not verdicts["gpu-4k-vs-quack"].passed and abs(verdicts["gpu-4k-vs-quack"].measured - 20 / 17.3) < 1e-12
+    # The published figure is an H200's: another GPU gets no verdict.
+    rows[2] = make_row(provider="xtf-auto", tokens=4096, kept_tokens=4096, ms=20.0, device="NVIDIA A100", **gpu)
+    assert "gpu-4k-vs-quack" not in {v.name for v in evaluate(rows)}
