@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -26,7 +27,7 @@ pytest.importorskip("safetensors")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SLOW_RUN = textwrap.dedent("""
-    import sys, time
+    import os, sys, time
     sys.path.insert(0, {root!r})
     from tests.methods import tiny
     from xtf_kernels.methods import XTFScorer
@@ -38,8 +39,9 @@ SLOW_RUN = textwrap.dedent("""
         time.sleep(1.0)  # the run lasts >= 4 s, far longer than the two starts are apart
         return original(batch)
     scorer.score_batch = slow
-    with open({go!r}) as handle:  # both processes are imported and ready: start together
-        pass
+    open(os.path.join({ready!r}, str(os.getpid())), "w").close()
+    while not os.path.exists({go!r}):  # both processes imported and ready: start together
+        time.sleep(0.01)
     score_dataset(scorer, tiny.data(8).samples, {out!r}, shard_size=2, batch_size=2, progress=False, num_workers=0)
 """)
 
@@ -58,14 +60,16 @@ def assert_same_results(result, expected):
 
 
 def test_two_runs_started_on_one_folder_at_once(tmp_path):
-    out, go = tmp_path / "out", tmp_path / "go"
+    out, go, ready = tmp_path / "out", tmp_path / "go", tmp_path / "ready"
+    ready.mkdir()
     script = tmp_path / "run.py"
-    script.write_text(SLOW_RUN.format(root=ROOT, out=str(out), go=str(go)))
+    script.write_text(SLOW_RUN.format(root=ROOT, out=str(out), go=str(go), ready=str(ready)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    runs = [subprocess.Popen([sys.executable, "-c", f"import os, time\nwhile not os.path.exists({str(go)!r}): "
-                              f"time.sleep(0.01)\nexec(open({str(script)!r}).read())"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-            for _ in range(2)]
+    runs = [subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=env, cwd=ROOT) for _ in range(2)]
+    deadline = time.monotonic() + 120
+    while len(os.listdir(ready)) < 2 and time.monotonic() < deadline and all(r.poll() is None for r in runs):
+        time.sleep(0.05)
     go.write_text("")
     outcomes = [(run.wait(timeout=180), run.stderr.read()) for run in runs]
     codes = sorted(code for code, _ in outcomes)
