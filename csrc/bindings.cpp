@@ -47,30 +47,36 @@ std::string device_support(int device) {
 }
 
 xtf::LogitsChunk chunk_of(std::uintptr_t logits, int64_t rows, int64_t vocab, int64_t row_stride,
-                          std::uintptr_t targets, float softcap, float inv_temperature, int splits) {
-  return {pointer<float>(logits), rows, vocab, row_stride, pointer<const int64_t>(targets), softcap, inv_temperature,
-          splits};
+                          std::uintptr_t targets, float softcap, float inv_temperature, float logit_scale,
+                          std::uintptr_t class_weights, int splits) {
+  return {pointer<float>(logits), rows,        vocab,       row_stride, pointer<const int64_t>(targets),
+          softcap,                inv_temperature, logit_scale, pointer<const float>(class_weights), splits};
 }
 
 void row_stats(std::uintptr_t logits, int64_t rows, int64_t vocab, int64_t row_stride, std::uintptr_t targets,
-               float softcap, float inv_temperature, int splits, std::uintptr_t partials, std::uintptr_t target_logit,
-               int device, std::uintptr_t stream) {
-  xtf::row_stats({chunk_of(logits, rows, vocab, row_stride, targets, softcap, inv_temperature, splits),
-                  pointer<xtf::RowPartial>(partials), pointer<float>(target_logit), on_device(device, stream)});
+               float softcap, float inv_temperature, float logit_scale, std::uintptr_t class_weights, int splits,
+               std::uintptr_t partials, std::uintptr_t target_logit, std::uintptr_t partial_argmax, int device,
+               std::uintptr_t stream) {
+  xtf::row_stats({chunk_of(logits, rows, vocab, row_stride, targets, softcap, inv_temperature, logit_scale,
+                           class_weights, splits),
+                  pointer<xtf::RowPartial>(partials), pointer<float>(target_logit), pointer<int64_t>(partial_argmax),
+                  on_device(device, stream)});
 }
 
 void row_finalize(std::uintptr_t logits, int64_t rows, int64_t vocab, int64_t row_stride, std::uintptr_t targets,
-                  float softcap, float inv_temperature, int splits, std::uintptr_t partials, std::uintptr_t lse_in,
-                  std::uintptr_t entropy_in, std::uintptr_t grad_loss, std::uintptr_t grad_logprob,
-                  std::uintptr_t grad_entropy, std::uintptr_t grad_lse, float label_smoothing, float z_loss,
-                  bool write_fp32_grad, std::uintptr_t half_grad, int half_grad_kind, int64_t half_grad_stride,
-                  std::uintptr_t lse_out, std::uintptr_t target_logit_out, std::uintptr_t mean_logit_out,
-                  std::uintptr_t entropy_out, int device, std::uintptr_t stream) {
+                  float softcap, float inv_temperature, float logit_scale, std::uintptr_t class_weights, int splits,
+                  std::uintptr_t partials, std::uintptr_t lse_in, std::uintptr_t entropy_in, std::uintptr_t grad_loss,
+                  std::uintptr_t grad_logprob, std::uintptr_t grad_entropy, std::uintptr_t grad_lse,
+                  float label_smoothing, float z_loss, std::uintptr_t class_weight_sum, bool write_fp32_grad,
+                  std::uintptr_t half_grad, int half_grad_kind, int64_t half_grad_stride, std::uintptr_t lse_out,
+                  std::uintptr_t target_logit_out, std::uintptr_t mean_logit_out, std::uintptr_t entropy_out,
+                  int device, std::uintptr_t stream) {
   if (half_grad_kind < 0 || half_grad_kind > 2) {
     throw std::invalid_argument("half_grad_kind must be 0 (none), 1 (float16) or 2 (bfloat16)");
   }
   xtf::RowFinalizeParams p;
-  p.chunk = chunk_of(logits, rows, vocab, row_stride, targets, softcap, inv_temperature, splits);
+  p.chunk = chunk_of(logits, rows, vocab, row_stride, targets, softcap, inv_temperature, logit_scale, class_weights,
+                     splits);
   p.partials = pointer<const xtf::RowPartial>(partials);
   p.lse_in = pointer<const float>(lse_in);
   p.entropy_in = pointer<const float>(entropy_in);
@@ -80,6 +86,7 @@ void row_finalize(std::uintptr_t logits, int64_t rows, int64_t vocab, int64_t ro
   p.grad_lse = pointer<const float>(grad_lse);
   p.label_smoothing = label_smoothing;
   p.z_loss = z_loss;
+  p.class_weight_sum = pointer<const float>(class_weight_sum);
   p.write_fp32_grad = write_fp32_grad;
   p.half_grad = pointer<void>(half_grad);
   p.half_grad_kind = static_cast<xtf::HalfKind>(half_grad_kind);
@@ -123,20 +130,23 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "CUDA kernels of xtf_kernels (row statistics, in-place logit gradients, row compaction).";
   const auto nogil = py::call_guard<py::gil_scoped_release>();
 
-  m.def("row_stats", &row_stats, nogil, "Online softmax statistics per (row, vocabulary slice).", py::kw_only(),
+  m.def("row_stats", &row_stats, nogil,
+        "Online softmax statistics (and, with partial_argmax, the first index of the maximum) per (row, vocabulary "
+        "slice).", py::kw_only(),
         py::arg("logits"), py::arg("rows"), py::arg("vocab"), py::arg("row_stride"), py::arg("targets"),
-        py::arg("softcap"), py::arg("inv_temperature"), py::arg("splits"), py::arg("partials"),
-        py::arg("target_logit"), py::arg("device"), py::arg("stream"));
+        py::arg("softcap"), py::arg("inv_temperature"), py::arg("logit_scale"), py::arg("class_weights"),
+        py::arg("splits"), py::arg("partials"), py::arg("target_logit"), py::arg("partial_argmax"), py::arg("device"),
+        py::arg("stream"));
   m.def("row_finalize", &row_finalize, nogil,
         "Per-row lse / mean logit / entropy from the partials; dL/dy over the fp32 logits and / or into a 16-bit "
         "buffer (half_grad_kind 1 = float16, 2 = bfloat16).", py::kw_only(),
         py::arg("logits"), py::arg("rows"), py::arg("vocab"), py::arg("row_stride"), py::arg("targets"),
-        py::arg("softcap"), py::arg("inv_temperature"), py::arg("splits"), py::arg("partials"), py::arg("lse_in"),
-        py::arg("entropy_in"), py::arg("grad_loss"), py::arg("grad_logprob"), py::arg("grad_entropy"),
-        py::arg("grad_lse"), py::arg("label_smoothing"), py::arg("z_loss"), py::arg("write_fp32_grad"),
-        py::arg("half_grad"), py::arg("half_grad_kind"), py::arg("half_grad_stride"), py::arg("lse_out"),
-        py::arg("target_logit_out"), py::arg("mean_logit_out"), py::arg("entropy_out"), py::arg("device"),
-        py::arg("stream"));
+        py::arg("softcap"), py::arg("inv_temperature"), py::arg("logit_scale"), py::arg("class_weights"),
+        py::arg("splits"), py::arg("partials"), py::arg("lse_in"), py::arg("entropy_in"), py::arg("grad_loss"),
+        py::arg("grad_logprob"), py::arg("grad_entropy"), py::arg("grad_lse"), py::arg("label_smoothing"),
+        py::arg("z_loss"), py::arg("class_weight_sum"), py::arg("write_fp32_grad"), py::arg("half_grad"),
+        py::arg("half_grad_kind"), py::arg("half_grad_stride"), py::arg("lse_out"), py::arg("target_logit_out"),
+        py::arg("mean_logit_out"), py::arg("entropy_out"), py::arg("device"), py::arg("stream"));
   m.def("row_delta", &row_delta, nogil, "Per-row logp_ref - logp_base from two models' row_stats outputs.",
         py::kw_only(), py::arg("rows"), py::arg("splits"), py::arg("base_partials"), py::arg("base_target_logit"),
         py::arg("ref_partials"), py::arg("ref_target_logit"), py::arg("delta"), py::arg("device"),

@@ -198,6 +198,33 @@ __device__ __forceinline__ RowPartial block_merge(RowPartial x) {
   return x;
 }
 
+__device__ __forceinline__ ArgMax warp_merge_argmax(ArgMax x) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    ArgMax other;
+    other.value = __shfl_xor_sync(kFullMask, x.value, offset);
+    other.index = __shfl_xor_sync(kFullMask, x.index, offset);
+    x = merge_argmax(x, other);
+  }
+  return x;
+}
+
+// The merge of every thread's argmax; valid in thread 0. Its own shared array, so it may follow
+// block_merge without a barrier in between (thread 0 reads block_merge's array only before this one's
+// __syncthreads, and nobody writes it again).
+__device__ __forceinline__ ArgMax block_merge_argmax(ArgMax x) {
+  __shared__ ArgMax per_warp[kWarps];
+  x = warp_merge_argmax(x);
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (lane == 0) per_warp[warp] = x;
+  __syncthreads();
+  if (warp == 0) {
+    x = warp_merge_argmax(lane < kWarps ? per_warp[lane] : empty_argmax());
+  }
+  return x;
+}
+
 // The merge of a row's `splits` partials (<= 32), computed by each warp with its lanes.
 __device__ __forceinline__ RowPartial merge_row_partials(const RowPartial* partials, int64_t row, int splits) {
   const int lane = threadIdx.x % 32;
@@ -212,18 +239,23 @@ __global__ void __launch_bounds__(kThreads) row_stats_kernel(RowStatsParams p) {
   const int split = blockIdx.y;
   const float* y = c.logits + row * c.row_stride;
   const Slice s = slice_of(c, split);
-  const LogitTransform tr{c.softcap, c.inv_temperature};
+  const LogitTransform tr = make_transform(c.softcap, c.inv_temperature, c.logit_scale);
+  const bool want_argmax = p.partial_argmax != nullptr;
 
   SoftmaxStats st = empty_stats();
+  ArgMax best = empty_argmax();
   float sum = 0.f;
-  visit_slice(y, s, [&](int64_t, float raw) {
+  visit_slice(y, s, [&](int64_t j, float raw) {
     const float z = final_logit(raw, tr);
     push_logit(st, z);
-    sum += z;
+    sum += c.class_weights != nullptr ? c.class_weights[j] * z : z;
+    if (want_argmax) push_argmax(best, z, j);
   });
   const RowPartial merged = block_merge({st.max, st.sum_exp, st.shifted, sum});
+  if (want_argmax) best = block_merge_argmax(best);  // uniform branch: every thread reaches its barrier
   if (threadIdx.x != 0) return;
   p.partials[row * c.splits + split] = merged;
+  if (want_argmax) p.partial_argmax[row * c.splits + split] = best.index;
   if (p.target_logit != nullptr) {
     const int64_t t = c.targets[row];
     if (t >= s.lo && t < s.hi) {
@@ -250,14 +282,18 @@ __host__ __device__ __forceinline__ bool half_rows_aligned(const RowFinalizePara
          (fp32_offset - half_offset) % 4 == 0 && (p.chunk.row_stride - p.half_grad_stride) % 4 == 0;
 }
 
-template <typename Half>
-__global__ void __launch_bounds__(kThreads) row_finalize_kernel(RowFinalizeParams p) {
+// Registers (sm_90, nvcc 13): at most 48 per thread, so 5 blocks of 256 threads stay resident per SM (the
+// split heuristic's BLOCKS_PER_SM = 4 plus one); unbounded, the 16-bit instantiations take 52 (4 blocks).
+// kClassWeights is a separate instantiation bounded at 4 blocks: its loads and coefficients need 55
+// registers (48 would spill 4 bytes), and the common kernel does not pay for them.
+template <typename Half, bool kClassWeights>
+__global__ void __launch_bounds__(kThreads, kClassWeights ? 4 : 5) row_finalize_kernel(RowFinalizeParams p) {
   const LogitsChunk& c = p.chunk;
   const int64_t row = blockIdx.x;
   const int split = blockIdx.y;
   float* y = c.logits + row * c.row_stride;
   const Slice s = slice_of(c, split);
-  const LogitTransform tr{c.softcap, c.inv_temperature};
+  const LogitTransform tr = make_transform(c.softcap, c.inv_temperature, c.logit_scale);
   const int64_t t = c.targets[row];
 
   float lse, entropy = 0.f, mean = 0.f;
@@ -293,12 +329,19 @@ __global__ void __launch_bounds__(kThreads) row_finalize_kernel(RowFinalizeParam
   }
   if (!writes_grad(p)) return;
 
+  const float* w = c.class_weights;
+  const float target_weight = kClassWeights && valid_target(t, c.vocab) ? w[t] : 1.f;
+  const float weight_mean = kClassWeights ? *p.class_weight_sum / static_cast<float>(c.vocab) : 1.f;
   const RowGradCoefficients k = row_grad_coefficients(
       load_or_zero(p.grad_loss, row), load_or_zero(p.grad_logprob, row), load_or_zero(p.grad_entropy, row),
-      load_or_zero(p.grad_lse, row), lse, entropy, p.label_smoothing, p.z_loss, c.vocab);
+      load_or_zero(p.grad_lse, row), lse, norm.log_norm, entropy, p.label_smoothing, p.z_loss, c.vocab,
+      target_weight, weight_mean);
   Half* half_row = p.half_grad != nullptr ? static_cast<Half*>(p.half_grad) + row * p.half_grad_stride : nullptr;
   const GradRow<Half> out{y, half_row, p.write_fp32_grad, half_rows_aligned(p)};
-  write_grad_slice(y, s, out, [&](int64_t j, float raw) { return raw_logit_grad(raw, j == t, norm, k, tr); });
+  write_grad_slice(y, s, out, [&](int64_t j, float raw) {
+    // w_j only scales C (label smoothing's term): no load per logit when C is 0.
+    return raw_logit_grad(raw, j == t, kClassWeights && k.c != 0.f ? w[j] : 1.f, norm, k, tr);
+  });
 }
 
 __global__ void __launch_bounds__(kThreads) row_delta_kernel(RowDeltaParams p) {
@@ -310,6 +353,20 @@ __global__ void __launch_bounds__(kThreads) row_delta_kernel(RowDeltaParams p) {
   const float base_logprob = p.base_target_logit[row] - stats_lse({base.max, base.sum_exp, base.shifted});
   const float ref_logprob = p.ref_target_logit[row] - stats_lse({ref.max, ref.sum_exp, ref.shifted});
   p.delta[row] = ref_logprob - base_logprob;
+}
+
+template <bool kClassWeights>
+void launch_finalize(const RowFinalizeParams& p, dim3 grid) {
+  switch (p.half_grad_kind) {
+    case HalfKind::kFloat16:
+      row_finalize_kernel<__half, kClassWeights><<<grid, kThreads, 0, p.stream>>>(p);
+      break;
+    case HalfKind::kBFloat16:
+      row_finalize_kernel<__nv_bfloat16, kClassWeights><<<grid, kThreads, 0, p.stream>>>(p);
+      break;
+    default:
+      row_finalize_kernel<NoHalf, kClassWeights><<<grid, kThreads, 0, p.stream>>>(p);
+  }
 }
 
 void check_chunk(const LogitsChunk& c) {
@@ -340,21 +397,19 @@ void row_finalize(const RowFinalizeParams& p) {
     throw std::invalid_argument("xtf_kernels: row_finalize needs half_grad and a 16-bit half_grad_kind together, "
                                 "with half_grad_stride >= vocab");
   }
+  if (p.chunk.class_weights != nullptr && p.class_weight_sum == nullptr) {
+    throw std::invalid_argument("xtf_kernels: row_finalize with class weights needs class_weight_sum");
+  }
   if (p.chunk.rows == 0) return;
   // Every slice has work when it writes its gradient or may own the target logit to read; otherwise only
   // split 0 has (the per-row outputs).
   const bool per_slice = writes_grad(p) || (p.partials == nullptr && p.target_logit_out != nullptr);
   const unsigned splits = per_slice ? static_cast<unsigned>(p.chunk.splits) : 1u;
   const dim3 grid(static_cast<unsigned>(p.chunk.rows), splits);
-  switch (p.half_grad_kind) {
-    case HalfKind::kFloat16:
-      row_finalize_kernel<__half><<<grid, kThreads, 0, p.stream>>>(p);
-      break;
-    case HalfKind::kBFloat16:
-      row_finalize_kernel<__nv_bfloat16><<<grid, kThreads, 0, p.stream>>>(p);
-      break;
-    default:
-      row_finalize_kernel<NoHalf><<<grid, kThreads, 0, p.stream>>>(p);
+  if (p.chunk.class_weights != nullptr) {
+    launch_finalize<true>(p, grid);
+  } else {
+    launch_finalize<false>(p, grid);
   }
   check_launch("row_finalize");
 }
@@ -379,7 +434,7 @@ std::vector<int> compiled_archs() {
 
 std::string current_device_support() {
   cudaFuncAttributes attributes;
-  const cudaError_t err = cudaFuncGetAttributes(&attributes, row_finalize_kernel<NoHalf>);
+  const cudaError_t err = cudaFuncGetAttributes(&attributes, row_finalize_kernel<NoHalf, false>);
   if (err == cudaSuccess) return "";
   cudaGetLastError();  // not sticky: clear it so the next launch does not report it
   return std::string(cudaGetErrorName(err)) + ": " + cudaGetErrorString(err);

@@ -7,7 +7,8 @@
 // Per logits chunk the row pass runs as two kernels over a grid of (rows, splits) blocks, each block
 // owning one slice of one row's vocabulary (splits > 1 only when there are too few rows to fill the GPU):
 //   1. row_stats:    online softmax statistics of the slice -> one RowPartial per (row, split),
-//                    and the target's final logit from the block whose slice holds the target;
+//                    the target's final logit from the block whose slice holds the target, and, when
+//                    asked, the first index of the slice's maximum;
 //   2. row_finalize: merges the row's partials into lse / mean logit / entropy and, when gradients are
 //                    wanted, overwrites the slice's raw logits with dL/dy in place (and / or writes it
 //                    rounded to 16 bits into a second buffer).
@@ -28,7 +29,7 @@ struct alignas(16) RowPartial {
   float max;      // running max of the final logits
   float sum_exp;  // sum exp(z - max)
   float shifted;  // sum exp(z - max) (z - max)
-  float sum;      // sum z (for the mean logit of label smoothing)
+  float sum;      // sum w z, w the class weights or 1 (for the mean logit of label smoothing)
 };
 
 // A (rows, vocab) fp32 logits chunk with unit column stride; row r starts at logits + r * row_stride.
@@ -40,6 +41,8 @@ struct LogitsChunk {
   const int64_t* targets;  // (rows,) in [0, vocab); any other value yields a NaN target logit
   float softcap;           // 0: off
   float inv_temperature;
+  float logit_scale;       // multiplies the raw logits before softcap (1: none)
+  const float* class_weights;  // (vocab,) per-class weights of the loss, or nullptr (all 1)
   int splits;              // vocabulary slices per row, 1 .. kMaxSplits
 };
 
@@ -49,8 +52,10 @@ enum class HalfKind : int { kNone = 0, kFloat16 = 1, kBFloat16 = 2 };
 
 struct RowStatsParams {
   LogitsChunk chunk;
-  RowPartial* partials;  // (rows, splits)
-  float* target_logit;   // (rows,) or nullptr
+  RowPartial* partials;     // (rows, splits)
+  float* target_logit;      // (rows,) or nullptr
+  int64_t* partial_argmax;  // (rows, splits) first index of each slice's maximum, or nullptr (the
+                            // row's argmax: the first slice holding the row's max; the driver merges)
   cudaStream_t stream;
 };
 
@@ -66,6 +71,7 @@ struct RowFinalizeParams {
   const float* grad_lse;
   float label_smoothing;
   float z_loss;
+  const float* class_weight_sum;  // (1,) sum of chunk.class_weights (with class weights), else nullptr
   // Where dL/dy goes (nothing when both are off): over the fp32 logits, and/or rounded into a 16-bit
   // (rows, vocab) buffer with unit column stride, the operand of the backward matmuls for 16-bit
   // inputs (writing it here saves a (C, V) fp32 read and 16-bit write per chunk).

@@ -4,15 +4,16 @@
 // __host__ __device__; under a host compiler they are ordinary inline functions, which is how CI checks
 // them on a machine without a GPU against float64 references.
 //
-// The formulas are the ones documented in xtf_kernels/ops/spec.py. For a row of raw logits y (the
+// The formulas are the ones documented in xtf_kernels/ops/spec.py. For a row of raw logits r (the
 // GEMM output hidden @ weight.T + bias), the final logits are
-//     z = softcap(y) / T,   softcap(y) = s * tanh(y / s)   (s = 0: no softcap)
-// and with p = softmax(z), target t, label smoothing eps, z-loss coefficient c and upstream gradients
-// g_loss, g_logprob, g_entropy, g_lse of the four per-row outputs
-//     dL/dz_j = p_j (A + D z_j) + B [j == t] + C
-//     A = g_lse + g_loss (1 + 2 c lse) - g_logprob + g_entropy (lse - entropy)
-//     D = -g_entropy,  B = g_logprob - g_loss (1 - eps),  C = -g_loss eps / V
-// and dL/dy_j = dL/dz_j * (1 / T) * (1 - tanh^2(y_j / s)).
+//     z = softcap(a r) / T,   softcap(y) = s * tanh(y / s)   (s = 0: no softcap; a: the logit scale)
+// and with p = softmax(z), target t, label smoothing eps, z-loss coefficient c, class weights w (w = 1
+// without them, S = sum_j w_j) and upstream gradients g_loss, g_logprob, g_entropy, g_lse of the four
+// per-row outputs (loss = (1 - eps) w_t (lse - z_t) + (eps / V) sum_j w_j (lse - z_j) + c lse^2)
+//     dL/dz_j = p_j (A + D z_j) + B [j == t] + C w_j
+//     A = g_lse + g_loss ((1 - eps) w_t + eps S / V + 2 c lse) - g_logprob + g_entropy (lse - entropy)
+//     D = -g_entropy,  B = g_logprob - g_loss (1 - eps) w_t,  C = -g_loss eps / V
+// and dL/dr_j = dL/dz_j * (a / T) * (1 - tanh^2(a r_j / s)).
 #pragma once
 
 #include <cmath>
@@ -26,32 +27,53 @@
 
 namespace xtf {
 
-// How raw logits become final logits: z = softcap(y) * inv_temperature.
+// How raw logits become final logits, as three fp32 constants formed once in double (one rounding each,
+// the same constants the Triton kernels take, xtf_kernels/ops/_triton/row_math.py):
+//     with softcap s:  z = out_scale * tanh(tanh_scale * r),  tanh_scale = a / s,  out_scale = s / T
+//     without:         z = out_scale * r,                     out_scale = a / T
+//     dz/dr = slope_scale * (1 - tanh^2),                     slope_scale = a / T
 struct LogitTransform {
-  float softcap;          // s > 0 applies s * tanh(y / s); 0 disables it
-  float inv_temperature;  // 1 / T
+  float tanh_scale;  // 0 without softcap
+  float out_scale;
+  float slope_scale;
+  bool softcap;
 };
 
-XTF_HD float final_logit(float raw, LogitTransform tr) {
-  if (tr.softcap > 0.f) {
-    // Same operation order as the torch backend: tanh(y * (1 / s)) * (s / T).
-    return tanhf(raw * (1.f / tr.softcap)) * (tr.softcap * tr.inv_temperature);
+// softcap s > 0 or 0 (off), inv_temperature 1 / T, logit_scale a > 0.
+XTF_HD LogitTransform make_transform(float softcap, float inv_temperature, float logit_scale) {
+  const double slope = static_cast<double>(logit_scale) * static_cast<double>(inv_temperature);
+  if (softcap > 0.f) {
+    return {static_cast<float>(static_cast<double>(logit_scale) / softcap),
+            static_cast<float>(static_cast<double>(softcap) * inv_temperature), static_cast<float>(slope), true};
   }
-  return raw * tr.inv_temperature;
+  return {0.f, static_cast<float>(slope), static_cast<float>(slope), false};
 }
 
-// The final logit and dz/dy at one raw logit.
+XTF_HD float final_logit(float raw, LogitTransform tr) {
+  if (tr.softcap) return tanhf(raw * tr.tanh_scale) * tr.out_scale;
+  return raw * tr.out_scale;
+}
+
+// The final logit and dz/dr at one raw logit.
 struct TransformedLogit {
   float value;       // z
-  float derivative;  // dz/dy = (1 / T)(1 - tanh^2(y / s)), or 1 / T without softcap
+  float derivative;  // dz/dr = slope_scale (1 - tanh^2), or slope_scale without softcap
 };
 
+// 1 - tanh^2(x) = 4 e / (1 + e)^2 with e = exp(-2|x|): a few ulp for every x. The textbook 1 - t * t
+// subtracts two numbers near 1 for large |x| (at |x| = 5 it keeps ~3 digits of 1.8e-4) and is 0 from |x| ~ 9.
+XTF_HD float sech2(float x) {
+  const float e = expf(-2.f * fabsf(x));
+  const float one_plus_e = 1.f + e;
+  return 4.f * e / (one_plus_e * one_plus_e);
+}
+
 XTF_HD TransformedLogit transform_logit(float raw, LogitTransform tr) {
-  if (tr.softcap > 0.f) {
-    const float t = tanhf(raw * (1.f / tr.softcap));
-    return {t * (tr.softcap * tr.inv_temperature), (1.f - t * t) * tr.inv_temperature};
+  if (tr.softcap) {
+    const float x = raw * tr.tanh_scale;
+    return {tanhf(x) * tr.out_scale, tr.slope_scale * sech2(x)};
   }
-  return {raw * tr.inv_temperature, tr.inv_temperature};
+  return {raw * tr.out_scale, tr.slope_scale};
 }
 
 // Online softmax statistics of a set of final logits, relative to their running maximum m:
@@ -101,19 +123,43 @@ XTF_HD float stats_lse(SoftmaxStats st) { return st.max + logf(st.sum_exp); }
 
 XTF_HD float stats_entropy(SoftmaxStats st) { return logf(st.sum_exp) - st.shifted / st.sum_exp; }
 
-// Coefficients of dL/dz_j = p_j (A + D z_j) + B [j == t] + C for one row.
+// The first index of the maximal final logit (torch.argmax's tie rule, NaN aside): a larger value wins,
+// an equal one keeps the smaller index, so any order of pushes and merges gives the same answer. Empty:
+// value -inf and the largest index, so it loses every merge; a row of -inf logits gets index 0.
+struct ArgMax {
+  float value;
+  int64_t index;
+};
+
+XTF_HD ArgMax empty_argmax() { return {-INFINITY, INT64_MAX}; }
+
+XTF_HD void push_argmax(ArgMax& a, float z, int64_t j) {
+  if (z > a.value || (z == a.value && j < a.index)) a = {z, j};
+}
+
+XTF_HD ArgMax merge_argmax(ArgMax a, ArgMax b) {
+  return (b.value > a.value || (b.value == a.value && b.index < a.index)) ? b : a;
+}
+
+// Coefficients of dL/dz_j = p_j (A + D (z_j - shift)) + B [j == t] + C w_j for one row: the formula above
+// with the entropy term taken relative to the normalizer's shift (A's g_entropy (lse - entropy) becomes
+// g_entropy (log_norm - entropy), log_norm = lse - shift), so at logits ~1e4 no two logit-sized numbers
+// are subtracted when the row's statistics are at hand. target_weight = w_t and weight_mean = S / V
+// (both 1 without class weights).
 struct RowGradCoefficients {
   float a, b, c, d;
 };
 
 XTF_HD RowGradCoefficients row_grad_coefficients(float g_loss, float g_logprob, float g_entropy, float g_lse, float lse,
-                                                 float entropy, float label_smoothing, float z_loss, int64_t vocab) {
+                                                 float log_norm, float entropy, float label_smoothing, float z_loss,
+                                                 int64_t vocab, float target_weight, float weight_mean) {
   RowGradCoefficients k;
-  k.a = g_lse + g_loss * (1.f + 2.f * z_loss * lse) - g_logprob;
+  const float nll_weight = (1.f - label_smoothing) * target_weight;
+  k.a = g_lse + g_loss * (nll_weight + label_smoothing * weight_mean + 2.f * z_loss * lse) - g_logprob;
   // entropy is only meaningful (and only read) when it has an upstream gradient.
-  if (g_entropy != 0.f) k.a += g_entropy * (lse - entropy);
+  if (g_entropy != 0.f) k.a += g_entropy * (log_norm - entropy);
   k.d = -g_entropy;
-  k.b = g_logprob - g_loss * (1.f - label_smoothing);
+  k.b = g_logprob - g_loss * nll_weight;
   k.c = -g_loss * label_smoothing / static_cast<float>(vocab);
   return k;
 }
@@ -124,18 +170,21 @@ XTF_HD RowGradCoefficients row_grad_coefficients(float g_loss, float g_logprob, 
 struct SoftmaxNormalizer {
   float shift;
   float scale;
+  float log_norm;  // lse - shift: log(sum_exp) from the statistics, 0 from a known lse
 };
 
-XTF_HD SoftmaxNormalizer normalizer_from_stats(SoftmaxStats st) { return {st.max, 1.f / st.sum_exp}; }
+XTF_HD SoftmaxNormalizer normalizer_from_stats(SoftmaxStats st) { return {st.max, 1.f / st.sum_exp, logf(st.sum_exp)}; }
 
-XTF_HD SoftmaxNormalizer normalizer_from_lse(float lse) { return {lse, 1.f}; }
+XTF_HD SoftmaxNormalizer normalizer_from_lse(float lse) { return {lse, 1.f, 0.f}; }
 
-// dL/dy for one raw logit y of a row.
-XTF_HD float raw_logit_grad(float raw, bool is_target, SoftmaxNormalizer norm, RowGradCoefficients k,
-                            LogitTransform tr) {
+// dL/dr for one raw logit r of a row; class_weight: w_j (1 without class weights).
+XTF_HD float raw_logit_grad(float raw, bool is_target, float class_weight, SoftmaxNormalizer norm,
+                            RowGradCoefficients k, LogitTransform tr) {
   const TransformedLogit z = transform_logit(raw, tr);
-  const float p = expf(z.value - norm.shift) * norm.scale;
-  float dz = p * (k.a + k.d * z.value) + k.c;
+  const float shifted = z.value - norm.shift;
+  const float p = expf(shifted) * norm.scale;
+  // A -inf logit has p = 0: its p D (z - shift) term is 0, not 0 * -inf = NaN.
+  float dz = p * (k.a + (p > 0.f ? k.d * shifted : 0.f)) + k.c * class_weight;
   if (is_target) dz += k.b;
   return dz * z.derivative;
 }

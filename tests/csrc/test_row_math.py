@@ -50,38 +50,53 @@ def _fmt(values) -> str:
     return " ".join(f"{float(v):.9g}" for v in values)
 
 
-def _row_command(y, target, softcap, inv_t, eps, z_loss, grads, command="row") -> str:
-    return f"{command} {y.numel()} {target} {_fmt([softcap, inv_t, eps, z_loss, *grads])} {_fmt(y.tolist())}"
+def _row_command(y, target, softcap, inv_t, eps, z_loss, grads, command="row", logit_scale=1.0,
+                 class_weights=None) -> str:
+    options = _fmt([softcap, inv_t, logit_scale, eps, z_loss, *grads])
+    weights = "0" if class_weights is None else f"1 {_fmt(class_weights.tolist())}"
+    return f"{command} {y.numel()} {target} {options} {weights} {_fmt(y.tolist())}"
 
 
-def _reference_row(y, target, softcap, inv_t, eps, z_loss, grads):
-    """(lse, entropy, mean logit, target logit, dL/dy, term scale) in float64 for L = the weighted sum of the
-    four row outputs; the term scale bounds the magnitudes fp32 adds up in the gradient (its error scale)."""
+def _reference_row(y, target, softcap, inv_t, eps, z_loss, grads, logit_scale=1.0, class_weights=None):
+    """(lse, entropy, mean logit, target logit, final logits z, dL/dy, term scale) in float64 for L = the weighted sum
+    of the four row outputs, the loss being torch's ``F.cross_entropy(weight=class_weights,
+    label_smoothing=eps)`` + z-loss; the term scale bounds the magnitudes fp32 adds up in the gradient (its
+    error scale). The mean logit is (1 / V) sum_j w_j z_j (w = 1 without class weights)."""
     g_loss, g_logprob, g_entropy, g_lse = grads
     y = y.double().clone().requires_grad_()
-    z = (softcap * torch.tanh(y / softcap) if softcap else y) * inv_t
+    z = y * logit_scale
+    z = (softcap * torch.tanh(z / softcap) if softcap else z) * inv_t
     lse = torch.logsumexp(z, 0)
     log_p = torch.log_softmax(z, 0)
     entropy = -(log_p.exp() * log_p).sum()
     t = torch.tensor([target])
-    loss = F.cross_entropy(z[None], t, label_smoothing=eps) + z_loss * lse**2
+    weight = None if class_weights is None else class_weights.double()
+    loss = F.cross_entropy(z[None], t, weight=weight, label_smoothing=eps, reduction="none")[0] + z_loss * lse**2
     total = g_loss * loss + g_logprob * log_p[target] + g_entropy * entropy + g_lse * lse
     (grad,) = torch.autograd.grad(total, y)
-    # The largest term fp32 adds up in dz = p (A + D z) + B [j == t] + C: the absolute error to expect.
-    largest_z = z.detach().abs().max().item()
-    terms = (abs(g_loss) * (1 + 2 * z_loss * abs(lse.item())) + abs(g_logprob) + abs(g_lse)
-             + abs(g_entropy) * (abs(lse.item()) + largest_z))
-    return lse.item(), entropy.item(), z.mean().item(), z[target].item(), grad, terms
+    # The largest term fp32 adds up in dz = p (A + D z) + B [j == t] + C w: the absolute error to expect.
+    largest_w = 1.0 if weight is None else weight.abs().max().item()
+    terms = (abs(g_loss) * largest_w * (1 + 2 * z_loss * abs(lse.item())) + abs(g_logprob) + abs(g_lse)
+             + abs(g_entropy) * (1 + abs(entropy.item())))
+    mean = (z if weight is None else z * weight).mean().item()
+    return lse.item(), entropy.item(), mean, z[target].item(), z.detach(), grad, terms
 
 
 def _check_row(out, ref, what):
-    lse, entropy, mean, target_logit, grad, terms = ref
+    lse, entropy, mean, target_logit, z, grad, terms = ref
     scale = max(1.0, abs(lse))
     assert out[0] == pytest.approx(lse, abs=2e-6 * scale), f"{what}: lse"
     assert out[1] == pytest.approx(entropy, abs=2e-5 * max(1.0, abs(entropy))), f"{what}: entropy"
     assert out[2] == pytest.approx(mean, abs=2e-6 * scale), f"{what}: mean logit"
     assert out[3] == pytest.approx(target_logit, abs=2e-6 * scale), f"{what}: target logit"
-    got = torch.tensor(out[4:], dtype=torch.float64)
+    # argmax over the float64 final logits z: a maximal logit up to fp32 rounding (softcap saturates distinct
+    # logits to one fp32 value), and float64's own argmax wherever fp32 separates it from the runner-up.
+    index, top = int(out[4]), z.max().item()
+    rounding = 4e-7 * abs(top) + 1e-30
+    assert z[index] >= top - rounding, f"{what}: argmax"
+    if z.numel() > 1 and top - z.topk(2).values[1].item() > 2 * rounding:
+        assert index == z.argmax().item(), f"{what}: argmax"
+    got = torch.tensor(out[5:], dtype=torch.float64)
     tol = 2e-5 * max(grad.abs().max().item(), 1e-3) + 1e-6 * terms  # 1e-6 terms: ~16 fp32 roundings
     torch.testing.assert_close(got, grad, atol=tol, rtol=2e-4, msg=lambda m: f"{what}: gradient\n{m}")
 
@@ -122,6 +137,21 @@ def test_extreme_logits_stay_finite_and_exact(row_math):
     _check_row(out, _reference_row(y, 2, **args), "extreme")
 
 
+def test_entropy_and_its_gradient_exact_at_large_logits(row_math):
+    """Logits 1e4 + O(1): the entropy (shifted sums) and its gradient (the entropy term relative to the row
+    maximum, p from max and sum) to fp32 rounding of O(1) values, where lse - z_j with an fp32 lse ~ 1e4 would
+    leave ~1e-3 in every element."""
+    gen = torch.Generator().manual_seed(6)
+    y = (1e4 + torch.randn(40, generator=gen) * 2).float()
+    args = dict(softcap=0.0, inv_t=1.0, eps=0.0, z_loss=0.0, grads=(0.0, 0.3, 1.0, 0.0))
+    (out,) = row_math([_row_command(y, 7, **args)])
+    lse, entropy, *_, grad, _ = _reference_row(y, 7, **args)
+    assert entropy > 1
+    assert out[1] == pytest.approx(entropy, abs=2e-6)
+    torch.testing.assert_close(torch.tensor(out[5:], dtype=torch.float64), grad, atol=2e-6 * grad.abs().max().item(),
+                               rtol=1e-4)
+
+
 def test_stats_merge_order_and_masked_entries(row_math):
     """Pushing one by one and merging slices agree; -inf entries drop out; NaN propagates."""
     rows = [
@@ -145,24 +175,62 @@ def test_stats_merge_order_and_masked_entries(row_math):
 
 
 def test_transform_and_its_derivative(row_math):
-    cases = [(3.0, 0.0, 1.0), (-2.5, 0.0, 1 / 0.7), (30.0, 10.0, 1.0), (-4.0, 5.0, 0.5), (1e4, 30.0, 1.0)]
+    """z and dz/dy within a few fp32 ulp of float64, with logit scale, at tiny and saturating softcap arguments
+    (1 - tanh^2 from 4 e / (1 + e)^2: exact where 1 - t * t would keep no digit)."""
+    cases = [(3.0, 0.0, 1.0, 1.0), (-2.5, 0.0, 1 / 0.7, 1.0), (30.0, 10.0, 1.0, 1.0), (-4.0, 5.0, 0.5, 1.0),
+             (1e4, 30.0, 1.0, 1.0), (1e-3, 30.0, 1.0, 1.0), (2.0, 0.0, 1 / 0.7, 0.0625), (7.0, 2.0, 1.0, 3.0),
+             (-150.0, 30.0, 1 / 0.9, 1.5)]
     outs = row_math([f"transform {_fmt(c)}" for c in cases])
-    for (y, softcap, inv_t), (z, dz, z_final) in zip(cases, outs):
+    for (y, softcap, inv_t, logit_scale), (z, dz, z_final) in zip(cases, outs):
         yt = torch.tensor(y, dtype=torch.float64, requires_grad=True)
-        ref = (softcap * torch.tanh(yt / softcap) if softcap else yt) * inv_t
+        scaled = yt * logit_scale
+        ref = (softcap * torch.tanh(scaled / softcap) if softcap else scaled) * inv_t
         (ref_dz,) = torch.autograd.grad(ref, yt)
-        assert z == pytest.approx(ref.item(), rel=1e-6, abs=1e-6)
+        assert z == pytest.approx(ref.item(), rel=5e-7, abs=1e-30), (y, softcap, inv_t, logit_scale)
         assert z_final == z
-        assert dz == pytest.approx(ref_dz.item(), rel=1e-5, abs=1e-7)
+        assert dz == pytest.approx(ref_dz.item(), rel=2e-6, abs=1e-30), (y, softcap, inv_t, logit_scale)
 
 
 def test_coefficients_follow_the_spec(row_math):
-    """A, B, C, D against the formula of xtf_kernels/ops/spec.py evaluated in float64."""
+    """A, B, C, D against the op contract's formula (class weights, entropy term relative to the shift)
+    evaluated in float64."""
     g_loss, g_logprob, g_entropy, g_lse, lse, entropy, eps, c, vocab = 0.8, -0.3, 0.6, 0.2, 4.5, 2.25, 0.1, 0.01, 50
-    (out,) = row_math([f"coef {_fmt([g_loss, g_logprob, g_entropy, g_lse, lse, entropy, eps, c])} {vocab}"])
-    a = g_lse + g_loss * (1 + 2 * c * lse) - g_logprob + g_entropy * (lse - entropy)
-    expected = [a, g_logprob - g_loss * (1 - eps), -g_loss * eps / vocab, -g_entropy]
-    assert out == pytest.approx(expected, rel=1e-6, abs=1e-7)
+    for log_norm, w_t, w_mean in ((0.0, 1.0, 1.0), (1.75, 1.0, 1.0), (0.0, 0.4, 1.3), (2.5, 0.0, 0.7)):
+        values = [g_loss, g_logprob, g_entropy, g_lse, lse, log_norm, entropy, eps, c, w_t, w_mean]
+        (out,) = row_math([f"coef {_fmt(values)} {vocab}"])
+        a = (g_lse + g_loss * ((1 - eps) * w_t + eps * w_mean + 2 * c * lse) - g_logprob
+             + g_entropy * (log_norm - entropy))
+        expected = [a, g_logprob - g_loss * (1 - eps) * w_t, -g_loss * eps / vocab, -g_entropy]
+        assert out == pytest.approx(expected, rel=1e-6, abs=1e-7)
+
+
+@pytest.mark.parametrize("command", ["row", "row_known_lse"])
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+def test_class_weights_match_torch(row_math, command, eps):
+    """Per-class weights (some 0, the target's among them in one row): torch's weighted, label-smoothed
+    cross-entropy, with logit scale, softcap and every upstream gradient."""
+    gen = torch.Generator().manual_seed(5)
+    lines, refs = [], []
+    for target in (0, 3, 40):
+        y = (torch.randn(61, generator=gen) * 3).float()
+        weights = (torch.rand(61, generator=gen) * 2).float()
+        weights[::6] = 0.0  # includes target 0
+        args = dict(softcap=15.0, inv_t=1 / 0.8, eps=eps, z_loss=1e-3, grads=(0.7, -0.4, 0.9, 0.25),
+                    logit_scale=0.5, class_weights=weights)
+        lines.append(_row_command(y, target, **args, command=command))
+        refs.append(_reference_row(y, target, **args))
+    for out, ref, target in zip(row_math(lines), refs, (0, 3, 40)):
+        _check_row(out, ref, f"{command} eps={eps} target={target}")
+
+
+def test_argmax_first_maximum(row_math):
+    """torch.argmax's tie rule whatever the push and merge order; a row of -inf gives 0."""
+    rows = [[1.0, 3.0, 3.0, 2.0], [5.0, 1.0, 1.0, 5.0, 5.0], [-1.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0],
+            [float("-inf")] * 5, [float("-inf"), 2.0, 7.0, 7.0, 7.0, 1.0, 7.0]]
+    outs = row_math([f"argmax {len(r)} {_fmt(r)}" for r in rows])
+    for values, (pushed, merged) in zip(rows, outs):
+        expected = torch.tensor(values, dtype=torch.float64).argmax().item()
+        assert pushed == merged == expected, values
 
 
 @settings(max_examples=40, deadline=None)

@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from xtf_kernels.ops._cuda.row_kernel import MIN_SLICE
+from xtf_kernels.ops._cuda.row_kernel import _merge_argmax
 from xtf_kernels.ops._cuda.row_kernel import row_pass
 from xtf_kernels.ops._cuda.row_kernel import vocab_splits
 from xtf_kernels.ops.spec import HeadSpec
@@ -49,6 +50,15 @@ def test_vocab_splits_bounds(rows, vocab, sms, cap):
     assert splits == 1 or vocab // splits >= MIN_SLICE
 
 
+def test_merge_argmax_takes_the_first_slice_holding_the_maximum():
+    """The driver's merge of per-slice argmaxes (slices in column order): ties go to the earlier slice."""
+    maxima = torch.tensor([[1.0, 3.0, 3.0], [2.0, 2.0, 2.0], [float("-inf")] * 3, [0.0, -1.0, 5.0]])
+    partials = torch.stack([maxima, *(torch.zeros_like(maxima),) * 3], -1)  # RowPartial: max first
+    slice_argmax = torch.tensor([[0, 11, 25], [3, 12, 20], [0, 10, 20], [4, 13, 29]])
+    assert _merge_argmax(partials, slice_argmax).tolist() == [11, 3, 0, 29]
+    assert _merge_argmax(partials[:, :1], slice_argmax[:, :1]).tolist() == [0, 3, 0, 4]  # one slice: no merge
+
+
 def test_rejects_cpu_and_wrong_dtype_logits():
     targets = torch.zeros(3, dtype=torch.int64)
     with pytest.raises(ValueError, match="z must be a CUDA tensor"):
@@ -66,31 +76,37 @@ def test_rejects_cpu_and_wrong_dtype_logits():
 ALL_GRADS = ("loss", "logprob", "entropy", "lse")
 
 
-def reference_rows(y, targets, spec: HeadSpec, grads: dict[str, torch.Tensor] | None):
+def reference_rows(y, targets, spec: HeadSpec, grads: dict[str, torch.Tensor] | None, class_weights=None):
     """float64 (lse, target logit, mean logit, entropy, dL/dy or None, term scale) for raw logits y (C, V).
 
-    The term scale is the largest magnitude fp32 adds up in dz = p (A + D z) + B [j == t] + C, so the
-    absolute error to expect of a gradient whose true value is small (e.g. exactly 0 at V = 1).
+    The term scale is the largest magnitude fp32 adds up in dz = p (A + D z) + B [j == t] + C w, so the
+    absolute error to expect of a gradient whose true value is small (e.g. exactly 0 at V = 1). With class
+    weights the loss is torch's ``F.cross_entropy(weight=...)`` and the mean logit (1 / V) sum w z.
     """
     y = y.detach().double().cpu().requires_grad_(grads is not None)
     t = targets.cpu()
-    z = (spec.softcap * torch.tanh(y / spec.softcap) if spec.softcap else y) * spec.inv_temperature
+    weight = None if class_weights is None else class_weights.double().cpu()
+    scaled = y * spec.logit_scale
+    z = (spec.softcap * torch.tanh(scaled / spec.softcap) if spec.softcap else scaled) * spec.inv_temperature
     lse = torch.logsumexp(z, 1)
     log_p = torch.log_softmax(z, 1)
     entropy = -(log_p.exp() * log_p).sum(1)
     target_logit = z.gather(1, t[:, None]).squeeze(1)
     grad, terms = None, 0.0
     if grads is not None:
-        loss = F.cross_entropy(z, t, reduction="none", label_smoothing=spec.label_smoothing) + spec.z_loss * lse**2
+        loss = F.cross_entropy(z, t, weight=weight, reduction="none", label_smoothing=spec.label_smoothing)
+        loss = loss + spec.z_loss * lse**2
         outputs = {"loss": loss, "logprob": target_logit - lse, "entropy": entropy, "lse": lse}
         total = sum((g.double().cpu() * outputs[name]).sum() for name, g in grads.items())
         (grad,) = torch.autograd.grad(total, y)
         size = {name: g.double().cpu().abs() for name, g in grads.items()}
         zero = torch.zeros_like(lse)
-        row_terms = (size.get("loss", zero) * (1 + 2 * spec.z_loss * lse.abs()) + size.get("logprob", zero)
-                     + size.get("lse", zero) + size.get("entropy", zero) * (lse.abs() + z.abs().amax(1)))
+        largest_w = 1.0 if weight is None else weight.abs().max().item()
+        row_terms = (size.get("loss", zero) * largest_w * (1 + 2 * spec.z_loss * lse.abs())
+                     + size.get("logprob", zero) + size.get("lse", zero) + size.get("entropy", zero) * (1 + entropy))
         terms = row_terms.max().item()
-    return lse.detach(), target_logit.detach(), z.mean(1).detach(), entropy.detach(), grad, terms
+    mean = (z if weight is None else z * weight).mean(1)
+    return lse.detach(), target_logit.detach(), mean.detach(), entropy.detach(), grad, terms
 
 
 def _close(actual, expected, what, *, atol=2e-5, rtol=2e-4, terms=0.0):
@@ -290,3 +306,71 @@ def test_rejects_bad_companions():
     with pytest.raises(ValueError, match="grad_out must be a float16 / bfloat16 tensor"):
         row_pass(z, torch.zeros(3, dtype=torch.int64, device="cuda"), HeadSpec(),
                  grads=RowGrads(loss=torch.ones(3, device="cuda")), grad_out=torch.empty(3, 5, device="cuda"))
+
+
+def _class_weights(vocab, seed=0):
+    gen = torch.Generator(device="cuda").manual_seed(seed + 3)
+    weights = torch.rand(vocab, generator=gen, device="cuda") * 1.75 + 0.25
+    weights[::7] = 0.0
+    return weights
+
+
+@gpu_test
+@pytest.mark.parametrize("rows,vocab", SHAPES)
+@pytest.mark.parametrize("known_lse", [False, True])
+def test_logit_scale_class_weights_and_argmax(rows, vocab, known_lse):
+    """Every new option at once (logit scale, class weights with label smoothing, argmax) with every upstream
+    gradient, on split rows too; the recomputing backward given the forward's lse."""
+    spec = SPECS["all"]._replace(logit_scale=0.37)
+    z = _logits(rows, vocab, seed=11)
+    targets = _targets(rows, vocab, seed=11)
+    targets[0] = 0  # a target whose class weight is 0
+    weights = _class_weights(vocab, seed=11)
+    grads = _row_grads(rows, ALL_GRADS, seed=11)
+    ref = reference_rows(z, targets, spec, grads, weights)
+    raw = z.clone()
+    known = dict(lse=ref[0].float().cuda(), entropy=ref[3].float().cuda()) if known_lse else {}
+    lse, target_logit, mean, entropy, grad, argmax = row_pass(
+        z, targets, spec, want_entropy=True, want_mean_logit=True, grads=RowGrads(**grads), want_argmax=True,
+        class_weights=weights, **known,
+    )
+    for name, got, expected in zip(("lse", "target", "mean", "entropy"), (lse, target_logit, mean, entropy), ref[:4]):
+        _close(got, expected, f"{name} {rows}x{vocab}")
+    _close(grad, ref[4], f"dL/dy {rows}x{vocab}", terms=ref[5])
+    scaled = raw.double() * spec.logit_scale
+    final = spec.softcap * torch.tanh(scaled / spec.softcap) * spec.inv_temperature
+    assert torch.equal(argmax, final.argmax(1))
+
+
+@gpu_test
+def test_argmax_ties_across_vocabulary_slices():
+    """Equal maxima in different slices of a split row (3 rows over 70001 logits: several slices each)."""
+    z = _logits(3, 70001, seed=12)
+    z[0, [5, 40000]] = 100.0
+    z[1, [69999, 70000]] = 100.0
+    z[2] = float("-inf")
+    targets = torch.zeros(3, dtype=torch.int64, device="cuda")
+    *_, argmax = row_pass(z, targets, HeadSpec(), want_argmax=True)
+    assert argmax.tolist() == [5, 69999, 0]
+
+
+@gpu_test
+def test_entropy_exact_at_large_logits():
+    """Logits 1e4 + O(1): entropy and its gradient to O(1) fp32 rounding (shifted sums, p from max and sum)."""
+    z = 1e4 + _logits(8, 5000, scale=2.0, seed=13)
+    targets = _targets(8, 5000, seed=13)
+    grads = _row_grads(8, ("loss", "entropy"), seed=13)
+    ref = reference_rows(z, targets, HeadSpec(), grads)
+    *_, entropy, grad = row_pass(z, targets, HeadSpec(), want_entropy=True, grads=RowGrads(**grads))
+    _close(entropy, ref[3], "entropy", atol=2e-6, rtol=2e-6)
+    _close(grad, ref[4], "dL/dy", terms=ref[5])
+
+
+@gpu_test
+def test_rejects_bad_class_weights():
+    z = _logits(3, 5)
+    targets = torch.zeros(3, dtype=torch.int64, device="cuda")
+    with pytest.raises(ValueError, match=r"class_weights must have shape \(5,\)"):
+        row_pass(z, targets, HeadSpec(), class_weights=torch.ones(4, device="cuda"))
+    with pytest.raises(TypeError, match="class_weights must be torch.float32"):
+        row_pass(z, targets, HeadSpec(), class_weights=torch.ones(5, dtype=torch.float64, device="cuda"))

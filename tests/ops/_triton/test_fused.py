@@ -14,15 +14,23 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from tests.helpers import assert_close
+from tests.ops._triton.head_reference import random_class_weights
 from tests.ops._triton.head_reference import random_head
 from tests.ops._triton.head_reference import random_row_grads
 from tests.ops._triton.head_reference import reference_head_pass
 from xtf_kernels.ops.spec import HeadSpec
 from xtf_kernels.ops.spec import RowGrads
 
-ALL_OPTIONS = HeadSpec(softcap=2.5, inv_temperature=1 / 0.7, label_smoothing=0.1, z_loss=1e-2)
+ALL_OPTIONS = HeadSpec(softcap=2.5, inv_temperature=1 / 0.7, label_smoothing=0.1, z_loss=1e-2, logit_scale=0.8)
 STAT_NAMES = ("lse", "target_logit", "mean_logit", "entropy")
 GRAD_NAMES = ("grad_hidden", "grad_weight", "grad_bias")
+
+
+@pytest.fixture(scope="module")
+def fused_statistics(triton_interpret):
+    from xtf_kernels.ops._triton.fused_forward import fused_statistics
+
+    return fused_statistics
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +194,70 @@ def test_random_problems_fused_equals_chunked_and_reference(fused, rows, hidden_
     chunked_result = chunked_head_pass(ROW_KERNEL, hidden, weight, bias_t, targets, spec, chunk_size=7, **options)
     _compare(fused_result, expected, torch.float32)
     _compare(chunked_result, expected, torch.float32)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_class_weights_and_argmax_with_every_option(fused, dtype):
+    """Per-class weights (torch's weighted, label-smoothed cross-entropy) and the argmax, with every other option
+    and every upstream gradient, odd shapes crossing tiles, K steps, H slices and vocabulary splits."""
+    hidden, weight, bias, targets = random_head(13, 31, 123, dtype, bias=True, seed=6)
+    class_weights = random_class_weights(123)
+    targets[0] = 0  # a target whose class weight is 0
+    grads = random_row_grads(13)
+    expected = reference_head_pass(hidden, weight, bias, targets, ALL_OPTIONS, grads, class_weights)
+    result = fused(hidden, weight, bias, targets, ALL_OPTIONS, want_entropy=True, want_mean_logit=True, grads=grads,
+                   need_grad_hidden=True, need_grad_weight=True, need_grad_bias=True, want_argmax=True,
+                   class_weights=class_weights)
+    _compare(result, expected, dtype)
+    assert result.argmax.dtype == torch.int64
+    assert torch.equal(result.argmax, expected.argmax)
+
+
+@pytest.mark.interpret
+def test_argmax_ties_across_vocabulary_splits(fused_statistics):
+    """Equal maxima in different vocabulary ranges (32 columns each here) and tiles: the first index wins."""
+    hidden, weight, bias, targets = random_head(13, 31, 123, torch.float32, bias=True, seed=7)
+    bias[[5, 100]] = 1e3
+    bias[[40, 41]] = 2e3  # a tie inside one tile, above the tie across ranges
+    hidden.zero_()  # logits = bias exactly
+    bias_rows = bias.clone()
+    bias_rows[[40, 41]] = 0.0
+    for head_bias, first in ((bias, 40), (bias_rows, 5)):
+        stats = fused_statistics(hidden, weight, head_bias, targets, HeadSpec(), want_argmax=True)
+        assert stats.argmax.tolist() == [first] * 13
+
+
+@pytest.mark.interpret
+def test_entropy_exact_at_large_logits(fused):
+    """Logits 1e4 + O(1), every one exact in fp32 (integer hidden and weight, bias on a 1/8 grid), so float64
+    on the same inputs is the exact answer: the shifted sums keep the entropy to O(1) rounding, where an
+    unshifted sum p z ~ 1e4 minus lse ~ 1e4 would lose ~1e-3. (The fused backward is given the fp32 lse,
+    whose rounding, ~6e-4 at 1e4, every p = exp(z - lse) carries: its gradients are not compared here.)"""
+    gen = torch.Generator().manual_seed(8)
+    hidden = torch.randint(-2, 3, (13, 31), generator=gen).float()
+    weight = torch.randint(-1, 2, (123, 31), generator=gen).float() * 0.25
+    bias = 1e4 + torch.randint(-16, 17, (123,), generator=gen).float() / 8
+    targets = torch.randint(0, 123, (13,), generator=gen)
+    expected = reference_head_pass(hidden, weight, bias, targets, HeadSpec())
+    result = fused(hidden, weight, bias, targets, HeadSpec(), want_entropy=True)
+    assert (expected.entropy > 1).all()
+    torch.testing.assert_close(result.entropy.double(), expected.entropy, atol=2e-6, rtol=2e-6)
+    torch.testing.assert_close(result.lse.double(), expected.lse, atol=0, rtol=2e-7)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("spec", [HeadSpec(logit_scale=0.0625), HeadSpec(softcap=3.0, logit_scale=2.5),
+                                  HeadSpec(inv_temperature=1 / 0.7, logit_scale=7.0)], ids=str)
+def test_logit_scale(fused, spec):
+    """A head that multiplies its logits by a constant (Cohere, Granite), alone and with softcap / temperature,
+    through the forward, the recomputing backward and the target-logit-only kernel."""
+    hidden, weight, bias, targets = random_head(13, 31, 123, torch.float32, bias=True, seed=9)
+    grads = random_row_grads(13, ("loss", "logprob", "entropy"))
+    expected = reference_head_pass(hidden, weight, bias, targets, spec, grads)
+    result = fused(hidden, weight, bias, targets, spec, want_entropy=True, grads=grads, need_grad_hidden=True,
+                   need_grad_weight=True, need_grad_bias=True)
+    _compare(result, expected, torch.float32)
+    recompute = fused(hidden, weight, bias, targets, spec, grads=grads, lse=result.lse, entropy=result.entropy,
+                      need_grad_hidden=True)
+    _compare(recompute, expected, torch.float32)

@@ -35,8 +35,9 @@ def _reference_delta(base, ref, targets, spec):
 @pytest.mark.parametrize("path", ["fused", "chunked"])
 @pytest.mark.parametrize("dtypes", [(torch.float32, torch.float32), (torch.float16, torch.float16),
                                     (torch.float16, torch.float32)], ids=["fp32", "fp16", "fp16-vs-fp32"])
-@pytest.mark.parametrize("spec", [HeadSpec(), HeadSpec(softcap=2.5, inv_temperature=1 / 0.7)],
-                         ids=["plain", "softcap+temperature"])
+@pytest.mark.parametrize("spec", [HeadSpec(), HeadSpec(softcap=2.5, inv_temperature=1 / 0.7),
+                                  HeadSpec(softcap=2.5, inv_temperature=1 / 0.7, logit_scale=3.0)],
+                         ids=["plain", "softcap+temperature", "softcap+temperature+logit_scale"])
 def test_matches_reference(delta_paths, path, dtypes, spec):
     """Heads with different H (31 and 20) and a bias on one side only, V = 123."""
     *base, targets = random_head(13, 31, 123, dtypes[0], bias=True, seed=1)

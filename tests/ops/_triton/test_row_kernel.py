@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from tests.helpers import assert_close
+from tests.ops._triton.head_reference import final_logits
 from tests.ops._triton.head_reference import objective
+from tests.ops._triton.head_reference import random_class_weights
 from tests.ops._triton.head_reference import random_row_grads
 from tests.ops._triton.head_reference import row_statistics
 from xtf_kernels.ops.spec import HeadSpec
@@ -24,7 +26,9 @@ SPECS = {
     "softcap": HeadSpec(softcap=2.5),
     "temperature": HeadSpec(inv_temperature=1 / 0.7),
     "smoothing+z_loss": HeadSpec(label_smoothing=0.1, z_loss=1e-2),
-    "all": HeadSpec(softcap=2.5, inv_temperature=1 / 0.7, label_smoothing=0.1, z_loss=1e-2),
+    "logit_scale": HeadSpec(logit_scale=0.125),
+    "softcap+logit_scale": HeadSpec(softcap=2.5, logit_scale=4.0),
+    "all": HeadSpec(softcap=2.5, inv_temperature=1 / 0.7, label_smoothing=0.1, z_loss=1e-2, logit_scale=0.8),
 }
 
 
@@ -35,14 +39,14 @@ def row_pass(triton_interpret):
     return row_pass
 
 
-def _reference(raw, targets, spec, grads):
+def _reference(raw, targets, spec, grads, class_weights=None):
     """(lse, target_logit, mean_logit, entropy, grad wrt raw logits) in float64."""
     raw64 = raw.double().requires_grad_()
-    z = (spec.softcap * torch.tanh(raw64 / spec.softcap) if spec.softcap else raw64) * spec.inv_temperature
-    stats = row_statistics(z, targets)
+    z = final_logits(raw64, spec)
+    stats = row_statistics(z, targets, class_weights)
     grad = None
     if grads is not None:
-        (grad,) = torch.autograd.grad(objective(stats, grads, spec), raw64)
+        (grad,) = torch.autograd.grad(objective(stats, grads, spec, z, targets, class_weights), raw64)
     return (*(s.detach() for s in stats), grad)
 
 
@@ -155,6 +159,99 @@ def test_extreme_logits_stay_finite(row_pass):
         assert torch.isfinite(got).all()
     assert_close(lse, expected[0])
     assert_close(grad, expected[4], grad=True)
-    # entropy = lse - sum p z cancels logits of size 1e4: fp32 leaves an error of a few ulp of the logits.
-    logit_scale = expected[0].abs().max().item()
-    torch.testing.assert_close(entropy.double(), expected[3], atol=4 * 2**-24 * logit_scale, rtol=0)
+    torch.testing.assert_close(entropy.double(), expected[3], atol=1e-6, rtol=0)
+
+
+def test_entropy_exact_at_large_logits(row_pass):
+    """Logits of 1e4 + O(1): the entropy (O(1)) comes from sums shifted by the row maximum, so it is exact to
+    fp32 rounding of O(1) values, not of 1e4 (an unshifted sum p z ~ 1e4 minus lse ~ 1e4 loses ~1e-3); the
+    gradient takes p and the entropy term from the same shifted sums, so it is exact too."""
+    gen = torch.Generator().manual_seed(9)
+    raw = 1e4 + torch.randn(7, 150, generator=gen) * 2
+    targets = torch.randint(0, 150, (7,), generator=gen)
+    grads = RowGrads(loss=torch.ones(7), entropy=torch.ones(7))
+    lse, target_logit, _, entropy, want = _reference(raw, targets, HeadSpec(), grads)
+    got_lse, _, _, got_entropy, grad = row_pass(raw.clone(), targets, HeadSpec(), want_entropy=True, grads=grads)
+    assert (entropy > 1).all()
+    torch.testing.assert_close(got_entropy.double(), entropy, atol=2e-6, rtol=2e-6)
+    torch.testing.assert_close(got_lse.double(), lse, atol=0, rtol=2e-7)
+    assert_close(grad, want, grad=True)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 0.1, 3.0, 60.0])
+def test_softcap_exact_to_fp32_rounding(row_pass, scale):
+    """Gemma-2's softcap (s = 30) over raw logits from 1e-3 to 60: final logits and gradients within a few fp32
+    ulp of float64 (Liger's fp32 tolerance, rtol 1e-6). tanh as (1 - e) / (1 + e) alone missed it by 30x at
+    |y / s| ~ 1e-4, and 1 - tanh^2 as 1 - t * t loses its digits for large |y / s|."""
+    spec = HeadSpec(softcap=30.0)
+    gen = torch.Generator().manual_seed(10)
+    raw = torch.randn(6, 100, generator=gen) * scale
+    targets = torch.randint(0, 100, (6,), generator=gen)
+    grads = RowGrads(loss=torch.ones(6))
+    lse, target_logit, mean_logit, _, want = _reference(raw, targets, spec, grads)
+    got_lse, got_target, got_mean, _, grad = row_pass(raw.clone(), targets, spec, want_mean_logit=True, grads=grads)
+    torch.testing.assert_close(got_target.double(), target_logit, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(got_mean.double(), mean_logit, rtol=1e-6, atol=1e-7 * scale)
+    torch.testing.assert_close(got_lse.double(), lse, rtol=1e-6, atol=0)
+    torch.testing.assert_close(grad.double(), want, rtol=1e-6, atol=1e-8)
+
+
+def test_slope_exact_where_tanh_saturates(row_pass):
+    """|y / s| from 4 to 12: 1 - tanh^2 from 1.3e-3 down to 1.5e-10, relative error of a few ulp (1 - t * t
+    would keep 1-4 digits there, or round to 0)."""
+    spec = HeadSpec(softcap=1.0)
+    raw = torch.linspace(4.0, 12.0, 60).repeat(2, 1)
+    raw[1] = -raw[1]
+    targets = torch.tensor([0, 59])
+    grads = RowGrads(logprob=torch.ones(2))
+    *_, want = _reference(raw, targets, spec, grads)
+    *_, grad = row_pass(raw.clone(), targets, spec, grads=grads)
+    torch.testing.assert_close(grad.double(), want, rtol=2e-6, atol=0)
+
+
+@pytest.mark.parametrize("spec_name", ["plain", "all"])
+def test_class_weights_match_torch_semantics(row_pass, spec_name):
+    """Per-class weights: mean logit (1 / V) sum cw z and the gradient of torch's weighted, label-smoothed
+    cross-entropy (plus z-loss), with every other upstream gradient at once."""
+    spec = SPECS[spec_name]._replace(label_smoothing=0.15)
+    raw, targets = _raw_logits(13, 123, seed=11)
+    class_weights = random_class_weights(123)
+    targets[0] = 0  # a target whose class weight is 0
+    grads = random_row_grads(13)
+    expected = _reference(raw, targets, spec, grads, class_weights)
+    lse, target_logit, mean_logit, entropy, grad = row_pass(
+        raw.clone(), targets, spec, want_entropy=True, want_mean_logit=True, grads=grads,
+        class_weights=class_weights,
+    )
+    for name, got, want in zip(("lse", "target_logit", "mean_logit", "entropy"),
+                               (lse, target_logit, mean_logit, entropy), expected):
+        assert_close(got, want, msg=name)
+    assert_close(grad, expected[4], grad=True, msg="grad")
+
+
+def test_class_weights_in_the_recomputing_backward(row_pass):
+    spec = SPECS["all"]
+    raw, targets = _raw_logits(9, 130, seed=12)
+    class_weights = random_class_weights(130, seed=4)
+    grads = random_row_grads(9, ("loss",))
+    lse, *_, want = _reference(raw, targets, spec, grads, class_weights)
+    *_, grad = row_pass(raw.clone(), targets, spec, grads=grads, lse=lse.float(), class_weights=class_weights)
+    assert_close(grad, want, grad=True)
+
+
+def test_argmax_first_maximum(row_pass):
+    """The first index of the maximal final logit, torch.argmax's tie rule, across the kernel's column blocks
+    (64 under the interpreter): ties inside a block, across blocks, after softcap; all -inf -> 0."""
+    raw, targets = _raw_logits(5, 150, seed=13)
+    raw[0, [3, 70]] = 50.0  # tie across blocks
+    raw[1, [100, 101]] = 50.0  # tie inside a block
+    raw[2, 149] = 50.0  # the last column
+    raw[3] = float("-inf")
+    raw[4, [20, 140]] = 1e4  # distinct raw values that softcap saturates to the same fp32 logit
+    targets[3] = 0
+    spec = HeadSpec(softcap=2.0, inv_temperature=1 / 0.7)
+    *_, argmax = row_pass(raw.clone(), targets, spec, want_argmax=True)
+    assert argmax.dtype == torch.int64
+    assert argmax.tolist() == [3, 100, 149, 0, 20]
+    z = final_logits(raw.double(), spec)
+    assert torch.equal(argmax[:3], z[:3].argmax(-1))

@@ -153,6 +153,12 @@ def test_head_pass_kernels_compile_for_sm90(launches, monkeypatch, path, dtype):
     backend.head_pass(hidden, weight, bias, targets, logprob_spec, want_entropy=True)
     backend.head_pass(hidden, weight, bias, targets, logprob_spec, grads=RowGrads(None, *(_meta_rows(rows),) * 3),
                       lse=_meta_rows(rows), entropy=_meta_rows(rows), **every)
+    # Every option of the op contract at once: logit scale, class weights, argmax (token accuracy).
+    every_spec = HeadSpec(softcap=30.0, label_smoothing=0.1, z_loss=1e-4, logit_scale=0.5)
+    class_weights = torch.empty(weight.shape[0], device="meta")
+    backend.head_pass(hidden, weight, bias, targets, every_spec, want_mean_logit=True, want_argmax=True,
+                      class_weights=class_weights, grads=grads, **every)
+    backend.head_pass(hidden, weight, bias, targets, logprob_spec, want_entropy=True, want_argmax=True)
     # Plain cross-entropy without bias (the common case).
     backend.head_pass(hidden, weight, None, targets, HeadSpec(), grads=grads, need_grad_hidden=True,
                       need_grad_weight=True)

@@ -25,6 +25,8 @@ from .row_kernel import sm_count
 from .row_kernel import vocab_splits
 
 ROW_KERNEL = RowKernel(run=row_pass, extra_buffers=extra_row_buffers, writes_half_grad=True)
+# What the op contract's options this backend implements: see xtf_kernels/ops/registry.py.
+features = frozenset({"logit_scale", "class_weights", "argmax"})
 
 
 def head_pass(hidden, weight, bias, targets, spec: HeadSpec, **kwargs) -> HeadPassResult:
@@ -76,8 +78,9 @@ def influence_delta(base, ref, targets: torch.Tensor, spec: HeadSpec, chunk_size
                 module.row_stats(
                     logits=z.data_ptr(), rows=n, vocab=vocab, row_stride=z.stride(0),
                     targets=targets[start:stop].data_ptr(), softcap=float(spec.softcap),
-                    inv_temperature=float(spec.inv_temperature), splits=splits, partials=partials.data_ptr(),
-                    target_logit=target_logit.data_ptr(), **launch,
+                    inv_temperature=float(spec.inv_temperature), logit_scale=float(spec.logit_scale),
+                    class_weights=0, splits=splits, partials=partials.data_ptr(),
+                    target_logit=target_logit.data_ptr(), partial_argmax=0, **launch,
                 )
                 stats[name] = (partials, target_logit)
             module.row_delta(

@@ -73,7 +73,6 @@ def fused_head_pass(
             need_grad_hidden=need_grad_hidden, need_grad_weight=need_grad_weight, need_grad_bias=need_grad_bias,
             class_weights=class_weights, config=config,
         )
-    result = HeadPassResult(
-        lse, target_logit, mean_logit, entropy if want_entropy else None, grad_hidden, grad_weight, grad_bias
+    return HeadPassResult(
+        lse, target_logit, mean_logit, entropy if want_entropy else None, grad_hidden, grad_weight, grad_bias, argmax
     )
-    return result._replace(argmax=argmax) if want_argmax else result

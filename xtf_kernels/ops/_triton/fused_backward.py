@@ -71,7 +71,7 @@ def _row_block_coefficients(
         target_weight = tl.load(CLASS_WEIGHTS + targets, mask=row_mask, other=0.0)
         weight_mean = tl.load(CLASS_WEIGHT_SUM) / vocab
     coef_a, coef_b, coef_c, coef_d = grad_coefficients(
-        rows, row_mask, lse, entropy, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, z_loss, label_smoothing, vocab,
+        rows, row_mask, lse, 0.0, entropy, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, z_loss, label_smoothing, vocab,
         target_weight, weight_mean, HAS_G_LOSS, HAS_G_LOGPROB, HAS_G_ENTROPY, HAS_G_LSE, HAS_CLASS_WEIGHTS,
     )
     return targets, lse, coef_a, coef_b, coef_c, coef_d

@@ -73,7 +73,7 @@ def _statistics_kernel(
         if WANT_MEAN:
             if HAS_CLASS_WEIGHTS:
                 w = tl.load(CLASS_WEIGHTS + cols, mask=col_mask, other=0.0)
-                run_total += tl.sum(tl.where(col_mask[None, :], w[None, :] * z, 0.0), 1)
+                run_total += tl.sum(w[None, :] * tl.where(col_mask[None, :], z, 0.0), 1)  # w = 0 on padding
             else:
                 run_total += tl.sum(tl.where(col_mask[None, :], z, 0.0), 1)
         target_logit += tl.sum(tl.where(cols[None, :] == targets[:, None], z, 0.0), 1)
@@ -201,7 +201,13 @@ def fused_statistics(
     """
     rows, hdim = hidden.shape
     vocab = weight.shape[0]
-    config = config or fused_config(hidden.dtype).forward
+    if config is None:
+        config = fused_config(hidden.dtype).forward
+        if want_argmax and (want_mean_logit or want_entropy) and config.block_n > 64:
+            # The argmax's running index beside a second row sum: compiled for sm_90, the 16-bit 128 x 128
+            # tiles spill (8 bytes at 255 registers with mean logit, class weights, softcap and bias); 128 x 64
+            # tiles do not. Only calls asking for the argmax pay the narrower tile.
+            config = config._replace(block_n=64)
     transform = logit_transform(spec)
     split = vocab_split(rows, vocab, config.block_m, config.block_n, hidden.device,
                         waves=_FORWARD_WAVES, max_splits=_FORWARD_MAX_SPLITS)

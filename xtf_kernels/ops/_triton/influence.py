@@ -13,7 +13,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..chunking import memory_budget_bytes
 from ..chunking import resolve_chunk_size
+from ..engine import _Fp32WeightBlocks
 from ..engine import _logits_into
 from ..spec import HeadSpec
 from .config import TileConfig
@@ -174,10 +176,17 @@ def chunked_influence_delta(base, ref, targets: torch.Tensor, spec: HeadSpec, ch
     delta = torch.empty(rows, dtype=torch.float32, device=device)
     config = row_config(vocab)
     transform = logit_transform(spec)
+    # 16-bit weights on the CPU (the interpreter) go through fp32 blocks, as in the chunked head pass: the
+    # CPU has no 16-bit GEMM with an fp32 output (see xtf_kernels/ops/engine.py).
+    upcasts = [
+        _Fp32WeightBlocks(weight, memory_budget_bytes(device)) if weight.dtype != torch.float32 and not weight.is_cuda
+        else None
+        for weight in (base_weight, ref_weight)
+    ]
     for start in range(0, rows, chunk):
         stop = min(start + chunk, rows)
-        base_z = _logits_into(buffers[0, : stop - start], base_hidden[start:stop], base_weight, base_bias)
-        ref_z = _logits_into(buffers[1, : stop - start], ref_hidden[start:stop], ref_weight, ref_bias)
+        base_z = _logits_into(buffers[0, : stop - start], base_hidden[start:stop], base_weight, base_bias, upcasts[0])
+        ref_z = _logits_into(buffers[1, : stop - start], ref_hidden[start:stop], ref_weight, ref_bias, upcasts[1])
         _delta_row_kernel[(stop - start,)](
             base_z, ref_z, vocab, targets[start:stop], delta[start:stop], vocab, *transform[:2],
             HAS_SOFTCAP=transform.has_softcap, BLOCK_V=config.block_v,

@@ -24,6 +24,7 @@ from ..spec import RowGrads
 from .config import row_config
 from .row_math import final_logits
 from .row_math import final_logits_and_slope
+from .row_math import finite_or_zero
 from .row_math import grad_coefficients
 from .row_math import logit_transform
 from .row_math import online_softmax_update
@@ -67,7 +68,7 @@ def _row_kernel(
             if WANT_MEAN:
                 if HAS_CLASS_WEIGHTS:
                     w = tl.load(CLASS_WEIGHTS + offs, mask=mask, other=0.0)
-                    run_total += tl.sum(tl.where(mask, w * z, 0.0), 0)
+                    run_total += tl.sum(w * tl.where(mask, z, 0.0), 0)  # w = 0 on padding
                 else:
                     run_total += tl.sum(tl.where(mask, z, 0.0), 0)
             run_max, run_sum, run_shifted = online_softmax_update(z, run_max, run_sum, run_shifted, 0, ENTROPY_STAT)
@@ -98,8 +99,17 @@ def _row_kernel(
         if HAS_CLASS_WEIGHTS:
             target_weight = tl.load(CLASS_WEIGHTS + target)
             weight_mean = tl.load(CLASS_WEIGHT_SUM) / vocab
+        if STATS_PASS:
+            # p from the row's own max and sum: exact at any logit size (see row_math.raw_logit_grad)
+            shift = finite_or_zero(run_max)
+            scale = 1.0 / run_sum
+            log_norm = tl.log(run_sum)
+        else:
+            shift = lse
+            scale = 1.0
+            log_norm = 0.0
         coef_a, coef_b, coef_c, coef_d = grad_coefficients(
-            row, True, lse, entropy, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, z_loss, label_smoothing, vocab,
+            row, True, lse, log_norm, entropy, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, z_loss, label_smoothing, vocab,
             target_weight, weight_mean, HAS_G_LOSS, HAS_G_LOGPROB, HAS_G_ENTROPY, HAS_G_LSE, HAS_CLASS_WEIGHTS,
         )
         if WRITE_F32:
@@ -117,7 +127,8 @@ def _row_kernel(
             col_c = coef_c
             if HAS_CLASS_WEIGHTS:
                 col_c = coef_c * tl.load(CLASS_WEIGHTS + offs, mask=mask, other=0.0)
-            grad = raw_logit_grad(z, slope, lse, offs == target, coef_a, coef_b, col_c, coef_d, HAS_G_ENTROPY)
+            grad = raw_logit_grad(z, slope, shift, scale, offs == target, coef_a, coef_b, col_c, coef_d,
+                                  HAS_G_ENTROPY)
             # Each element is loaded and stored through the same offsets tensor and `grad` is elementwise in
             # `raw`, so the load and the store share one layout: a thread overwrites only what it read.
             if WRITE_F32:

@@ -40,7 +40,7 @@ class LogitTransform(NamedTuple):
 def logit_transform(spec) -> LogitTransform:
     """The constants of ``spec`` (a :class:`~xtf_kernels.ops.spec.HeadSpec`), each formed in float64 and
     rounded to fp32 once when passed to a kernel."""
-    scale = float(getattr(spec, "logit_scale", 1.0))
+    scale = float(spec.logit_scale)
     slope = scale * float(spec.inv_temperature)
     if spec.softcap > 0:
         return LogitTransform(scale / spec.softcap, spec.softcap * float(spec.inv_temperature), slope, True)
@@ -136,13 +136,17 @@ def online_softmax_update(z, run_max, run_sum, run_shifted, axis: tl.constexpr, 
 
 @triton.jit
 def grad_coefficients(
-    rows, row_mask, lse, entropy, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, z_loss, label_smoothing, vocab,
+    rows, row_mask, lse, log_norm, entropy, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, z_loss, label_smoothing, vocab,
     target_weight, weight_mean,
     HAS_G_LOSS: tl.constexpr, HAS_G_LOGPROB: tl.constexpr, HAS_G_ENTROPY: tl.constexpr, HAS_G_LSE: tl.constexpr,
     HAS_CLASS_WEIGHTS: tl.constexpr,
 ):
-    """A, B, C, D of ``dz_j = p_j (A + D z_j) + B [j == t] + C w_j`` for ``rows`` (fp32, shaped like ``lse``).
+    """A, B, C, D of ``dz_j = p_j (A + D (z_j - shift)) + B [j == t] + C w_j`` for ``rows`` (fp32, shaped like
+    ``lse``), the spec's formula with the entropy term taken relative to the shift of :func:`raw_logit_grad`.
 
+    log_norm: lse - shift (log of the row's sum of exp(z - max) when the row's statistics are at hand, so
+    the entropy gradient's lse - entropy - z_j = log_norm - entropy - (z_j - shift) never subtracts two
+    logit-sized numbers; 0 when shift = lse).
     G_*: (M,) fp32 upstream gradients of loss / logprob / entropy / lse (read only when HAS_G_*).
     target_weight: cw[t] per row and weight_mean: (1 / V) sum_j cw_j (read only with HAS_CLASS_WEIGHTS;
     without class weights w_j = 1 and A's loss term is g_loss (1 + 2 c lse), exactly as before).
@@ -170,18 +174,24 @@ def grad_coefficients(
         coef_b += g_logprob
     if HAS_G_ENTROPY:
         g_entropy = tl.load(G_ENTROPY + rows, mask=row_mask, other=0.0)
-        coef_a += g_entropy * (lse - entropy)
+        coef_a += g_entropy * (log_norm - entropy)
         coef_d = -g_entropy
     return coef_a, coef_b, coef_c, coef_d
 
 
 @triton.jit
-def raw_logit_grad(z, slope, lse, is_target, coef_a, coef_b, coef_c, coef_d, HAS_G_ENTROPY: tl.constexpr):
+def raw_logit_grad(z, slope, shift, scale, is_target, coef_a, coef_b, coef_c, coef_d, HAS_G_ENTROPY: tl.constexpr):
     """d loss / d y for raw logits y given final logits z, their slope dz/dy and the row coefficients
-    (``coef_c`` already multiplied by the column's class weight when there are class weights)."""
-    p = tl.exp(z - lse)
+    (``coef_c`` already multiplied by the column's class weight when there are class weights).
+
+    p = exp(z - shift) * scale: from the row's statistics shift = max, scale = 1 / sum exp(z - max), so
+    z - shift is exact; from a known log-sum-exp shift = lse, scale = 1, and every p carries lse's fp32
+    rounding (~|lse| 6e-8 relative: 6e-4 at logits ~1e4). csrc/xtf_row_math.h's SoftmaxNormalizer is the same.
+    """
+    shifted = z - shift
+    p = tl.exp(shifted) * scale
     if HAS_G_ENTROPY:
-        dz = p * (coef_a + coef_d * logit_where_probable(p, z))
+        dz = p * (coef_a + coef_d * logit_where_probable(p, shifted))
     else:
         dz = p * coef_a
     dz = dz + coef_c + tl.where(is_target, coef_b, 0.0)

@@ -62,7 +62,7 @@ def grad_tile(
     if HAS_CLASS_WEIGHTS:
         col_c = col_c * tl.load(CLASS_WEIGHTS + cols, mask=col_mask, other=0.0)[None, :]
     grad = raw_logit_grad(
-        z, slope, lse[:, None], cols[None, :] == targets[:, None], coef_a[:, None], coef_b[:, None],
+        z, slope, lse[:, None], 1.0, cols[None, :] == targets[:, None], coef_a[:, None], coef_b[:, None],
         col_c, coef_d[:, None], HAS_G_ENTROPY,
     )
     # Padding rows carry lse = 0, so exp(z - lse) may overflow there; `where` selects 0 whatever it held.
