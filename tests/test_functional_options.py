@@ -267,3 +267,22 @@ def test_module_options_match_functional(impl):
         assert torch.equal(a, b)
     assert "class_weights" in dict(module.named_buffers())
     assert "logit_scale=0.8" in repr(module) and "shift=True" in repr(module)
+
+
+def test_softcap_is_exact_for_small_arguments(impl):
+    """softcap(y) = s tanh(y / s) to fp32 rounding when y / s is small: tanh formed as (1 - e) / (1 + e) with
+    e = exp(-2x) loses ~3e-8 / x relative (7e-5 at x = 1e-4). All raw logits are positive here, so the mean
+    logit has no cancellation and shows the softcap's relative error directly."""
+    gen = torch.Generator().manual_seed(5)
+    hidden = torch.rand(24, 8, generator=gen) * 0.1
+    weight = torch.rand(61, 8, generator=gen) * 0.1  # raw logits in (0, 0.08]: y / s in (0, 1.6e-3]
+    targets = torch.randint(0, 61, (24,), generator=gen)
+    options = dict(softcap=50.0, temperature=0.9)
+    if "logit_scale" in backend_features(impl.backend):
+        options["logit_scale"] = 1.1
+    out = xk.token_logprobs(hidden.to(impl.device), weight.to(impl.device), targets.to(impl.device),
+                            return_mean_logit=True, return_lse=True, backend=impl.backend, **options)
+    expected = reference_token_logprobs_outputs(hidden.double(), weight.double(), targets, **options)
+    relative = ((out.mean_logit.double().cpu() - expected[4]) / expected[4]).abs().max().item()
+    assert relative < 2e-6, f"mean logit relative error {relative:.2e}: the softcap is not exact to fp32"
+    assert_close(out.lse, expected[2], msg="lse")
