@@ -1,6 +1,7 @@
-"""XTF's calibration modes against references computed here: RI summed / without the diagonal from eager
-attention maps, the target-rate modes from plain sorting, occurrence-weighted Multi-Otsu from scikit-image on
-repeated values, the response-only domain vector from the embedding rows, TR's rate mode by hand."""
+"""XTF's calibration modes against references computed here: RI summed / without the diagonal / relative to
+uniform attention from eager attention maps, the target-rate modes from plain sorting, occurrence-weighted
+Multi-Otsu from scikit-image on repeated values, the response-only domain vector from the embedding rows, TR's
+rate mode by hand."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def stacked(results, name, width):
 
 
 @pytest.mark.parametrize("arch", tiny.ARCHS)
-def test_ri_sum_and_offdiag_match_eager_maps(arch):
+def test_ri_sum_offdiag_and_relative_match_eager_maps(arch):
     model = tiny.model(arch)
     samples = tiny.data().samples
     batch = collate(samples)
@@ -48,14 +49,18 @@ def test_ri_sum_and_offdiag_match_eager_maps(arch):
     eye = torch.eye(batch.input_ids.shape[1], dtype=torch.float64)
     summed = sum(m.sum(2).mean(1) for m in maps) / len(maps)
     off = sum((m * (1 - eye)).sum(2).mean(1) for m in maps) / len(maps) / (queries - 1)
-    valid = batch.response_mask
+    # uniform attention: real query i (right padding: it sees keys 0..i) pays 1 / (i + 1) to each
     width = batch.input_ids.shape[1]
-    for mode, expected in (("sum", summed), ("offdiag", off)):
+    uniform = real / torch.arange(1, width + 1, dtype=torch.float64)
+    later = torch.stack([uniform[:, j + 1:].sum(-1) for j in range(width)], dim=1)
+    relative = off / (later / (queries - 1))
+    valid = batch.response_mask
+    for mode, expected in (("sum", summed), ("offdiag", off), ("relative", relative)):
         results = score_samples(XTFScorer(model, XTFConfig.paper(rules=("RI",), ri_score=mode)), samples, batch_size=5)
         actual = stacked(results, "ri", width)
-        defined = valid & (queries > 1) if mode == "offdiag" else valid
+        defined = valid & (queries > 1) if mode != "sum" else valid
         torch.testing.assert_close(actual[defined].double(), expected[defined], atol=2e-6, rtol=1e-4)
-        if mode == "offdiag":  # the last token is seen by no other query: no RI score, never dropped by RI
+        if mode != "sum":  # the last token is seen by no other query: no RI score, never dropped by RI
             last = batch.lengths - 1
             assert torch.isnan(actual[torch.arange(len(samples)), last]).all()
             assert not any(bool(r.fired("RI")[-1]) for r in results)

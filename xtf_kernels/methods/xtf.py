@@ -55,7 +55,7 @@ from .safeguards import resolve_protected_ids
 RULES = ("RI", "KN", "TR")
 DISTANCES = ("cosine", "euclidean")
 NORMALIZATIONS = ("minmax", "max", "rank")
-RI_SCORES = ("mean", "sum", "offdiag")
+RI_SCORES = ("mean", "sum", "offdiag", "relative")
 RI_THRESHOLDS = ("fence", "rate")
 KN_THRESHOLDS = ("absolute", "rate")
 TR_THRESHOLDS = ("otsu", "rate")
@@ -88,7 +88,11 @@ class XTFConfig:
             "offdiag" (default): the diagonal A[j, j] removed and the mean taken over the n_j - 1 OTHER queries
             that see the key; NaN (never dropped by RI) for a key no other query sees, the last token. Why:
             a token's attention to itself dominates the score of the last tokens, which made the fence fire
-            7-11% in the last fifth of a response and <= 0.6% elsewhere on the toy benchmark.
+            7-11% in the last fifth of a response and <= 0.6% elsewhere on the toy benchmark;
+            "relative": "offdiag" divided by what uniform attention would give the key (the mean over the
+            other queries i of 1 / c_i, c_i the keys query i sees): a later key is seen only by queries that
+            spread their attention over more keys, so its raw mean is lower whatever its importance; 1.0 =
+            as much attention as a uniform reader would pay.
         ri_threshold: "fence" (``S_RI < q1 - ri_fence_c (q3 - q1)`` per sample) or "rate" (drop the
             ``ri_drop_rate`` lowest-RI response tokens of each sample, floor(rate n), ties to the earlier).
         ri_fence_c: c of the per-sample RI fence.
@@ -409,7 +413,7 @@ class XTFScorer(TokenScorer):
                 with capture_attention_received(self.model, layers=self.layers, attention_mask=batch.attention_mask,
                                                 backend=config.attention_backend) as recorder:
                     diagonal = None
-                    if config.ri_score == "offdiag":
+                    if config.ri_score in ("offdiag", "relative"):
                         diagonal = DiagonalRecorder(self.layers, batch.attention_mask)
                         diagonal.attach(recorder)
                     hidden = final_hidden_states(self.model, ids, batch.attention_mask)
@@ -435,7 +439,7 @@ class XTFScorer(TokenScorer):
 
     def _ri(self, mean: torch.Tensor, diagonal: torch.Tensor | None, batch: Batch) -> torch.Tensor:
         """(B, L) fp32 S_RI per ``config.ri_score`` from the recorder's mean received attention (NaN where
-        undefined: padding, and with "offdiag" a key no other query sees)."""
+        undefined: padding, and with "offdiag" / "relative" a key no other query sees)."""
         batch_size, length = batch.input_ids.shape
         queries = query_counts(length, batch.attention_mask != 0, causal=True, batch=batch_size,
                                device=mean.device)  # n_j: non-padding queries i >= j
@@ -445,7 +449,14 @@ class XTFScorer(TokenScorer):
             return mean * queries
         others = queries - 1.0
         offdiag = (mean * queries - diagonal) / others.clamp(min=1.0)
-        return torch.where(others > 0, offdiag, torch.full_like(offdiag, math.nan))
+        offdiag = torch.where(others > 0, offdiag, torch.full_like(offdiag, math.nan))
+        if self.config.ri_score == "offdiag":
+            return offdiag
+        real = (batch.attention_mask != 0).float()
+        seen = real.cumsum(-1).clamp(min=1.0)  # c_i: keys query i sees (itself included)
+        share = real / seen  # uniform attention query i pays each key it sees
+        later = share.flip(-1).cumsum(-1).flip(-1) - share  # sum over real queries i > j of 1 / c_i
+        return offdiag / (later / others.clamp(min=1.0)).clamp(min=1e-30)
 
     def _ri_rule(self, ri: torch.Tensor, scored: torch.Tensor, droppable: torch.Tensor) -> torch.Tensor:
         if self.config.ri_threshold == "fence":
