@@ -74,7 +74,12 @@ class XTFConfig:
 
     The defaults are the SAFE configuration (protected tokens, a per-sample cap, RI without the diagonal, a
     random quarter of KN's drops kept as anchors); :meth:`paper` is the paper-faithful one (methods.md as
-    written, no safeguard), the behaviour of this package before the safeguards existed.
+    written, no safeguard), the behaviour of this package before the safeguards existed. Measured on the toy
+    benchmark's pretrained base (``benchmarks/methods`` settings, 800-sample pool, 30% of response tokens
+    corrupted, seeds 0-2): the paper preset drops 60-63% of response tokens at precision 0.28-0.30 against
+    the corrupted ones (recall 0.58-0.67), removes 31 token types at every occurrence and up to every
+    ``<eos>``; the safe defaults drop 37-38% at precision 0.43-0.49 (recall 0.57-0.66), no special token and
+    6-10 types at every occurrence. Whether that trains a better model is the miniature benchmark's question.
 
     Attributes:
         rules: the rules applied (their union drops a token); scores of disabled rules are not computed.
