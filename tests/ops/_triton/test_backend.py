@@ -218,3 +218,19 @@ def test_cuda_bitwise_deterministic(triton_cuda, clean_env, path):
     clean_env.setenv("XTF_TRITON_PATH", path)
     deltas = [backend.influence_delta(base, ref, targets, ALL_OPTIONS) for _ in range(2)]
     assert torch.equal(*deltas)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("path", ["fused", "chunked"])
+def test_16_bit_inputs_keep_fp32_statistics(triton_interpret, clean_env, path):
+    """fp16 hidden and weight (H 256): logits, log-sum-exp, target logit and entropy to fp32-level error
+    against float64 on the same fp16 values (about 1e-6 here), not fp16-level (~1e-3 if the logits were
+    accumulated or rounded in 16 bits before the row math)."""
+    clean_env.setenv("XTF_TRITON_PATH", path)
+    hidden, weight, bias, targets = random_head(40, 256, 300, torch.float16, bias=True, seed=14)
+    expected = reference_head_pass(hidden, weight, bias, targets, HeadSpec())
+    result = backend.head_pass(hidden, weight, bias, targets, HeadSpec(), want_entropy=True,
+                               chunk_size=16 if path == "chunked" else None)
+    for name in ("lse", "target_logit", "entropy"):
+        torch.testing.assert_close(getattr(result, name).double(), getattr(expected, name), atol=1e-5, rtol=0,
+                                   msg=lambda m, name=name: f"{name}: {m}")

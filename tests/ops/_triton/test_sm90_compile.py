@@ -120,6 +120,20 @@ def _check_compiles(launches):
         name = f"{kernel.__name__} {constexprs}"
         assert usage["STACK"] == 0 and usage["LOCAL"] == 0, f"{name} spills registers: {usage}"
         assert compiled.metadata.shared <= SM90_SHARED_BYTES, f"{name} needs {compiled.metadata.shared} B shared"
+        if _rewrites_what_it_read(kernel.__name__, constexprs):
+            # The explicit CTA barrier ordering a read-add-write / in-place write (fused_backward.py,
+            # row_kernel.py) is in the kernel as written, before any compiler pass could add or drop one.
+            assert "gpu.barrier" in compiled.asm["ttir"], f"{name}: no explicit barrier before its rewrites"
+
+
+def _rewrites_what_it_read(kernel_name: str, constexprs: dict) -> bool:
+    """Kernels whose threads rewrite memory other threads of the CTA read: the fused backward's accumulators
+    and the row kernel's in-place gradient."""
+    if kernel_name == "_grad_hidden_kernel":
+        return True
+    if kernel_name == "_grad_weight_kernel":
+        return bool(constexprs["NEED_WEIGHT"])
+    return kernel_name == "_row_kernel" and bool(constexprs["WRITE_F32"])
 
 
 def _llama_head(dtype):
