@@ -185,3 +185,31 @@ def test_defaults_are_safe_and_the_paper_preset_is_the_old_behaviour():
     assert (paper.ri_score, paper.kn_anchor_fraction, paper.ri_threshold, paper.kn_threshold, paper.tr_threshold,
             paper.tr_domain, paper.otsu_weights) == ("mean", 0.0, "fence", "absolute", "otsu", "text", "ids")
     assert XTFConfig.paper(kn_pcp_max=0.9).kn_pcp_max == 0.9
+
+
+def test_every_option_on_keeps_every_invariant(tmp_path):
+    from xtf_kernels.pipeline import score_dataset
+
+    samples = tiny.data(20).samples
+    config = XTFConfig(ri_score="relative", ri_threshold="rate", ri_drop_rate=0.2, kn_threshold="rate",
+                       kn_drop_rate=0.3, kn_anchor_fraction=0.5, tr_threshold="rate", tr_drop_rate=0.2,
+                       tr_domain="response", attn_layers=(0, -1), seed=3,
+                       safeguards=Safeguards(protected_ids=(WORD["="],), protected_tokens=("answer",),
+                                             max_sample_drop=0.35, max_total_drop=0.5, all_dropped="keep"))
+    one = score_samples(XTFScorer(tiny.model(seed=6), config, tokenizer=TOKENIZER), samples, batch_size=1)
+    many = score_samples(XTFScorer(tiny.model(seed=6), config, tokenizer=TOKENIZER), samples, batch_size=7)
+    streamed = score_dataset(XTFScorer(tiny.model(seed=6), config, tokenizer=TOKENIZER), samples, tmp_path,
+                             shard_size=6, batch_size=4, progress=False).iter_samples()
+    protected = torch.tensor([WORD[w] for w in ("<pad>", "<bos>", "<eos>", "<unk>", "=", "answer")])
+    codes, fired = set(), dict.fromkeys(("RI", "KN", "TR"), 0)
+    for sample, a, b, c in zip(samples, one, many, streamed):
+        assert torch.equal(a.dropped_by, b.dropped_by) and torch.equal(a.dropped_by, c.dropped_by)
+        valid = sample.response_mask
+        assert not a.dropped[torch.isin(sample.input_ids, protected)].any()
+        assert int(a.dropped.sum()) <= math.floor(0.35 * int(valid.sum()))
+        assert not a.dropped[~valid].any()
+        codes |= set(a.scores["guard"][valid].tolist())
+        for rule in fired:
+            fired[rule] += int(a.fired(rule).sum())
+    assert all(fired.values()), fired  # every rule still drops something under every safeguard
+    assert {GUARD_CODES[name] for name in ("none", "protected", "capped", "anchor")} <= codes
