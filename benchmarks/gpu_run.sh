@@ -38,7 +38,7 @@
 #   checks.jsonl     one JSON line per check measurement (errors against float64, timings, path choices)
 #   profile.txt      the profiler breakdown
 #   sweep.txt        the chunk sweep and the fused / chunked crossover
-#   logs.tar.gz      every step's log, env.txt, the pytest junit files, the benchmark plots, profile.json,
+#   logs.tar.gz      every step's log, env.txt, the pytest junit files, the benchmark plot, profile.json,
 #                    sweep.json
 # The exit status is the number of steps that failed or timed out.
 set -uo pipefail
@@ -140,17 +140,15 @@ run_checks() {
     fi
 }
 
-bench() {  # bench PROVIDERS: one benchmarks/run.py invocation of the suite, shared run id
-    local outputs=(--output "$OUT/gpu_results.csv")
+bench() {  # bench PROVIDERS: one benchmarks/run.py invocation, the run id shared by both groups; it appends
+    # each provider's rows as its worker ends, so a step the budget cuts keeps the providers it finished
     if [ "$DRY_RUN" -eq 1 ]; then
         "$PY" benchmarks/run.py --suite dry-run --device cpu --warmup 0 --repeats 1 --run-id "$RUN_ID" \
-            --providers "$1" "${outputs[@]}"
+            --providers "$1" --output "$OUT/gpu_results.csv"
     else
-        # 90 s per worker (one provider, all its cases; about 30 s estimated, not measured): one that hangs
-        # costs its own rows only.
+        # 90 s per worker (one provider, all its cases; about 30 s estimated, not measured).
         "$PY" benchmarks/run.py --suite gpu-run --device cuda --warmup 2 --repeats 5 --timeout 90 \
-            --run-id "$RUN_ID" --providers "$1" "${outputs[@]}" --output benchmarks/data/results.csv \
-            --plot "$LOGS/$2.png"
+            --run-id "$RUN_ID" --providers "$1" --output "$OUT/gpu_results.csv" --output benchmarks/data/results.csv
     fi
 }
 
@@ -191,11 +189,10 @@ wants() { [[ " ${steps[*]} " == *" $1 "* ]]; }
 wants install && run_step install 60 install_peers
 wants build && run_step build 180 build_extension
 wants checks && run_step checks 150 run_checks
-wants bench && run_step bench 200 bench xtf-auto,xtf-triton-chunked,xtf-cuda,cce,cce-exact,liger bench
+wants bench && run_step bench 200 bench xtf-auto,xtf-triton-chunked,xtf-cuda,cce,cce-exact,liger
 wants profile && run_step profile 60 profile
 wants sweep && run_step sweep 90 run_sweep
-wants bench && run_step bench2 150 bench \
-    xtf-torch,xtf-triton-fused,torch-chunked,torch-compile,torch-materialised bench2
+wants bench && run_step bench2 150 bench xtf-triton-fused,xtf-torch,torch-compile,torch-materialised,torch-chunked
 wants tier && run_step tier 600 tier
 
 {
@@ -207,8 +204,8 @@ wants tier && run_step tier 600 tier
     grep -h -E "passed|failed|error" "$LOGS/checks.log" 2>/dev/null | tail -n 3
     [ -f "$OUT/checks.jsonl" ] && cut -c1-400 "$OUT/checks.jsonl"
     echo
-    echo "== benchmark"
-    grep -h -v -E "^\[|^  [a-z]" "$LOGS/bench.log" "$LOGS/bench2.log" 2>/dev/null
+    echo "== benchmark (every provider of the run, with the target verdicts)"
+    [ -f "$OUT/gpu_results.csv" ] && "$PY" benchmarks/report.py --data "$OUT/gpu_results.csv" --run-id "$RUN_ID"
     echo
     echo "== profile"
     cat "$LOGS/profile/profile.txt" 2>/dev/null
@@ -219,6 +216,8 @@ wants tier && run_step tier 600 tier
     echo "== tier"
     tail -n 15 "$LOGS/tier.log" 2>/dev/null
 } >"$OUT/summary.txt"
+[ -f "$OUT/gpu_results.csv" ] && [ "$DRY_RUN" -eq 0 ] \
+    && "$PY" benchmarks/plot.py --data "$OUT/gpu_results.csv" --run-id "$RUN_ID" --png "$LOGS/bench.png" >/dev/null
 [ -f "$LOGS/profile/profile.txt" ] && cp "$LOGS/profile/profile.txt" "$OUT/profile.txt"
 [ -f "$LOGS/sweep/sweep.txt" ] && cp "$LOGS/sweep/sweep.txt" "$OUT/sweep.txt"
 tar -czf "$OUT/logs.tar.gz" -C "$LOGS" . && rm -rf "$LOGS"

@@ -37,18 +37,21 @@ def test_dry_run_rehearses_every_step(tmp_path):
     assert (data.read_bytes() if data.exists() else None) == before, "a dry run must not add rows to the data"
 
     summary = (tmp_path / "summary.txt").read_text()
+    assert "xtf-cuda" in summary and "xtf-torch" in summary  # the run's table, both groups
     for step in ("checks", "bench", "bench2", "profile", "sweep", "tier"):
         assert any(line.startswith(step + " ") and "  ok  " in line for line in summary.splitlines()), step
     checks = [json.loads(line) for line in (tmp_path / "checks.jsonl").read_text().splitlines()]
     assert {c["check"] for c in checks} == CHECKS and all(c["dry_run"] for c in checks)
     assert all(c["bitwise_repeat"] for c in checks if c["check"] == "path_vs_float64")
     statuses = {row.provider: row.status for row in read_rows(tmp_path / "gpu_results.csv")}
-    assert statuses == {"xtf-torch": "ok", "liger": "missing", "cce": "missing", "cce-exact": "missing"}
+    assert statuses == {"xtf-torch": "ok", "xtf-triton-chunked": "missing", "xtf-triton-fused": "missing",
+                        "xtf-cuda": "missing", "liger": "missing", "cce": "missing", "cce-exact": "missing"}
     assert "GEMM" in (tmp_path / "profile.txt").read_text()
     assert "crossover" in (tmp_path / "sweep.txt").read_text()
     with tarfile.open(tmp_path / "logs.tar.gz") as logs:
         names = {Path(name).name for name in logs.getnames()}
-    assert {"gpu_run.log", "checks.log", "checks.xml", "bench.log", "profile.json", "sweep.json", "tier.log"} <= names
+    assert {"gpu_run.log", "checks.log", "checks.xml", "bench.log", "bench2.log", "profile.json", "sweep.json",
+            "tier.log"} <= names
 
 
 def test_unknown_step_is_refused(tmp_path):

@@ -54,10 +54,13 @@ def test_timeout_becomes_a_row_status():
 
 
 def test_run_end_to_end_in_worker_processes():
-    logs = []
+    logs, recorded = [], []
     settings = RunSettings.for_device(torch.device("cpu"), warmup=0, repeats=2)
-    rows = runner.run([SuiteEntry(CASE, ("xtf-torch", "liger"))], settings, log=logs.append)
+    rows = runner.run([SuiteEntry(CASE, ("xtf-torch", "liger"))], settings, log=logs.append,
+                      on_rows=lambda part: recorded.append([(r.provider, r.status) for r in part]))
     assert [(r.provider, r.status) for r in rows] == [("xtf-torch", "ok"), ("liger", "missing")]
+    # Each row is handed over once, when complete: the unavailable peer before any worker starts.
+    assert recorded == [[("liger", "missing")], [("xtf-torch", "ok")]]
     ok = rows[0]
     samples = [float(s) for s in ok.samples_ms.split(";")]
     assert ok.samples == 2 and ok.ms == pytest.approx(statistics.median(samples), abs=1e-3)

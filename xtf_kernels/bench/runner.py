@@ -193,13 +193,27 @@ def _row(info: _RunInfo, case: Case, provider: Provider, results: list[dict], wa
 
 
 def run(
-    entries: list[SuiteEntry], settings: RunSettings, *, log: Callable[[str], None] | None = None
+    entries: list[SuiteEntry],
+    settings: RunSettings,
+    *,
+    log: Callable[[str], None] | None = None,
+    on_rows: Callable[[list[ResultRow]], None] | None = None,
 ) -> list[ResultRow]:
-    """Measure every (case, provider) of ``entries``; rows in entry order, providers in the entry's order."""
+    """Measure every (case, provider) of ``entries``; rows in entry order, providers in the entry's order.
+
+    ``on_rows`` receives each row once, as soon as it is complete (the unavailable ones first, then each
+    worker's as it ends), so a caller can record them before a run that is cut short would lose them.
+    """
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     info = _run_info(settings.device, settings.run_id)
     results: dict[tuple[int, str], list[dict]] = {}
     runnable: list[tuple[int, Provider]] = []
+
+    def emit(keys: list[tuple[int, str]]) -> None:
+        if on_rows is not None and keys:
+            on_rows([_row(info, entries[i].case, get_provider(name), results[(i, name)], settings.warmup)
+                     for i, name in keys])
+
     for index, entry in enumerate(entries):
         for name in entry.providers:
             provider = get_provider(name)
@@ -212,6 +226,7 @@ def run(
                                            "peak_bytes": None, "extra_bytes": None, "mem_method": "",
                                            "rss_extra_bytes": None}]
                 log(f"  {name:<20} {entry.case.label}: {unavailable.status} ({unavailable.reason})")
+    emit(list(results))
 
     total = len(runnable) * settings.rounds
     done = 0
@@ -240,6 +255,8 @@ def run(
                 wall = time.perf_counter() - begin
                 log(f"[{done}/{total}] round {round_index + 1} {provider.name:<20} {entries[i].case.label}: {what}"
                     f" ({wall:.0f} s wall)")
+            if round_index == settings.rounds - 1:
+                emit([(i, provider.name) for i in indices])
 
     rows = []
     for index, entry in enumerate(entries):

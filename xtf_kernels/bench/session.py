@@ -24,10 +24,17 @@ def measure_and_record(
     plot: str | os.PathLike | None = None,
     stream: TextIO | None = None,
 ) -> list[ResultRow]:
-    """Run ``entries``, print the table and the target verdicts, append the rows to every file in
-    ``outputs`` and draw them to ``plot``. Returns the rows."""
+    """Run ``entries``, append the rows to every file in ``outputs`` as they complete (so a run stopped
+    half-way keeps what it measured), print the table and the target verdicts and draw the rows to
+    ``plot``. Returns the rows."""
     stream = stream or sys.stdout
-    rows = run(entries, settings)
+    totals = {str(path): 0 for path in outputs}
+
+    def record(rows: list[ResultRow]) -> None:
+        for path in outputs:
+            totals[str(path)] = append_rows(path, rows)
+
+    rows = run(entries, settings, on_rows=record)
     print(format_table(rows), file=stream)
     verdicts = evaluate(rows)
     if verdicts:
@@ -35,8 +42,7 @@ def measure_and_record(
         for verdict in verdicts:
             print("  " + verdict.describe(), file=stream)
     for path in outputs:
-        total = append_rows(path, rows)
-        print(f"appended {len(rows)} rows to {path} ({total} rows)", file=stream)
+        print(f"appended {len(rows)} rows to {path} ({totals[str(path)]} rows)", file=stream)
     if plot:
         print(f"plot: {plot_rows(rows, plot)}", file=stream)
     return rows
