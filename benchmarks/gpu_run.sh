@@ -188,8 +188,8 @@ wants() { [[ " ${steps[*]} " == *" $1 "* ]]; }
 # (the peers that form full logits, and xtf's slower paths) and the tier come after the profile.
 wants install && run_step install 60 install_peers
 wants build && run_step build 180 build_extension
-wants checks && run_step checks 150 run_checks
-wants bench && run_step bench 200 bench xtf-auto,xtf-triton-chunked,xtf-cuda,cce,cce-exact,liger
+wants checks && run_step checks 180 run_checks
+wants bench && run_step bench 180 bench xtf-auto,xtf-triton-chunked,xtf-cuda,cce,cce-exact,liger
 wants profile && run_step profile 60 profile
 wants sweep && run_step sweep 90 run_sweep
 wants bench && run_step bench2 150 bench xtf-triton-fused,xtf-torch,torch-compile,torch-materialised,torch-chunked
