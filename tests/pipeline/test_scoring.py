@@ -153,3 +153,22 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(FileNotFoundError):
         score_dataset(XTFScorer(model), str(tmp_path / "missing.jsonl"), tmp_path, progress=False)
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+def test_per_sample_safeguards_after_the_global_top_k_match_in_memory_cleaning(tmp_path):
+    from xtf_kernels.methods import token_cleaning
+    from xtf_kernels.methods.safeguards import Safeguards
+
+    base = tiny.model("qwen2")
+    ref = tiny.perturbed(base, seed=1)
+    samples = tiny.data(12).samples
+    keep_whole = Safeguards(protect_special_tokens=False, max_sample_drop=None, max_total_drop=None,
+                            all_dropped="keep")  # a protected eos would keep every response partly
+    for safeguards, k, code in ((Safeguards(max_sample_drop=0.3, max_total_drop=None), 0.1, 2),  # capped
+                                (keep_whole, 0.0, 4)):  # k = 0 drops every response whole: all kept back
+        _, expected = token_cleaning(base, ref, samples, k=k, safeguards=safeguards)
+        assert any(bool((r.scores["guard"] == code).any()) for r in expected)  # the safeguard acted
+        scorer = TokenCleaningScorer(base, ref, TokenCleaningConfig(k=k, safeguards=safeguards))
+        result = score_dataset(scorer, samples, tmp_path / safeguards.all_dropped, shard_size=5, progress=False,
+                               num_workers=0)
+        assert_same(result.iter_samples(), expected)

@@ -48,6 +48,28 @@ class Shard:
             start = end
 
 
+def _guard_samples(lengths: torch.Tensor, dropped_by: torch.Tensor, scores: dict[str, torch.Tensor], topk: dict,
+                   safeguards) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-sample safeguards on a shard's flat (T,) rule bits after the pool-wide rule: bits cleared where a
+    safeguard keeps a token, the ``guard`` score updated (the noisiest token is the one the top k ranks last)."""
+    from ..methods.safeguards import guard_sample_drops
+
+    flags, guard = dropped_by.clone(), scores["guard"].clone()
+    ranking = torch.nan_to_num(scores[topk["score"]])
+    noise = -ranking if topk["largest"] else ranking
+    start = 0
+    for length in lengths.tolist():
+        end = start + length
+        piece = slice(start, end)
+        valid = ~torch.isnan(guard[piece])
+        kept_dropped, new_guard = guard_sample_drops((flags[piece] != 0)[None], valid[None], noise[piece][None],
+                                                     guard[piece][None], safeguards)
+        flags[piece] = torch.where(kept_dropped[0], flags[piece], torch.zeros_like(flags[piece]))
+        guard[piece] = new_guard[0]
+        start = end
+    return flags, {**scores, "guard": guard}
+
+
 class ScoreResult:
     """The scoring results in ``out_dir``.
 
@@ -88,7 +110,8 @@ class ScoreResult:
         return store.read_tensors(os.path.join(self.out_dir, entry["file"]), entry["sha256"])
 
     def read_shard(self, index: int, *, apply_global: bool = True) -> Shard:
-        """Shard ``index``, validated; ``apply_global`` adds the pool-wide top-k rule to ``dropped_by``."""
+        """Shard ``index``, validated; ``apply_global`` adds the pool-wide top-k rule to ``dropped_by``, then
+        the per-sample safeguards the config asks for after it (see :meth:`_sample_safeguards`)."""
         entry = self.manifest["shards"][index]
         path = os.path.join(self.out_dir, entry["file"])
         tensors = store.read_tensors(path, entry["sha256"])
@@ -98,7 +121,25 @@ class ScoreResult:
         topk = self.manifest["global_topk"]
         if apply_global and topk is not None:
             dropped_by = dropped_by | self._global_rule(index, scores[topk["score"]], topk)
+            safeguards = self._sample_safeguards()
+            if safeguards is not None:
+                dropped_by, scores = _guard_samples(tensors["lengths"], dropped_by, scores, topk, safeguards)
         return Shard(index, entry["first_sample"], tensors["lengths"], scores, dropped_by)
+
+    def _sample_safeguards(self):
+        """The :class:`~xtf_kernels.methods.safeguards.Safeguards` of the config when they act per sample after
+        a pool-wide selection (a per-sample drop cap, or ``all_dropped="keep"``), else None: what
+        :func:`~xtf_kernels.methods.safeguards.finalize` does after the in-memory top k, per sample, so the
+        masks read here equal the in-memory ones."""
+        settings = self.config.get("safeguards")
+        if not isinstance(settings, dict) or "guard" not in self.score_names:
+            return None
+        from ..methods.safeguards import Safeguards
+
+        safeguards = Safeguards(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
+        if safeguards.max_sample_drop is None and safeguards.all_dropped != "keep":
+            return None
+        return safeguards
 
     def _global_rule(self, index: int, scores: torch.Tensor, topk: dict) -> torch.Tensor:
         """(T,) uint8: the top-k rule's bit on the scored tokens of shard ``index`` outside the pool's top k."""
