@@ -97,34 +97,64 @@ def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def run(plan: Plan, out_dir: str, *, cache_dir: str | None = None, log=_log) -> dict:
-    """Every cell of ``plan``; the partial results are rewritten after each cell (``cells.partial.json``)."""
-    os.makedirs(out_dir, exist_ok=True)
-    start, load_start = time.perf_counter(), os.getloadavg()
+def run_cells(plan: Plan, partial: str, *, levels: tuple[float, ...] | None = None,
+              cache_dir: str | None = None, log=_log) -> dict[str, list[dict]]:
+    """Every (noise level, seed) cell of ``plan`` (``levels`` in that order, default the plan's), skipping the
+    cells already in the JSON file ``partial`` and rewriting it atomically after each new cell, so an
+    interrupted run resumes and several processes can split the seeds between them."""
+    state = {"cells": {}, "load_average_start": list(os.getloadavg()), "started": time.time()}
+    if os.path.exists(partial):
+        with open(partial, encoding="utf-8") as handle:
+            state = json.load(handle)
+    cells = state["cells"]
     base = load_base(plan.base, cache_dir=cache_dir, log=log)
-    base_seconds = time.perf_counter() - start
-    cells: dict[str, list[dict]] = {}
-    for noise, config in plan.cells.items():
+    state.setdefault("base_info", base.info)
+    for noise in levels or tuple(plan.cells):
         for seed in plan.seeds:
-            cell = run_cell(base.model, base.tokenizer, noise=noise, seed=seed, config=config, log=log)
+            done = {cell["seed"] for cell in cells.get(f"{noise:.2f}", [])}
+            if seed in done:
+                continue
+            cell = run_cell(base.model, base.tokenizer, noise=noise, seed=seed, config=plan.cells[noise], log=log)
             cells.setdefault(f"{noise:.2f}", []).append(cell)
-            atomic_write_text(os.path.join(out_dir, "cells.partial.json"), json.dumps(cells))
-    summary = {level: compare(level_cells) for level, level_cells in cells.items()}
+            state["finished"] = time.time()
+            atomic_write_text(partial, json.dumps(state))
+    return state
+
+
+def finish(plan: Plan, cells: dict[str, list[dict]], out_dir: str, *, seconds: float, load_start: list[float],
+           base_info: dict) -> dict:
+    """Comparisons, the criteria's verdicts and every output file from the cells (levels with cells only)."""
+    for level in cells:
+        cells[level].sort(key=lambda cell: cell["seed"])
+    summary = {level: compare(level_cells) for level, level_cells in sorted(cells.items(), reverse=True)}
     results = {
         "format": "xtf-miniature-benchmark", "version": 1,
         "environment": {"machine": machine(), "python": platform.python_version(), "xtf_kernels": __version__,
                         "load_average_start": list(load_start), "load_average_end": list(os.getloadavg()),
-                        "seconds": time.perf_counter() - start, "base_seconds": base_seconds,
+                        "seconds": seconds, "cell_seconds": sum(c["seconds"] for cs in cells.values() for c in cs),
                         "paper_preset": has_paper_preset()},
-        "plan": {"seeds": list(plan.seeds), "base": plan.base.to_dict(), "base_info": base.info,
-                 "cells": {f"{k:.2f}": {**v.__dict__, "arms": list(v.arms), "random_for": list(v.random_for)}
-                           for k, v in plan.cells.items()}},
+        "plan": {"seeds": sorted({c["seed"] for cs in cells.values() for c in cs}), "base": plan.base.to_dict(),
+                 "base_info": base_info,
+                 "cells": {f"{k:.2f}": {**v.__dict__, "arms": list(v.arms), "random_for": list(v.random_for),
+                                        "score_only": list(v.score_only)} for k, v in plan.cells.items()}},
         "summary": summary,
         "criteria": judge(summary),
         "cells": cells,
     }
+    os.makedirs(out_dir, exist_ok=True)
     write_results(results, out_dir)
-    os.remove(os.path.join(out_dir, "cells.partial.json"))
+    return results
+
+
+def run(plan: Plan, out_dir: str, *, cache_dir: str | None = None, log=_log) -> dict:
+    """Every cell of ``plan`` in one process, then :func:`finish`."""
+    os.makedirs(out_dir, exist_ok=True)
+    start, load_start = time.perf_counter(), os.getloadavg()
+    partial = os.path.join(out_dir, "cells.partial.json")
+    state = run_cells(plan, partial, cache_dir=cache_dir, log=log)
+    results = finish(plan, state["cells"], out_dir, seconds=time.perf_counter() - start,
+                     load_start=list(load_start), base_info=state["base_info"])
+    os.remove(partial)
     return results
 
 
@@ -135,13 +165,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="output folder (default benchmarks/methods/results, or "
                                                     "results/quick with --quick)")
     parser.add_argument("--cache-dir", default=None, help="where the pretrained base is cached")
+    parser.add_argument("--partial", default=None,
+                        help="only run cells into this JSON file (resumable; split seeds across processes with "
+                             "--seeds); combine files with --merge")
+    parser.add_argument("--levels", type=float, nargs="+", default=None, help="noise levels to run, in order")
+    parser.add_argument("--merge", nargs="+", default=None, help="partial files to combine into the results")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     plan = quick_plan() if args.quick else full_plan()
     if args.seeds:
         plan = Plan(tuple(args.seeds), plan.cells, plan.base)
     out = args.out or os.path.join(HERE, "results", "quick" if args.quick else "")
-    results = run(plan, out, cache_dir=args.cache_dir)
+    if args.partial:
+        run_cells(plan, args.partial, levels=tuple(args.levels) if args.levels else None, cache_dir=args.cache_dir)
+        return 0
+    if args.merge:
+        cells: dict[str, list[dict]] = {}
+        states = []
+        for path in args.merge:
+            with open(path, encoding="utf-8") as handle:
+                states.append(json.load(handle))
+            for level, level_cells in states[-1]["cells"].items():
+                cells.setdefault(level, []).extend(level_cells)
+        seconds = max(s.get("finished", s["started"]) for s in states) - min(s["started"] for s in states)
+        load_start = max((s["load_average_start"] for s in states), key=lambda load: load[0])
+        results = finish(plan, cells, out, seconds=seconds, load_start=load_start, base_info=states[0]["base_info"])
+    else:
+        results = run(plan, out, cache_dir=args.cache_dir)
     with open(os.path.join(out, "miniature.md"), encoding="utf-8") as handle:
         print(handle.read())
     print(f"{results['environment']['seconds']:.0f} s; wrote {out}")

@@ -56,8 +56,9 @@ def markdown(results: dict) -> str:
     env = results["environment"]
     lines = ["# Token filters on the miniature", "",
              f"Machine: {env['machine']}; load average {env['load_average_start'][0]:.1f} at the start, "
-             f"{env['load_average_end'][0]:.1f} at the end; {env['seconds'] / 60:.1f} minutes "
-             f"(base {env['base_seconds']:.0f} s); seeds {results['plan']['seeds']}.", ""]
+             f"{env['load_average_end'][0]:.1f} at the end; {env['seconds'] / 60:.1f} minutes of wall time, "
+             f"{env['cell_seconds'] / 60:.1f} minutes in the cells (base pretrained in "
+             f"{results['plan']['base_info']['seconds']:.0f} s, then cached); seeds {results['plan']['seeds']}.", ""]
     criteria = results["criteria"]
     lines += [f"Benchmark sensitive (oracle above all tokens at 15%): **{criteria['sensitive']}**", "",
               "| method | works | C1 helps at 15% | C2 safe at 0% | C3 AUROC >= 0.6 | C4 union >= best rule "

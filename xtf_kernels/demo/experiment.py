@@ -126,6 +126,13 @@ def has_paper_preset() -> bool:
     return callable(getattr(XTFConfig, "paper", None))
 
 
+def _token_cleaning_config(k: float) -> TokenCleaningConfig:
+    """Token Cleaning as published (every response token ranked, no safeguard) where the library has the
+    paper preset."""
+    paper = getattr(TokenCleaningConfig, "paper", None)
+    return paper(k=k) if callable(paper) else TokenCleaningConfig(k=k)
+
+
 def _xtf_scorer(model, config: XTFConfig, tokenizer):
     if "tokenizer" in inspect.signature(XTFScorer).parameters:
         return XTFScorer(model, config, tokenizer=tokenizer.to_transformers())
@@ -169,8 +176,11 @@ def self_evolving_selection(base, samples, config: CellConfig, seed: int) -> Sel
                                                    weight_decay=0.0)
         _finetune(model, part, config, seed + index, state["optimizer"])
 
+    options = {}
+    if "safeguards" in inspect.signature(self_evolving_cleaning).parameters:
+        options["safeguards"] = _token_cleaning_config(config.token_cleaning_k).safeguards
     result = self_evolving_cleaning(base, samples, train, n_parts=config.self_evolving_parts,
-                                    k=config.token_cleaning_k, batch_size=32)
+                                    k=config.token_cleaning_k, batch_size=32, **options)
     dropped = [torch.zeros(len(s), dtype=torch.bool) for s in result.parts[0]]
     scores = [torch.full((len(s),), float("nan")) for s in result.parts[0]]
     for part in result.scores:
@@ -351,7 +361,7 @@ def run_cell(base, tokenizer, *, noise: float, seed: int, config: CellConfig,
     if xtf_arms:
         selections.update(xtf_selections(base, samples, tokenizer, xtf_arms))
     if "tc_fixed" in config.arms:
-        scorer = TokenCleaningScorer(base, reference, TokenCleaningConfig(k=config.token_cleaning_k))
+        scorer = TokenCleaningScorer(base, reference, _token_cleaning_config(config.token_cleaning_k))
         results = score_samples(scorer, samples, batch_size=32)
         selections["tc_fixed"] = Selection([r.dropped for r in results], [-r.scores["influence"] for r in results])
     if "oracle" in config.arms:

@@ -1,10 +1,10 @@
 """``report.json`` of ``xtf demo``: its fields, writing it atomically, reading it back validated.
 
 Every field, by dotted path (``*`` = one entry per key, e.g. each arm); "(timing)" marks the fields that
-change from run to run (wall times and what is derived from them); every other field is the same for the
-same ``--seed``, preset and overrides on the same machine and device. Token counts are over the scored
-response tokens of the training pool (labelled positions t >= 1, eos included); "harmful" tokens are the
-wrong-number, off-domain and garbled kinds, boilerplate is counted apart.
+change from run to run (wall times, what is derived from them, the machine's load and whether the base was
+cached); every other field is the same for the same ``--seed``, preset and overrides on the same machine and
+device. Token counts are over the scored response tokens of the training pool (labelled positions t >= 1, eos
+included); "harmful" tokens are the wrong-number, off-domain and garbled kinds, boilerplate is counted apart.
 
     format                              "xtf-demo-report"
     version                             2 (bumped when a field changes meaning or goes away)
@@ -29,7 +29,7 @@ wrong-number, off-domain and garbled kinds, boilerplate is counted apart.
     model.parameters                    parameters of the base model
     model.pretrain_tokens               tokens the base was pretrained on
     model.pretrain_final_loss           mean loss of its last 20 pretraining steps
-    model.cached                        whether the base came from the on-disk cache
+    model.cached                        (timing) whether the base came from the on-disk cache
     base.*                              the base model before fine-tuning; fields as arms.*.evaluation
     reference.*                         the reference model; fields as arms.*.evaluation
     arms.*                              per arm ("all_tokens", "xtf_paper", ..., "random:<arm>"); each:
@@ -189,8 +189,8 @@ SCHEMA: dict = {
 }
 
 # Fields that change from run to run (fnmatch patterns over dotted paths); everything else is deterministic.
-TIMING_FIELDS = ("environment.load_average", "arms.*.seconds", "memory.*.ms", "memory.*.tokens_per_second",
-                 "timings.*")
+TIMING_FIELDS = ("environment.load_average", "model.cached", "arms.*.seconds", "memory.*.ms",
+                 "memory.*.tokens_per_second", "timings.*")
 
 
 def schema_paths(spec=SCHEMA, prefix: str = "") -> list[str]:

@@ -40,6 +40,7 @@ from .text import KINDS
 from .text import NOISE_KINDS
 from .text import PROTECTED_KINDS
 from .text import Document
+from .tokenizer import SPECIAL_TOKENS
 from .tokenizer import MiniatureTokenizer
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "KIND_CODE",
     "NOISE_KINDS",
     "PROTECTED_KINDS",
+    "SPECIAL_TOKENS",
     "Base",
     "BaseConfig",
     "Document",

@@ -13,6 +13,7 @@ Default location: ``$XDG_CACHE_HOME/xtf_kernels`` or ``~/.cache/xtf_kernels`` (`
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import json
@@ -85,15 +86,26 @@ class BaseConfig:
 
     @property
     def key(self) -> str:
-        """Hash of the knobs and of the source of every module that decides the base's bytes (text grammar,
-        word lists, encoding, tokenizer, pretraining): editing the generator builds a new base."""
+        """Hash of the knobs and of the code of every module that decides the base's bytes (text grammar,
+        word lists, encoding, tokenizer, pretraining): changing the generator builds a new base; editing a
+        comment or a docstring does not (the code is hashed as its syntax tree without docstrings)."""
         text = json.dumps({"format": FORMAT, "version": VERSION, **self.to_dict()}, sort_keys=True)
         digest = hashlib.sha256(text.encode())
-        here = os.path.dirname(os.path.abspath(__file__))
         for name in SOURCES:
-            with open(os.path.join(here, name), "rb") as handle:
-                digest.update(handle.read())
+            digest.update(_code_fingerprint(name).encode())
         return digest.hexdigest()[:16]
+
+
+def _code_fingerprint(name: str) -> str:
+    """The syntax tree of module ``name`` of this package, docstrings removed, as text."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), name), encoding="utf-8") as handle:
+        tree = ast.parse(handle.read())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
 
 
 @dataclass

@@ -5,11 +5,11 @@ text carries a kind (:data:`KINDS`), so the token-level ground truth of every no
 tokenisation (:mod:`.encoding` tokenises segment by segment). Each segment starts with a space or is a
 number / punctuation glued to the previous one, which is where the byte-level pre-tokenizer splits anyway.
 
-Pretraining mix (:func:`pretraining_document`): stories, "web page" text with garbled artefacts, fact Q&A
-about fictional countries, one-step arithmetic in the chat template (some opened / closed with boilerplate)
-and a small share of two-step problems, so the base already writes the SFT format and every noise kind's
-material occurs in pretraining. SFT problems (:func:`two_step_problem`) are two-step word problems with
-larger numbers, the same template.
+Pretraining mix (:data:`PRETRAINING_MIX`): stories, "web page" text with garbled artefacts, fact Q&A about
+fictional countries, arithmetic tables, one-step arithmetic in the chat template (some opened / closed with
+boilerplate) and a small share of two-step problems, so the base already writes the SFT format and every
+noise kind's material occurs in pretraining. SFT problems (:func:`two_step_problem`) are two-step word
+problems in the same template, each step a one-step fact of pretraining.
 """
 
 from __future__ import annotations
@@ -136,6 +136,17 @@ def one_step_problem(rng: random.Random, *, boilerplate: float = 0.0) -> Documen
     return Document(((question, "clean"),), tuple(response), result, "one_step")
 
 
+def drill(rng: random.Random) -> Document:
+    """An arithmetic table: eight one-step facts in a row (the dense practice text of pretraining corpora),
+    e.g. " 7 + 5 = 12. 13 - 4 = 9. ..."."""
+    facts = []
+    for _ in range(8):
+        a, b = rng.randint(1, 18), rng.randint(1, 9)
+        op = rng.choice("+-") if a >= b else "+"
+        facts.append(f" {a} {op} {b} = {a + b if op == '+' else a - b}.")
+    return Document(None, tuple((f, "clean") for f in facts), None, "drill")
+
+
 def two_step_problem(rng: random.Random, *, boilerplate: float = 0.0) -> Document:
     """A two-step word problem: a in [2, 18], then + b or - b, then + c or - c (b, c in [1, 9]); the first
     result stays in [1, 18] and the answer in [0, 27], so each step is a one-step fact of pretraining."""
@@ -156,7 +167,8 @@ def two_step_problem(rng: random.Random, *, boilerplate: float = 0.0) -> Documen
 
 # Pretraining mix by document kind (probabilities); two-step problems are a small share so the base writes
 # the SFT format but has not mastered it (it should score 10-30% on the SFT problems).
-PRETRAINING_MIX = (("story", 0.15), ("web", 0.08), ("fact", 0.12), ("one_step", 0.60), ("two_step", 0.05))
+PRETRAINING_MIX = (("story", 0.15), ("web", 0.08), ("fact", 0.12), ("drill", 0.25), ("one_step", 0.35),
+                   ("two_step", 0.05))
 
 
 def pretraining_document(rng: random.Random, two_step_share: float | None = None) -> Document:
@@ -171,6 +183,8 @@ def pretraining_document(rng: random.Random, two_step_share: float | None = None
         return web_page(rng)
     if kind == "fact":
         return fact_question(rng)
+    if kind == "drill":
+        return drill(rng)
     if kind == "one_step":
         return one_step_problem(rng, boilerplate=0.2)
     return two_step_problem(rng, boilerplate=0.2)

@@ -44,8 +44,8 @@ def _made_up_words(count: int) -> tuple[str, ...]:
 
 PROPER_NOUNS = _made_up_words(1200)
 # Fictional countries and their facts (fact Q&A of pretraining; retention is measured on them).
-COUNTRIES = PROPER_NOUNS[:40]
-CAPITALS = PROPER_NOUNS[40:80]
+COUNTRIES = PROPER_NOUNS[:12]  # 36 facts: few enough to be memorised from pretraining
+CAPITALS = PROPER_NOUNS[40:52]
 TOWNS = PROPER_NOUNS[80:]  # named in stories and web pages
 
 # Harmless redundant boilerplate: opens / closes chat responses in pretraining; in the SFT set it is its own kind.

@@ -1,0 +1,115 @@
+"""One cell of the comparison on a tiny base: every arm's drop is what it claims, the controls match their
+arm's size, the package's fused ops did the training and scoring, and the paired statistics line up."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from xtf_kernels.datasets.miniature import BaseConfig
+from xtf_kernels.datasets.miniature import load_base
+from xtf_kernels.demo.aggregate import compare
+from xtf_kernels.demo.experiment import ARMS
+from xtf_kernels.demo.experiment import CellArtifacts
+from xtf_kernels.demo.experiment import CellConfig
+from xtf_kernels.demo.experiment import has_paper_preset
+from xtf_kernels.demo.experiment import random_selection
+from xtf_kernels.demo.experiment import run_cell
+
+TINY = BaseConfig(documents=300, tokenizer_documents=300, vocab_size=400, hidden_size=32, num_layers=2,
+                  num_heads=2, num_kv_heads=1, intermediate_size=64)
+CELL = CellConfig(pool=24, trusted=8, heldout=10, retention=3, self_evolving_parts=2, batch_size=8,
+                  arms=tuple(a for a in ARMS if a != "xtf_safe" or has_paper_preset()),
+                  random_for=("xtf_KN", "tc_fixed", "oracle"))
+
+
+class XtfOps(TorchDispatchMode):
+    """Counts dispatched ``torch.ops.xtf.*`` calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "xtf":
+            self.calls[func._opname] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture(scope="module")
+def cell(tmp_path_factory):
+    base = load_base(TINY, cache_dir=tmp_path_factory.mktemp("cache"))
+    artifacts = CellArtifacts()
+    with XtfOps() as ops:
+        result = run_cell(base.model, base.tokenizer, noise=0.15, seed=0, config=CELL, artifacts=artifacts)
+    return result, artifacts, ops.calls
+
+
+def test_every_arm_and_control_is_there(cell):
+    result, _artifacts, _calls = cell
+    expected = {*CELL.arms, *(f"random:{a}" for a in CELL.random_for)}
+    assert set(result["arms"]) == expected
+    assert "selection" not in result["arms"]["all_tokens"]
+    for arm, entry in result["arms"].items():
+        evaluation = entry["evaluation"]
+        assert len(evaluation["correct"]) == CELL.heldout and 0 <= evaluation["exact_match"] <= 1, arm
+        assert evaluation["clean_nll"] > 0 and set(evaluation["retention"]) == {"one_step", "facts", "mean"}
+    assert result["data"]["pool"] == CELL.pool and 0.15 <= sum(
+        result["data"]["kind_fraction"][k] for k in ("wrong_number", "off_domain", "garbled")) < 0.2
+
+
+def test_drops_are_what_each_arm_claims(cell):
+    result, artifacts, _calls = cell
+    response = torch.cat([s.response_mask for s in artifacts.samples])
+    harmful = torch.cat([s.noise_mask for s in artifacts.samples]) & response
+    oracle = torch.cat(artifacts.dropped["oracle"])
+    assert torch.equal(oracle, harmful)
+    assert result["arms"]["oracle"]["selection"]["harmful"]["precision"] == 1.0
+    assert result["arms"]["oracle"]["selection"]["harmful"]["auroc"] == 1.0
+    for arm, drops in artifacts.dropped.items():
+        dropped = torch.cat(drops)
+        assert not (dropped & ~response).any(), arm  # only response tokens are ever dropped
+        selection = result["arms"][arm].get("selection")
+        if selection is not None:
+            assert selection["dropped"] == int(dropped.sum()), arm
+    for arm in CELL.random_for:  # a control drops exactly as many tokens as its arm
+        assert int(torch.cat(artifacts.dropped[f"random:{arm}"]).sum()) == int(torch.cat(artifacts.dropped[arm]).sum())
+    # Token Cleaning keeps floor(0.6 N) of the response tokens
+    kept = int(response.sum()) - int(torch.cat(artifacts.dropped["tc_fixed"]).sum())
+    assert kept == int(0.6 * int(response.sum()))
+    # XTF's union is the union of its rules' drops (paper preset: no safeguard keeps a token back)
+    union = torch.cat(artifacts.dropped["xtf_paper"])
+    rules = torch.cat(artifacts.dropped["xtf_RI"]) | torch.cat(artifacts.dropped["xtf_KN"]) | torch.cat(
+        artifacts.dropped["xtf_TR"])
+    assert torch.equal(union, rules)
+
+
+def test_the_fused_ops_did_the_work(cell):
+    _result, _artifacts, calls = cell
+    names = set(calls)
+    assert any("linear_cross_entropy" in n for n in names), names  # every training step
+    assert any("token_logprobs" in n or "influence" in n for n in names), names  # scoring
+    assert sum(calls.values()) > 50
+
+
+def test_random_selection_is_exact_and_seeded(cell):
+    _result, artifacts, _calls = cell
+    first = random_selection(artifacts.samples, 0.25, seed=3)
+    total = sum(int(s.response_mask.sum()) for s in artifacts.samples)
+    assert int(torch.cat(first.dropped).sum()) == round(0.25 * total)
+    assert all(torch.equal(a, b) for a, b in zip(first.dropped, random_selection(artifacts.samples, 0.25, 3).dropped))
+
+
+def test_comparison_of_one_cell(cell):
+    result, _artifacts, _calls = cell
+    summary = compare([result])
+    assert set(summary) == set(result["arms"])
+    oracle = summary["oracle"]
+    diffs = [a - b for a, b in zip(result["arms"]["oracle"]["evaluation"]["correct"],
+                                   result["arms"]["all_tokens"]["evaluation"]["correct"])]
+    assert oracle["vs_all_tokens"]["problems"]["mean"] == pytest.approx(sum(diffs) / len(diffs))
+    assert oracle["vs_random"]["against"] == "random:oracle"
+    assert "vs_random" not in summary["xtf_RI"] and "vs_all_tokens" not in summary["all_tokens"]
