@@ -3,12 +3,14 @@
 Plugged into :func:`xtf_kernels.ops.engine.chunked_head_pass` as a :class:`~xtf_kernels.ops.engine.RowKernel`;
 matches :func:`xtf_kernels.ops._torch.row_pass.row_pass` (same outputs, same formula from
 :mod:`xtf_kernels.ops.spec`). One program per row reads the fp32 raw logits row once for an online
-max / sum-exp (plus sum p z for the entropy and sum z for the mean logit), and once more to write the
-gradient with respect to the raw logits, with softcap, temperature, label smoothing, z-loss, the entropy
-gradient and the per-row upstream gradients folded in. When the inputs are 16-bit the gradient is written
-straight into the 16-bit buffer the backward matmuls read, so the chunk costs 2 fp32 reads + one 2-byte
-write per logit (the fp32 copy is written too only when the bias gradient needs it). When the forward's
-log-sum-exp is given (the recomputing backward) the statistics pass is skipped: one read, one write.
+max / sum-exp (plus the shifted sum exp(z - max)(z - max) for the entropy, sum w z for the mean logit and
+the first index of the maximum when asked), and once more to write the gradient with respect to the raw
+logits, with logit scale, softcap, temperature, label smoothing, class weights, z-loss, the entropy
+gradient and the per-row upstream gradients folded in; p comes from the row's own max and sum. When the
+inputs are 16-bit the gradient is written straight into the 16-bit buffer the backward matmuls read, so
+the chunk costs 2 fp32 reads + one 2-byte write per logit (the fp32 copy is written too only when the
+bias gradient needs it). When the forward's log-sum-exp is given (the recomputing backward) the
+statistics pass is skipped: one read, one write.
 
 Row offsets are 64-bit: a chunk of C rows holds C * V logits, over 2^31 from C = 16744 at V = 128256.
 """
