@@ -49,7 +49,6 @@ from xtf_kernels.demo.experiment import has_paper_preset
 from xtf_kernels.demo.experiment import run_cell
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-METHODS = tuple(a for a in ARMS if a not in ("all_tokens",))
 # At 0% noise only "does it cost anything" is asked (C2): no random controls, no oracle (it drops nothing).
 CLEAN_ARMS = ("all_tokens", "xtf_paper", "xtf_safe", "tc_fixed", "tc_self_evolving", "rho1")
 
@@ -67,14 +66,20 @@ def _arms(arms: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def full_plan() -> Plan:
-    noisy = CellConfig(arms=_arms(ARMS), random_for=_arms(METHODS))
-    mid = CellConfig(arms=_arms(ARMS), random_for=_arms(("xtf_paper", "xtf_safe", "tc_fixed", "rho1", "oracle")))
-    clean = CellConfig(arms=_arms(CLEAN_ARMS), random_for=())
-    return Plan(seeds=(0, 1, 2, 3, 4), cells={0.0: clean, 0.05: mid, 0.15: noisy})
+    """5 seeds; every arm at 15% (a random control for the unions, KN, both Token Cleanings' fixed form, RHO-1
+    and the oracle); at 5% the unions, fixed Token Cleaning, RHO-1 and the oracle; at 0% the methods only.
+    Levels run 15% first: the criteria that need the most seeds are decided there."""
+    sizes = dict(pool=480, trusted=128, heldout=150, retention=30)  # pretraining tokens = 24x the pool's
+    noisy = CellConfig(**sizes, arms=_arms(ARMS),
+                       random_for=_arms(("xtf_KN", "xtf_paper", "xtf_safe", "tc_fixed", "rho1", "oracle")))
+    mid = CellConfig(**sizes, arms=_arms(("all_tokens", "xtf_paper", "xtf_safe", "tc_fixed", "rho1", "oracle")),
+                     random_for=("xtf_paper", "tc_fixed", "rho1"))
+    clean = CellConfig(**sizes, arms=_arms(CLEAN_ARMS), random_for=())
+    return Plan(seeds=(0, 1, 2, 3, 4), cells={0.15: noisy, 0.0: clean, 0.05: mid})
 
 
 def quick_plan() -> Plan:
-    small = dict(pool=96, trusted=48, heldout=60, retention=20, self_evolving_parts=3)
+    small = dict(pool=96, trusted=48, heldout=60, retention=20, self_evolving_parts=3)  # lr 3e-4 as the full run
     noisy = CellConfig(**small, arms=_arms(("all_tokens", "xtf_KN", "xtf_paper", "xtf_safe", "tc_fixed",
                                             "tc_self_evolving", "rho1", "oracle")),
                        random_for=_arms(("xtf_paper", "tc_fixed", "oracle")))

@@ -56,7 +56,7 @@ class DemoConfig:
     trusted_samples: int = 160
     heldout_problems: int = 200
     retention_problems: int = 60
-    lr: float = 1e-3
+    lr: float = 3e-4
     batch_size: int = 16
     token_cleaning_k: float = 0.6
     rho1_keep: float = 0.6
