@@ -4,6 +4,7 @@ rank is killed, refused when ranks disagree or do not share the folder."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -11,7 +12,6 @@ import textwrap
 import pytest
 import torch
 
-from tests.integrations.distributed import _free_port
 from tests.integrations.distributed import run_ranks
 from tests.methods import tiny
 from tests.pipeline import ranks
@@ -21,6 +21,12 @@ pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +109,7 @@ def test_rank_killed_then_resumed_with_another_world_size(root, single, tmp_path
     script.write_text(KILLED_RUN.format(root=ROOT, data=str(root), out=str(out)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                               "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(script)],
+                               "--master-addr", "127.0.0.1", "--master-port", str(free_port()), str(script)],
                               capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
     assert launched.returncode != 0, launched.stderr[-3000:]
     assert "exitcode  : 17" in launched.stderr or "exitcode: 17" in launched.stderr, launched.stderr[-3000:]
