@@ -12,7 +12,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -32,7 +33,7 @@ def run_ranks(fn, world_size: int, *args, timeout_s: float = 300.0) -> None:
     """``fn(rank, world_size, *args)`` in ``world_size`` spawned processes; a failure in any rank (an assertion
     included) is raised here with its traceback, and ranks still running after ``timeout_s`` are killed."""
     context = mp.start_processes(
-        _entry, args=(fn, world_size, _free_port(), args), nprocs=world_size, join=False, start_method="spawn"
+        _entry, args=(fn, world_size, free_port(), args), nprocs=world_size, join=False, start_method="spawn"
     )
     deadline = time.monotonic() + timeout_s
     while not context.join(timeout=1.0):

@@ -99,14 +99,18 @@ def _deepspeed_worker(rank: int, world: int) -> None:
     import os
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), DS_ACCELERATOR="cpu")
+    import sys
+
     import deepspeed
     import deepspeed.comm.torch
     from deepspeed.utils import safe_get_full_grad
 
     from xtf_kernels.integrations.transformers import apply_xtf_kernels
 
-    # The shared-memory all-reduce is a C++ op DeepSpeed compiles on first use (minutes on 2 cores); gloo suffices.
-    deepspeed.comm.torch.build_shm_op = lambda: None
+    # The shared-memory all-reduce is a C++ op DeepSpeed compiles on first use (16 minutes on the loaded 2-core
+    # machine); gloo suffices. Patched through sys.modules: the attribute deepspeed.comm.torch is the torch package
+    # itself (deepspeed.comm re-exports it), not this submodule.
+    sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
     deepspeed.init_distributed(dist_backend="gloo")
     full = batch(4, 9, seed=7)
     half = full["input_ids"].shape[0] // world

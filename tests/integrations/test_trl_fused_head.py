@@ -180,3 +180,20 @@ def test_a_training_forward_without_labels_warns_once_naming_the_caller():
         model.train()
         bypass.reset_warnings()
         model(input_ids=inputs["input_ids"])  # an unpatched model is not watched
+
+
+def test_grpo_cast_lm_head_to_fp32_replaces_the_heads_forward_and_still_runs_xtf():
+    reference = tiny_model("llama")
+    patched = apply_xtf_kernels(twin(reference))
+    for model in (reference, patched):
+        head = model.lm_head  # what GRPOTrainer does with cast_lm_head_to_fp32=True
+        head.forward = lambda hidden, head=head: torch.nn.functional.linear(hidden.float(), head.weight.float())
+        trl_utils.add_fused_lm_head(model, temperature=0.9, cast_lm_head_to_fp32=True, outputs=("log_probs", "entropy"))
+    inputs = batch()
+    expected, expected_grads, _ = _outputs_and_grads(reference, inputs)
+    actual, actual_grads, ops = _outputs_and_grads(patched, inputs)
+    assert ops.calls["token_logprobs"] == 1
+    assert_close(actual.loss, expected.loss, msg="loss")
+    assert_close(actual.entropy, expected.entropy, msg="entropy")
+    for name, grad in expected_grads.items():
+        assert_close(actual_grads[name], grad, grad=True, msg=name)

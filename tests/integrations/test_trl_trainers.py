@@ -184,3 +184,51 @@ def test_dpo_matches_plain_trl_and_runs_xtf_every_step(tmp_path):
         assert calls["token_logprobs"] >= 2
     assert_same_run(actual, expected, ("entropy", "mean_token_accuracy", "num_tokens", "rewards/chosen",
                                        "rewards/margins", "logps/chosen", "logits/chosen"))
+
+
+def test_sft_step_of_a_patched_model_allocates_no_tokens_by_vocab_tensor(tmp_path):
+    """Every allocation of one SFT training step (forward + backward), from the profiler: plain TRL on the CPU
+    projects every position into a (positions, V) fp32 tile; the patched step's largest tensor is far below
+    (kept tokens) x V (chunks of 8 rows here; the head's (V, H) gradient is the largest remaining tensor)."""
+    from tests.integrations.memory_profile import profile_memory
+
+    vocab = 2048
+    reference = tiny_model("llama", vocab_size=vocab, hidden_size=16)
+    patched = apply_xtf_kernels(twin(reference), chunk_size=8)
+    dataset = filtered_dataset()
+    largest = {}
+    for name, model in (("reference", reference), ("patched", patched)):
+        trainer = _sft(model, dataset, tmp_path / name, per_device_train_batch_size=8, gradient_accumulation_steps=1,
+                       max_steps=1)([])
+        trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which this test skips
+        inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+        kept = int((inputs["labels"][:, 1:] != -100).sum())
+        largest[name] = profile_memory(lambda t=trainer, m=model, x=inputs: t.training_step(m, x)).largest
+    bound = kept * vocab * 4
+    assert largest["reference"] >= bound, largest
+    assert largest["patched"] < bound / 2, (largest, bound)
+
+
+def test_sft_with_compute_loss_func_warns_that_logits_were_built(tmp_path):
+    """SFTTrainer's compute_loss_func path calls the model without labels: a bypass, reported once by name."""
+    from xtf_kernels.integrations import bypass
+
+    bypass.reset_warnings()
+    model = apply_xtf_kernels(tiny_model("llama", vocab_size=VOCAB))
+
+    def loss_func(outputs, labels, num_items_in_batch=None):
+        logits = outputs.logits[:, :-1].float()
+        return torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels[:, 1:], reduction="sum") / (
+            num_items_in_batch or 1)
+
+    def build(callbacks):
+        args = trl.SFTConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2, max_length=32,
+                             **COMMON_ARGS)
+        return trl.SFTTrainer(model=model, args=args, train_dataset=filtered_dataset(), processing_class=tokenizer(),
+                              compute_loss_func=loss_func, callbacks=callbacks)
+
+    with pytest.warns(bypass.XtfBypassWarning, match=r"full logits for training \(called from sft_trainer\.py:\d+ in "
+                                                     r"compute_loss\)"):
+        run = train(build, model)
+    # The metrics still come from xtf (the no-grad fused call), the loss did not.
+    assert run.ops.steps[0]["token_logprobs"] > 0 and run.ops.steps[0]["head_backward"] == 0

@@ -250,5 +250,11 @@ def head_loss(
         Whatever the loss returns (a () fp32 loss for the default), with gradients to ``hidden`` and to the
         head's weight and bias (none to a frozen weight).
     """
-    output_head_leaves(head)
-    return head(hidden, HeadLossRequest(targets, loss_fn, **options))
+    leaves = output_head_leaves(head)
+    request = HeadLossRequest(targets, loss_fn, **options)
+    if leaves == [head] and "forward" in head.__dict__:
+        # A forward replaced on the instance (TRL's cast_lm_head_to_fp32 sets lm_head.forward to an fp32 F.linear)
+        # cannot take the request; with no engine wrapper in between, the weight is the module's own, so the loss
+        # is computed from it directly.
+        return request.run(head, hidden)
+    return head(hidden, request)

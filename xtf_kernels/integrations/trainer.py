@@ -12,8 +12,9 @@ wrap the collator in :class:`TokenColumnsCollator`::
     Trainer(model=model, args=TrainingArguments(...), train_dataset=ds, data_collator=collator).train()
 
 Leave ``TrainingArguments.label_smoothing_factor`` at 0 and ``compute_loss_func`` unset: with either, Trainer
-takes the labels out of the batch and computes the loss from logits, so the fused path never runs (and a
-``token_weights`` column then arrives without labels, a ValueError). Use ``apply_xtf_kernels(model,
+takes the labels out of the batch and computes the loss from logits, so the fused path never runs (an
+:class:`~xtf_kernels.integrations.bypass.XtfBypassWarning` says so once; a ``token_weights`` column then arrives
+without labels, a ValueError). Use ``apply_xtf_kernels(model,
 label_smoothing=...)`` or its ``loss_fn`` instead.
 
 Masks from the XTF / Token Cleaning pipeline: data whose labels already hold -100 on dropped tokens needs
@@ -31,11 +32,24 @@ An SFT loop of one's own (what TRL's SFTTrainer does around the model, minus its
         loss = accumulate_gradients(model, step_batches)      # backward done, transformers' GA convention
         optimizer.step(); optimizer.zero_grad()
 
-TRL's own SFTTrainer: its ``compute_loss`` reads ``outputs.logits`` for the entropy and token-accuracy
-metrics, which the fused path does not return, and its ``_set_signature_columns_if_needed`` keeps a fixed
-column list. Subclass it with ``compute_loss = transformers.Trainer.compute_loss`` (keeping everything else:
-data preparation, packing, PEFT setup) and set ``remove_unused_columns=False`` when the dataset carries
-``token_weights`` / ``ref_losses``; leave ``use_liger_kernel`` off.
+TRL (SFTTrainer, GRPOTrainer, DPOTrainer, RLOO, KTO): nothing beyond the patch either. TRL computes its loss and
+its ``entropy`` / ``mean_token_accuracy`` metrics from per-token outputs of its fused lm_head
+(``model(..., fused_lm_head=True)``), never from ``outputs.logits``; on a patched model that call is served by
+xtf's ``token_logprobs`` (see :mod:`.trl`). Masks from the pipeline go in the labels (-100), which TRL's packing
+keeps; a ``token_weights`` column needs ``remove_unused_columns=False`` (SFTTrainer keeps only input_ids, labels
+and seq_lengths otherwise) and TRL's collator wrapped in :class:`TokenColumnsCollator`, without packing (TRL's
+packing keeps input_ids and labels only)::
+
+    from trl import SFTConfig, SFTTrainer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    apply_xtf_kernels(model)
+    collator = TokenColumnsCollator(DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id),
+                                    {"token_weights": 0.0})
+    SFTTrainer(model=model, args=SFTConfig(..., remove_unused_columns=False), train_dataset=ds,
+               processing_class=tok, data_collator=collator).train()
+
+Leave SFTTrainer's ``compute_loss_func`` unset (it computes the loss from full logits; xtf then warns once).
 """
 
 from __future__ import annotations

@@ -10,11 +10,12 @@ project, the final hidden states after its final norm and ``logits_to_keep`` sli
 placeholder instead of logits, so nothing architecture-specific before the head is reimplemented. The
 loss is then computed by :func:`~xtf_kernels.integrations.output_head.head_loss` inside the real head's
 forward (engines gather its weight there) with the model's ``config.final_logit_softcapping`` (Gemma-2 /
-Gemma-3). The one thing the model may do after its head, transform the logits, is checked once: on the
-first fused call the head also projects one position per sequence, the model's forward transforms it as
-usual, and the result must equal ``softcap(head(hidden))``; a model that scales its logits (Cohere's
-``logit_scale``, Granite's ``logits_scaling``) fails that check with :class:`UnsupportedModelError`
-instead of training on a wrong loss. Models whose forward has no ``labels`` argument, encoder-decoders,
+Gemma-3) and logit scale (Cohere's ``logit_scale``, Granite's ``logits_scaling``, Falcon-H1's
+``lm_head_multiplier``: the config names TRL reads too). The one thing the model may do after its head, transform
+the logits, is checked once: on the first fused call the head also projects one position per sequence, the model's
+forward transforms it as usual, and the result must equal ``softcap(logit_scale * head(hidden))``; a model that
+transforms its logits in any other way fails that check with :class:`UnsupportedModelError` instead of training
+on a wrong loss. Models whose forward has no ``labels`` argument, encoder-decoders,
 models whose ``loss_function`` is not transformers' ``ForCausalLMLoss``, and heads that are not an
 ``nn.Linear`` (or PEFT's modules-to-save copy of one) are refused at ``apply_xtf_kernels`` time. MoE
 models add ``router_aux_loss_coef * aux_loss`` as their own forward does.
@@ -65,6 +66,13 @@ Distributed engines (apply before wrapping, or before ``fully_shard``; nothing e
   ``nn.Linear`` inside its unsharded forward (not tested here: FSDP1 is deprecated and CPU-hostile).
 Under FSDP2 / ZeRO-3 with the head in its own unit, each training step gathers the head weight once for
 the loss call (the capture call does not touch it); the first step gathers it once more for the check.
+
+TRL: ``trl.trainer.utils.add_fused_lm_head`` (called by TRL's trainers) replaces ``model.forward`` on the instance;
+on a patched model, before or after patching, that is intercepted and ``model(..., fused_lm_head=True)`` is served
+by xtf's ``token_logprobs`` with TRL's temperature and outputs (see :mod:`.trl`). Other instance-level forward
+wrappers (accelerate's) stay in front of the patched forward, as they would. A patched model run around xtf (its
+head projecting full logits in training with gradients, e.g. a loss computed from ``logits``) warns once per
+path with :class:`~xtf_kernels.integrations.bypass.XtfBypassWarning`.
 
 torch.compile: the patched forward traces into one graph (``fullgraph=True`` works; the check above is
 skipped while compiling), the fused op being a ``torch.library`` custom op with a fake implementation.
