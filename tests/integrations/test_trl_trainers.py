@@ -53,8 +53,8 @@ def test_grpo_matches_plain_trl_and_runs_xtf_every_step(tmp_path):
         return build
 
     reference, patched = _pair()
-    expected = train(factory(reference, "reference"), reference)
-    actual = train(factory(patched, "patched"), patched)
+    expected = train(factory(reference, "reference"))
+    actual = train(factory(patched, "patched"))
     assert expected.ops.total == 0
     _assert_xtf_ran_every_step(actual, 2)
     assert_same_run(actual, expected, ("entropy", "num_tokens", "reward"))
@@ -106,8 +106,8 @@ def test_sft_on_filtered_data_matches_plain_trl_and_runs_xtf_every_step(tmp_path
     """Labels at -100 on prompt and dropped tokens; packing on (padding-free, position_ids) and off."""
     reference, patched = _pair()
     dataset = filtered_dataset()
-    expected = train(_sft(reference, dataset, tmp_path / "reference", packing=packing), reference)
-    actual = train(_sft(patched, dataset, tmp_path / "patched", packing=packing), patched)
+    expected = train(_sft(reference, dataset, tmp_path / "reference", packing=packing))
+    actual = train(_sft(patched, dataset, tmp_path / "patched", packing=packing))
     assert expected.ops.total == 0
     _assert_xtf_ran_every_step(actual, 2)
     assert_same_run(actual, expected, ("entropy", "mean_token_accuracy", "num_tokens"))
@@ -117,9 +117,9 @@ def test_sft_gradient_accumulation_equals_one_large_batch(tmp_path):
     dataset = filtered_dataset()
     one, two = (apply_xtf_kernels(tiny_model("llama", vocab_size=VOCAB)) for _ in range(2))
     large = train(_sft(one, dataset, tmp_path / "large", max_steps=1, per_device_train_batch_size=4,
-                       gradient_accumulation_steps=1), one)
+                       gradient_accumulation_steps=1))
     accumulated = train(_sft(two, dataset, tmp_path / "accumulated", max_steps=1, per_device_train_batch_size=2,
-                             gradient_accumulation_steps=2), two)
+                             gradient_accumulation_steps=2))
     assert len(accumulated.ops.steps) == 1 and accumulated.ops.steps[0]["token_logprobs"] == 2
     assert_same_run(accumulated, large, ("entropy", "mean_token_accuracy", "num_tokens"))
 
@@ -146,7 +146,7 @@ def test_sft_token_weights_column_trains_on_the_weighted_kept_tokens(tmp_path):
         return out
 
     run = train(_sft(patched, dataset, tmp_path / "weighted", collator=collator, max_steps=1,
-                     remove_unused_columns=False, max_grad_norm=0.0), patched)  # unclipped gradients
+                     remove_unused_columns=False, max_grad_norm=0.0))  # unclipped gradients
     _assert_xtf_ran_every_step(run, 1)
     micro_batches = seen[:2]  # the trainer collates one batch ahead
     num_items = sum((b["labels"][:, 1:] != -100).sum() for b in micro_batches)
@@ -176,8 +176,8 @@ def test_dpo_matches_plain_trl_and_runs_xtf_every_step(tmp_path):
         return build
 
     reference, patched = _pair()
-    expected = train(factory(reference, twin(reference), "reference"), reference)
-    actual = train(factory(patched, twin(patched), "patched"), patched)  # the reference model is patched too
+    expected = train(factory(reference, twin(reference), "reference"))
+    actual = train(factory(patched, twin(patched), "patched"))  # the reference model is patched too
     assert expected.ops.total == 0
     _assert_xtf_ran_every_step(actual, 2)
     for calls in actual.ops.steps:  # policy (chosen + rejected in one call) and reference model
@@ -229,6 +229,40 @@ def test_sft_with_compute_loss_func_warns_that_logits_were_built(tmp_path):
 
     with pytest.warns(bypass.XtfBypassWarning, match=r"full logits for training \(called from sft_trainer\.py:\d+ in "
                                                      r"compute_loss\)"):
-        run = train(build, model)
+        run = train(build)
     # The metrics still come from xtf (the no-grad fused call), the loss did not.
     assert run.ops.steps[0]["token_logprobs"] > 0 and run.ops.steps[0]["head_backward"] == 0
+
+
+def test_grpo_with_a_kl_term_patches_the_reference_model_trl_builds(tmp_path):
+    """beta > 0: GRPOTrainer loads its reference model itself (from the policy's path). Patching both after the
+    trainer is built (TRL's fused heads already installed) puts the reference log-probs on xtf too."""
+    path = tmp_path / "tiny"
+    tiny_model("llama", vocab_size=VOCAB).save_pretrained(path)
+    tokenizer().save_pretrained(path)
+    dataset = datasets.Dataset.from_dict({"prompt": ["Tom has 3 apples .", "Anna buys 12 pens ."] * 2})
+
+    def reward(completions, **kwargs):
+        return [float(len(c)) for c in completions]
+
+    runs = {}
+    for name in ("reference", "patched"):
+
+        def build(callbacks, name=name):
+            args = trl.GRPOConfig(
+                output_dir=str(tmp_path / name), max_steps=1, per_device_train_batch_size=4, num_generations=2,
+                max_completion_length=5, beta=0.1, **COMMON_ARGS,
+            )
+            trainer = trl.GRPOTrainer(model=str(path), reward_funcs=reward, args=args, train_dataset=dataset,
+                                      callbacks=callbacks)
+            if name == "patched":
+                apply_xtf_kernels(trainer.model)
+                apply_xtf_kernels(trainer.ref_model)
+            return trainer
+
+        runs[name] = train(build)
+    expected, actual = runs["reference"], runs["patched"]
+    assert expected.ops.total == 0
+    # Policy forward + backward, and the reference model's forward-only log-probs.
+    assert actual.ops.steps[0]["token_logprobs"] >= 2 and actual.ops.steps[0]["head_backward"] >= 1
+    assert_same_run(actual, expected, ("entropy", "kl", "reward"))

@@ -37,11 +37,11 @@ class Run(NamedTuple):
     params: dict[str, torch.Tensor]  # parameters after training
 
 
-def _first_grads_callback(model, store: dict):
+def _first_grads_callback(store: dict):
     from transformers import TrainerCallback
 
     class _FirstGrads(TrainerCallback):
-        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
             if not store:
                 for name, p in model.named_parameters():
                     if p.grad is not None:
@@ -50,15 +50,15 @@ def _first_grads_callback(model, store: dict):
     return _FirstGrads()
 
 
-def train(trainer_factory, model) -> Run:
+def train(trainer_factory) -> Run:
     """Build the trainer with ``trainer_factory(callbacks)`` and train it with the op counter active."""
     grads: dict[str, torch.Tensor] = {}
     ops = XtfOpCounter()
-    trainer = trainer_factory([_first_grads_callback(model, grads), ops.callback()])
+    trainer = trainer_factory([_first_grads_callback(grads), ops.callback()])
     with ops:
         trainer.train()
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
-    params = {name: p.detach().clone() for name, p in model.named_parameters()}
+    params = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
     return Run(trainer, logs, grads, ops, params)
 
 

@@ -40,7 +40,7 @@ def main(out_dir: str, batch_per_process: int) -> None:
         return trl.SFTTrainer(model=model, args=args, train_dataset=filtered_dataset(), processing_class=tokenizer(),
                               callbacks=callbacks)
 
-    run = train(build, model)
+    run = train(build)
     rank = int(os.environ.get("RANK", "0"))
     result = dict(logs=run.logs, steps=[dict(c) for c in run.ops.steps], params=run.params)
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
