@@ -131,3 +131,17 @@ def test_corrupted_and_truncated_shards_are_detected_and_scored_again(tmp_path, 
     assert "shard-00001.safetensors" in caplog.text and "shard-00002.safetensors" in caplog.text
     assert result.manifest["throughput"]["samples"] == 4  # the two bad shards, nothing else
     assert_same_results(result, expected)
+
+
+def test_a_lost_manifest_is_rebuilt_from_the_shards_and_foreign_shards_are_replaced(tmp_path):
+    expected = reference(tmp_path)
+    out = tmp_path / "out"
+    kwargs = {"shard_size": 2, "batch_size": 2, "progress": False, "num_workers": 0}
+    score_dataset(XTFScorer(tiny.model("llama")), tiny.data(8).samples, out, **kwargs)
+    other = tmp_path / "other"  # a shard of the same index for other data, copied in
+    score_dataset(XTFScorer(tiny.model("llama")), tiny.data(8, seed=1).samples, other, **kwargs)
+    (out / "shard-00003.safetensors").write_bytes((other / "shard-00003.safetensors").read_bytes())
+    (out / "manifest.json").write_text("{ truncated")
+    result = score_dataset(XTFScorer(tiny.model("llama")), tiny.data(8).samples, out, **kwargs)
+    assert result.manifest["throughput"]["samples"] == 2  # only the foreign shard was scored again
+    assert_same_results(result, expected)
