@@ -172,3 +172,15 @@ def test_per_sample_safeguards_after_the_global_top_k_match_in_memory_cleaning(t
         result = score_dataset(scorer, samples, tmp_path / safeguards.all_dropped, shard_size=5, progress=False,
                                num_workers=0)
         assert_same(result.iter_samples(), expected)
+
+
+def test_results_of_an_older_format_are_refused_not_mixed(tmp_path):
+    model = tiny.model("llama")
+    samples = tiny.data(4).samples
+    score_dataset(XTFScorer(model), samples, tmp_path, progress=False, num_workers=0)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["version"] = 1
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FingerprintMismatchError, match="format version 1"):
+        score_dataset(XTFScorer(model), samples, tmp_path, progress=False, num_workers=0)
+    assert score_dataset(XTFScorer(model), samples, tmp_path, overwrite=True, progress=False).complete
