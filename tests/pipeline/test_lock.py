@@ -142,6 +142,8 @@ def test_a_lost_manifest_is_rebuilt_from_the_shards_and_foreign_shards_are_repla
     score_dataset(XTFScorer(tiny.model("llama")), tiny.data(8, seed=1).samples, other, **kwargs)
     (out / "shard-00003.safetensors").write_bytes((other / "shard-00003.safetensors").read_bytes())
     (out / "manifest.json").write_text("{ truncated")
+    (out / ".shard-00001.safetensors.k1ll3d.tmp").write_bytes(b"half a shard")  # a killed writer's leftover
     result = score_dataset(XTFScorer(tiny.model("llama")), tiny.data(8).samples, out, **kwargs)
     assert result.manifest["throughput"]["samples"] == 2  # only the foreign shard was scored again
+    assert not [name for name in os.listdir(out) if name.endswith(".tmp")]
     assert_same_results(result, expected)

@@ -6,6 +6,7 @@ shard i is samples [i * shard_size, (i + 1) * shard_size) whoever scores it, so 
 those of one process and a run resumes with any number of ranks.
 
 1. lock: rank 0 creates ``.xtf-run.lock`` (:mod:`~xtf_kernels.pipeline.lock`); a second run is refused.
+   Temporary files a killed writer left are removed; every rank checks it sees the lock (a shared folder).
 2. dataset pass (no model forward): each rank reads, tokenises and digests the samples of the shards
    i = rank (mod world) in DataLoader workers and feeds them to the scorer; the scorer's additive statistics
    (XTF: token counts) are summed over the ranks, the digests and lengths gathered, so every rank fits the
@@ -155,7 +156,20 @@ def _local_world_size(group: Group) -> int:
 
 def _lock(out_dir: str, lock: RunLock) -> str:
     os.makedirs(out_dir, exist_ok=True)
-    return lock.acquire().run_id
+    run_id = lock.acquire().run_id
+    _remove_temporaries(out_dir)
+    return run_id
+
+
+def _remove_temporaries(out_dir: str) -> None:
+    """Temporary files a killed writer left (atomic writes of shards, manifest, state): with the lock held,
+    no process is writing them."""
+    ours = (store.MANIFEST, store.STATE_FILE)
+    for name in os.listdir(out_dir):
+        if name.startswith(".") and name.endswith(".tmp") and (name.startswith(".shard-")
+                                                               or any(name.startswith(f".{o}.") for o in ours)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(out_dir, name))
 
 
 @contextlib.contextmanager
