@@ -197,3 +197,42 @@ def test_grpo_cast_lm_head_to_fp32_replaces_the_heads_forward_and_still_runs_xtf
     assert_close(actual.entropy, expected.entropy, msg="entropy")
     for name, grad in expected_grads.items():
         assert_close(actual_grads[name], grad, grad=True, msg=name)
+
+
+def test_a_trl_head_whose_options_cannot_be_read_is_left_to_trl_with_one_warning():
+    """A TRL whose _fused_forward keeps its options elsewhere (an untested version) runs its own path, loudly."""
+    import types
+
+    bypass.reset_warnings()
+    namespace = {"__name__": "trl.trainer.utils"}
+    exec(compile("def _fused_forward(self, *args, **kwargs):\n    return 'trl'\n", "utils.py", "exec"), namespace)
+    model = apply_xtf_kernels(tiny_model("llama"))
+    with pytest.warns(bypass.XtfBypassWarning, match="untested TRL version"):
+        model.forward = types.MethodType(namespace["_fused_forward"], model)
+    assert model(fused_lm_head=True) == "trl"
+
+
+def test_instance_forward_wrappers_stay_in_front_of_the_patch_and_one_set_before_it_is_refused():
+    import types
+
+    from xtf_kernels.errors import UnsupportedModelError
+
+    model = apply_xtf_kernels(tiny_model("llama"))
+    calls = []
+    inner = model.forward.__func__
+
+    def wrapper(self, *args, **kwargs):  # what accelerate's autocast / fp32-output wrappers look like
+        calls.append(1)
+        return inner(self, *args, **kwargs)
+
+    model.forward = types.MethodType(wrapper, model)
+    with XtfOpCounter() as ops:
+        assert model(**batch()).logits is None
+    assert calls == [1] and ops.calls["linear_cross_entropy"] == 1
+    del model.forward
+    assert model.forward.__func__ is inner
+
+    plain = tiny_model("llama")
+    plain.forward = types.MethodType(lambda self, **kwargs: None, plain)
+    with pytest.raises(UnsupportedModelError, match="replaced on the instance"):
+        apply_xtf_kernels(plain)

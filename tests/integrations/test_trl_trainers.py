@@ -90,13 +90,15 @@ def filtered_dataset(rows: int = 8, seed: int = 0, *, weights_only: bool = False
     return datasets.Dataset.from_list(records, features=features)
 
 
-def _sft(model, dataset, folder, *, collator=None, **config):
+def _sft(model, dataset, folder, *, collator=None, peft_config=None, **config):
     def build(callbacks):
         options = dict(max_steps=2, per_device_train_batch_size=2, gradient_accumulation_steps=2, max_length=32)
         options.update(config)
         args = trl.SFTConfig(output_dir=str(folder), **options, **COMMON_ARGS)
+        if peft_config is not None:
+            torch.manual_seed(1)  # LoRA's A matrices are drawn when the trainer wraps the model
         return trl.SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer(),
-                              data_collator=collator, callbacks=callbacks)
+                              data_collator=collator, peft_config=peft_config, callbacks=callbacks)
 
     return build
 
@@ -266,3 +268,17 @@ def test_grpo_with_a_kl_term_patches_the_reference_model_trl_builds(tmp_path):
     # Policy forward + backward, and the reference model's forward-only log-probs.
     assert actual.ops.steps[0]["token_logprobs"] >= 2 and actual.ops.steps[0]["head_backward"] >= 1
     assert_same_run(actual, expected, ("entropy", "kl", "reward"))
+
+
+def test_sft_with_a_lora_peft_config_matches_plain_trl(tmp_path):
+    """SFTTrainer wraps the patched model in PEFT itself (peft_config) and adds its fused head to the base model."""
+    peft = pytest.importorskip("peft")
+
+    lora = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    reference, patched = _pair()
+    expected = train(_sft(reference, filtered_dataset(), tmp_path / "reference", peft_config=lora))
+    actual = train(_sft(patched, filtered_dataset(), tmp_path / "patched", peft_config=lora))
+    assert expected.ops.total == 0
+    _assert_xtf_ran_every_step(actual, 2)
+    assert any("lora" in name for name in actual.grads) and not any("lm_head" in name for name in actual.grads)
+    assert_same_run(actual, expected, ("entropy", "mean_token_accuracy", "num_tokens"))
