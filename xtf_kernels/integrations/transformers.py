@@ -83,7 +83,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-import types
 from dataclasses import dataclass
 
 import torch
@@ -192,7 +191,7 @@ class _ForwardSlot:
         if instance is None:
             return self.function
         override = instance.__dict__.get("_xtf_forward_override")
-        return override if override is not None else types.MethodType(self.function, instance)
+        return override if override is not None else self.function.__get__(instance, owner)
 
     def __set__(self, instance, value):
         from .trl import recognise_fused_head
@@ -215,8 +214,8 @@ def _patched_class(base_cls: type, columns: tuple[str, ...]) -> type:
     consumed = (*_OWN_KEYWORDS, _TRL_KEYWORD, *columns)
 
     def forward(self, *args, **kwargs):
-        own = {name: kwargs.pop(name) for name in consumed if name in kwargs}
-        bound = base_signature.bind(self, *args, **kwargs).arguments
+        own = {name: value for name, value in kwargs.items() if name in consumed}
+        bound = base_signature.bind(self, *args, **{k: v for k, v in kwargs.items() if k not in consumed}).arguments
         call = {}
         for name, value in bound.items():
             kind = base_signature.parameters[name].kind
