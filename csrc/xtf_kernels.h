@@ -42,7 +42,8 @@ struct LogitsChunk {
   float softcap;           // 0: off
   float inv_temperature;
   float logit_scale;       // multiplies the raw logits before softcap (1: none)
-  const float* class_weights;  // (vocab,) per-class weights of the loss, or nullptr (all 1)
+  const float* class_weights;  // (vocab,) per-class weights of the loss, or nullptr (all 1): row_stats
+                               // weights the mean logit's sum w z, row_finalize the loss gradient (w_t, C w_j)
   int splits;              // vocabulary slices per row, 1 .. kMaxSplits
 };
 
