@@ -137,7 +137,7 @@ def test_max_batch_tokens_and_progress_bars(tmp_path, capsys):
     samples = tiny.data(10).samples
     result = score_dataset(XTFScorer(model), samples, tmp_path, batch_size=8, max_batch_tokens=90, progress=True)
     err = capsys.readouterr().err
-    assert "scoring" in err and "rank 0" in err and "tok/s, all ranks" in err
+    assert "scoring" in err and "tok/s" in err
     assert_same(result.iter_samples(), score_samples(XTFScorer(model), samples))
 
 

@@ -21,11 +21,16 @@ class Meter:
         out_dir: the results folder.
         shard_samples / shard_tokens: samples and tokens of each shard to score in this run, by index (other
             ranks' shards are recognised on disk).
+        owners: the rank that scores each of those shards.
         bar: a tqdm bar over every rank's samples (rank 0 with progress on) or None.
     """
 
-    def __init__(self, out_dir: str, shard_samples: dict[int, int], shard_tokens: dict[int, int], bar=None):
+    def __init__(self, out_dir: str, shard_samples: dict[int, int], shard_tokens: dict[int, int],
+                 owners: dict[int, int], bar=None):
         self.out_dir, self.shard_samples, self.shard_tokens, self.bar = out_dir, shard_samples, shard_tokens, bar
+        self.owners = owners
+        self.world_size = max(owners.values(), default=0) + 1
+        self._rank_tokens = [0] * self.world_size
         self.samples = self.tokens = 0
         self.start = time.perf_counter()
         self._start_ns = time.time_ns()
@@ -47,6 +52,7 @@ class Meter:
         if index not in self._seen:
             self._seen.add(index)
             self._all_tokens += self.shard_tokens[index]
+            self._rank_tokens[self.owners[index]] += self.shard_tokens[index]
 
     def _poll(self, force: bool = False) -> None:
         """Refresh the bar with the shards other ranks finished since the run started."""
@@ -64,8 +70,14 @@ class Meter:
         others = sum(self.shard_samples[i] for i in self._seen) - seen_before
         if others > 0:
             self.bar.update(others)
-        self.bar.set_postfix_str(f"rank 0 {self.rate(self.tokens):,.0f} tok/s, all ranks "
-                                 f"{self.rate(self._all_tokens):,.0f} tok/s", refresh=False)
+        own = self.rate(self.tokens)
+        if self.world_size > 1:
+            rates = [own, *(self.rate(tokens) for tokens in self._rank_tokens[1:])]  # others: finished shards
+            text = (f"all ranks {self.rate(self._all_tokens):,.0f} tok/s, per rank {min(rates):,.0f}-"
+                    f"{max(rates):,.0f} (rank 0 {own:,.0f})")
+        else:
+            text = f"{own:,.0f} tok/s"
+        self.bar.set_postfix_str(text, refresh=False)
 
     def rate(self, tokens: int) -> float:
         return tokens / max(time.perf_counter() - self.start, 1e-9)

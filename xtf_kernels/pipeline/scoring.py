@@ -383,7 +383,8 @@ class _Run:
             bar = tqdm(desc=f"{scorer.name}: scoring", unit="sample", total=self.num_samples, initial=done)
         meter = Meter(self.out_dir, {s: len(self.shard_range(s)) for s in pending},
                       {s: int(self.lengths[self.shard_range(s).start: self.shard_range(s).stop].sum())
-                       for s in pending}, bar)
+                       for s in pending},
+                      {s: position % group.world_size for position, s in enumerate(pending)}, bar)
         device = scorer.device
         results: dict[int, object] = {}
         entries: dict[int, dict] = {}
