@@ -150,3 +150,18 @@ def test_token_columns_collator_rejects_ragged_or_partial_columns():
         TokenColumnsCollator(_pad, {"w": 0.0}, padding_side="middle")
     with pytest.raises(TypeError, match="columns"):
         TokenColumnsCollator(_pad, ["w"])
+
+
+def test_trainer_label_smoothing_factor_bypasses_the_fused_loss_and_says_so(tmp_path):
+    """Trainer's label smoother takes the labels out of the batch and smooths full logits: one warning, by name."""
+    from xtf_kernels.integrations import bypass
+
+    bypass.reset_warnings()
+    model = apply_xtf_kernels(tiny_model("llama"))
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2, label_smoothing_factor=0.1,
+        report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True,
+    )
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=_dataset(), data_collator=_pad)
+    with pytest.warns(bypass.XtfBypassWarning, match=r"called from trainer\.py:\d+ in compute_loss"):
+        trainer.train()

@@ -10,6 +10,7 @@
 - :mod:`.trl`: TRL's fused lm_head (SFT, GRPO, DPO, RLOO, KTO) served by ``token_logprobs`` on a patched model.
 - :mod:`.liger`: ``LigerFusedLinearCrossEntropyLoss`` / ``liger_fused_linear_cross_entropy`` with Liger-Kernel's
   signature and options, computed by ``linear_cross_entropy`` (swap the import).
+- :mod:`.dropped_token_monitor`: a Trainer callback reporting the NLL of the tokens a filter dropped.
 - :mod:`.bypass`: the once-per-path :class:`~.bypass.XtfBypassWarning` raised when a patched model is run
   around xtf_kernels.
 - :mod:`.vocab_parallel`: linear cross-entropy and token log-probs over a ``torch.distributed`` group
