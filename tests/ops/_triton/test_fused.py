@@ -233,18 +233,23 @@ def test_argmax_ties_across_vocabulary_splits(fused_statistics):
 def test_entropy_exact_at_large_logits(fused):
     """Logits 1e4 + O(1), every one exact in fp32 (integer hidden and weight, bias on a 1/8 grid), so float64
     on the same inputs is the exact answer: the shifted sums keep the entropy to O(1) rounding, where an
-    unshifted sum p z ~ 1e4 minus lse ~ 1e4 would lose ~1e-3. (The fused backward is given the fp32 lse,
-    whose rounding, ~6e-4 at 1e4, every p = exp(z - lse) carries: its gradients are not compared here.)"""
+    unshifted sum p z ~ 1e4 minus lse ~ 1e4 would lose ~1e-3. The backward in the same call takes p and the
+    entropy term from the forward's max and sum, so its gradients are exact too (a backward given only the
+    fp32 lse, the recomputing one, carries its ~6e-4 rounding into every p)."""
     gen = torch.Generator().manual_seed(8)
     hidden = torch.randint(-2, 3, (13, 31), generator=gen).float()
     weight = torch.randint(-1, 2, (123, 31), generator=gen).float() * 0.25
     bias = 1e4 + torch.randint(-16, 17, (123,), generator=gen).float() / 8
     targets = torch.randint(0, 123, (13,), generator=gen)
-    expected = reference_head_pass(hidden, weight, bias, targets, HeadSpec())
-    result = fused(hidden, weight, bias, targets, HeadSpec(), want_entropy=True)
+    grads = RowGrads(loss=torch.ones(13), entropy=torch.ones(13))
+    expected = reference_head_pass(hidden, weight, bias, targets, HeadSpec(), grads)
+    result = fused(hidden, weight, bias, targets, HeadSpec(), want_entropy=True, grads=grads, need_grad_hidden=True,
+                   need_grad_weight=True)
     assert (expected.entropy > 1).all()
     torch.testing.assert_close(result.entropy.double(), expected.entropy, atol=2e-6, rtol=2e-6)
     torch.testing.assert_close(result.lse.double(), expected.lse, atol=0, rtol=2e-7)
+    assert_close(result.grad_hidden, expected.grad_hidden, grad=True, msg="grad_hidden")
+    assert_close(result.grad_weight, expected.grad_weight, grad=True, msg="grad_weight")
 
 
 @pytest.mark.interpret

@@ -54,14 +54,15 @@ def fused_head_pass(
     if not want_grad:
         grads = None
     need_entropy_stat = (want_entropy or (want_grad and grads.entropy is not None)) and entropy is None
-    mean_logit = argmax = None
+    mean_logit = argmax = normalizer = None
     forward_tiles = None if config is None else config.forward
     if lse is None or want_mean_logit or need_entropy_stat or want_argmax:
         stats = fused_statistics(
             hidden, weight, bias, targets, spec, want_entropy=need_entropy_stat, want_mean_logit=want_mean_logit,
             want_argmax=want_argmax, class_weights=class_weights, config=forward_tiles,
         )
-        lse = stats.lse if lse is None else lse
+        if lse is None:  # the backward below takes p from this forward's max and sum: exact at any logit size
+            lse, normalizer = stats.lse, (stats.shift, stats.log_norm)
         entropy = stats.entropy if entropy is None else entropy
         target_logit, mean_logit, argmax = stats.target_logit, stats.mean_logit, stats.argmax
     else:
@@ -71,7 +72,7 @@ def fused_head_pass(
         grad_hidden, grad_weight, grad_bias = fused_gradients(
             hidden, weight, bias, targets, spec, grads, lse, entropy,
             need_grad_hidden=need_grad_hidden, need_grad_weight=need_grad_weight, need_grad_bias=need_grad_bias,
-            class_weights=class_weights, config=config,
+            class_weights=class_weights, normalizer=normalizer, config=config,
         )
     return HeadPassResult(
         lse, target_logit, mean_logit, entropy if want_entropy else None, grad_hidden, grad_weight, grad_bias, argmax

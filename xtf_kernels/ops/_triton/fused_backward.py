@@ -54,14 +54,22 @@ _HIDDEN_MAX_SPLITS = 8
 
 @triton.jit
 def _row_block_coefficients(
-    rows, row_mask, TARGETS, LSE, ENTROPY, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, CLASS_WEIGHTS, CLASS_WEIGHT_SUM,
-    z_loss, label_smoothing, vocab,
+    rows, row_mask, TARGETS, LSE, SHIFT, LOG_NORM, ENTROPY, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, CLASS_WEIGHTS,
+    CLASS_WEIGHT_SUM, z_loss, label_smoothing, vocab,
     HAS_G_LOSS: tl.constexpr, HAS_G_LOGPROB: tl.constexpr, HAS_G_ENTROPY: tl.constexpr, HAS_G_LSE: tl.constexpr,
-    HAS_CLASS_WEIGHTS: tl.constexpr,
+    HAS_CLASS_WEIGHTS: tl.constexpr, HAS_NORMALIZER: tl.constexpr,
 ):
-    """(targets int32, lse, A, B, C, D), each (BLOCK_M,), for the rows of one block."""
+    """(targets int32, shift, scale, A, B, C, D), each (BLOCK_M,) (scale a scalar 1 without HAS_NORMALIZER), for
+    the rows of one block: p = exp(z - shift) * scale (see ``row_math.raw_logit_grad``)."""
     targets = tl.load(TARGETS + rows, mask=row_mask, other=-1).to(tl.int32)
     lse = tl.load(LSE + rows, mask=row_mask, other=0.0)
+    shift = lse
+    scale = 1.0
+    log_norm = 0.0
+    if HAS_NORMALIZER:
+        shift = tl.load(SHIFT + rows, mask=row_mask, other=0.0)
+        log_norm = tl.load(LOG_NORM + rows, mask=row_mask, other=0.0)
+        scale = tl.exp(-log_norm)
     entropy = lse
     if HAS_G_ENTROPY:
         entropy = tl.load(ENTROPY + rows, mask=row_mask, other=0.0)
@@ -71,21 +79,22 @@ def _row_block_coefficients(
         target_weight = tl.load(CLASS_WEIGHTS + targets, mask=row_mask, other=0.0)
         weight_mean = tl.load(CLASS_WEIGHT_SUM) / vocab
     coef_a, coef_b, coef_c, coef_d = grad_coefficients(
-        rows, row_mask, lse, 0.0, entropy, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, z_loss, label_smoothing, vocab,
+        rows, row_mask, lse, log_norm, entropy, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, z_loss, label_smoothing, vocab,
         target_weight, weight_mean, HAS_G_LOSS, HAS_G_LOGPROB, HAS_G_ENTROPY, HAS_G_LSE, HAS_CLASS_WEIGHTS,
     )
-    return targets, lse, coef_a, coef_b, coef_c, coef_d
+    return targets, shift, scale, coef_a, coef_b, coef_c, coef_d
 
 
 @triton.jit
 def _grad_hidden_kernel(
-    H, W, BIAS, TARGETS, LSE, ENTROPY, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, CLASS_WEIGHTS, CLASS_WEIGHT_SUM, DH,
+    H, W, BIAS, TARGETS, LSE, SHIFT, LOG_NORM, ENTROPY, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, CLASS_WEIGHTS,
+    CLASS_WEIGHT_SUM, DH,
     rows_total, vocab, hdim, stride_hm, stride_hk, stride_wv, stride_wk, stride_dh_split, stride_dh_m,
     cols_per_split, tanh_scale, out_scale, slope_scale, label_smoothing, z_loss,
     HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     HAS_G_LOSS: tl.constexpr, HAS_G_LOGPROB: tl.constexpr, HAS_G_ENTROPY: tl.constexpr, HAS_G_LSE: tl.constexpr,
-    HAS_CLASS_WEIGHTS: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
+    HAS_CLASS_WEIGHTS: tl.constexpr, HAS_NORMALIZER: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     split = tl.program_id(1)
     row0 = tl.program_id(0) * BLOCK_M
@@ -94,9 +103,10 @@ def _grad_hidden_kernel(
     hs = tl.arange(0, BLOCK_H)
     rows = row0 + lrows
     row_mask = rows < rows_total
-    targets, lse, coef_a, coef_b, coef_c, coef_d = _row_block_coefficients(
-        rows, row_mask, TARGETS, LSE, ENTROPY, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, CLASS_WEIGHTS, CLASS_WEIGHT_SUM,
-        z_loss, label_smoothing, vocab, HAS_G_LOSS, HAS_G_LOGPROB, HAS_G_ENTROPY, HAS_G_LSE, HAS_CLASS_WEIGHTS,
+    targets, shift, scale, coef_a, coef_b, coef_c, coef_d = _row_block_coefficients(
+        rows, row_mask, TARGETS, LSE, SHIFT, LOG_NORM, ENTROPY, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, CLASS_WEIGHTS,
+        CLASS_WEIGHT_SUM, z_loss, label_smoothing, vocab, HAS_G_LOSS, HAS_G_LOGPROB, HAS_G_ENTROPY, HAS_G_LSE,
+        HAS_CLASS_WEIGHTS, HAS_NORMALIZER,
     )
     h_base = H + tl.cast(row0, tl.int64) * stride_hm
     dh_base = DH + tl.cast(split, tl.int64) * stride_dh_split + tl.cast(row0, tl.int64) * stride_dh_m
@@ -111,8 +121,8 @@ def _grad_hidden_kernel(
             stride_wk, HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, DOT_PRECISION,
         )
         grad = grad_tile(
-            raw, row_mask, cols, col_mask, targets, lse, coef_a, coef_b, coef_c, coef_d, CLASS_WEIGHTS,
-            tanh_scale, out_scale, slope_scale, HAS_SOFTCAP, HAS_G_ENTROPY, HAS_CLASS_WEIGHTS,
+            raw, row_mask, cols, col_mask, targets, shift, scale, coef_a, coef_b, coef_c, coef_d, CLASS_WEIGHTS,
+            tanh_scale, out_scale, slope_scale, HAS_SOFTCAP, HAS_G_ENTROPY, HAS_CLASS_WEIGHTS, HAS_NORMALIZER,
         ).to(W.dtype.element_ty)
         accumulate = n0 > col_start  # the first tile of the range initialises the partial
         # (the scalar condition is broadcast to the tile explicitly below: Triton 3.9's interpreter rejects a
@@ -134,12 +144,13 @@ def _grad_hidden_kernel(
 
 @triton.jit
 def _grad_weight_kernel(
-    H, W, BIAS, TARGETS, LSE, ENTROPY, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, CLASS_WEIGHTS, CLASS_WEIGHT_SUM, DW, DB,
+    H, W, BIAS, TARGETS, LSE, SHIFT, LOG_NORM, ENTROPY, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, CLASS_WEIGHTS,
+    CLASS_WEIGHT_SUM, DW, DB,
     rows_total, vocab, hdim, stride_hm, stride_hk, stride_wv, stride_wk, stride_dw_v,
     tanh_scale, out_scale, slope_scale, label_smoothing, z_loss,
     HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     HAS_G_LOSS: tl.constexpr, HAS_G_LOGPROB: tl.constexpr, HAS_G_ENTROPY: tl.constexpr, HAS_G_LSE: tl.constexpr,
-    HAS_CLASS_WEIGHTS: tl.constexpr, NEED_WEIGHT: tl.constexpr, NEED_BIAS: tl.constexpr,
+    HAS_CLASS_WEIGHTS: tl.constexpr, HAS_NORMALIZER: tl.constexpr, NEED_WEIGHT: tl.constexpr, NEED_BIAS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
@@ -155,10 +166,10 @@ def _grad_weight_kernel(
     for m0 in range(0, rows_total, BLOCK_M):
         rows = m0 + lrows
         row_mask = rows < rows_total
-        targets, lse, coef_a, coef_b, coef_c, coef_d = _row_block_coefficients(
-            rows, row_mask, TARGETS, LSE, ENTROPY, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE, CLASS_WEIGHTS,
-            CLASS_WEIGHT_SUM, z_loss, label_smoothing, vocab, HAS_G_LOSS, HAS_G_LOGPROB, HAS_G_ENTROPY, HAS_G_LSE,
-            HAS_CLASS_WEIGHTS,
+        targets, shift, scale, coef_a, coef_b, coef_c, coef_d = _row_block_coefficients(
+            rows, row_mask, TARGETS, LSE, SHIFT, LOG_NORM, ENTROPY, G_LOSS, G_LOGPROB, G_ENTROPY, G_LSE,
+            CLASS_WEIGHTS, CLASS_WEIGHT_SUM, z_loss, label_smoothing, vocab, HAS_G_LOSS, HAS_G_LOGPROB,
+            HAS_G_ENTROPY, HAS_G_LSE, HAS_CLASS_WEIGHTS, HAS_NORMALIZER,
         )
         h_base = H + tl.cast(m0, tl.int64) * stride_hm
         raw = logits_tile(
@@ -166,8 +177,8 @@ def _grad_weight_kernel(
             stride_wk, HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, DOT_PRECISION,
         )
         grad = grad_tile(
-            raw, row_mask, cols, col_mask, targets, lse, coef_a, coef_b, coef_c, coef_d, CLASS_WEIGHTS,
-            tanh_scale, out_scale, slope_scale, HAS_SOFTCAP, HAS_G_ENTROPY, HAS_CLASS_WEIGHTS,
+            raw, row_mask, cols, col_mask, targets, shift, scale, coef_a, coef_b, coef_c, coef_d, CLASS_WEIGHTS,
+            tanh_scale, out_scale, slope_scale, HAS_SOFTCAP, HAS_G_ENTROPY, HAS_CLASS_WEIGHTS, HAS_NORMALIZER,
         )
         if NEED_BIAS:
             bias_grad += tl.sum(grad, 0)
@@ -220,6 +231,7 @@ def fused_gradients(
     need_grad_weight: bool,
     need_grad_bias: bool,
     class_weights: torch.Tensor | None = None,
+    normalizer: tuple[torch.Tensor, torch.Tensor] | None = None,
     config: FusedConfig | None = None,
 ) -> Gradients:
     """Gradients of sum_i (g_loss_i loss_i + g_logprob_i logprob_i + g_entropy_i entropy_i + g_lse_i lse_i).
@@ -231,6 +243,10 @@ def fused_gradients(
         entropy: (M,) fp32, required when ``grads.entropy`` is given.
         class_weights: (V,) fp32 contiguous per-class weights of the loss, or None (the op contract's
             class-weighted row gradient).
+        normalizer: (shift, log_norm), each (M,) fp32: the rows' maximum (0 where -inf) and log sum
+            exp(z - max) from a forward in the same call, or None. With them p = exp(z - max) / sum and the
+            entropy term relative to max are exact at any logit size; from ``lse`` alone every p carries
+            its fp32 rounding (~|lse| 6e-8 relative).
         config: tiles of the two kernels (default :func:`~xtf_kernels.ops._triton.config.fused_config`).
 
     Matches the chunked path: the logits gradient is rounded to the input dtype before the products, which
@@ -249,8 +265,9 @@ def fused_gradients(
         )
     dummy = lse  # never read: the matching HAS_* / NEED_* flag is off
     weight_sum = None if class_weights is None else class_weights.sum(dtype=torch.float32).reshape(1)
+    shift, log_norm = normalizer if normalizer is not None else (dummy, dummy)
     common_args = (
-        hidden, weight, bias if bias is not None else dummy, targets, lse,
+        hidden, weight, bias if bias is not None else dummy, targets, lse, shift, log_norm,
         entropy if grads.entropy is not None else dummy,
         *(g if g is not None else dummy for g in (grads.loss, grads.logprob, grads.entropy, grads.lse)),
         class_weights if class_weights is not None else dummy, weight_sum if weight_sum is not None else dummy,
@@ -260,7 +277,8 @@ def fused_gradients(
         HAS_BIAS=bias is not None, HAS_SOFTCAP=transform.has_softcap,
         HAS_G_LOSS=grads.loss is not None, HAS_G_LOGPROB=grads.logprob is not None,
         HAS_G_ENTROPY=grads.entropy is not None, HAS_G_LSE=grads.lse is not None,
-        HAS_CLASS_WEIGHTS=class_weights is not None, DOT_PRECISION=dot_precision(hidden.dtype),
+        HAS_CLASS_WEIGHTS=class_weights is not None, HAS_NORMALIZER=normalizer is not None,
+        DOT_PRECISION=dot_precision(hidden.dtype),
     )
     strides = (hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1))
     options = (*transform[:3], float(spec.label_smoothing), float(spec.z_loss))

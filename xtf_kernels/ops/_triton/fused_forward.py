@@ -136,13 +136,19 @@ def fused_target_logits(hidden, weight, bias, targets, spec: HeadSpec, config: T
 
 
 class Statistics(NamedTuple):
-    """(M,) fp32 per-row statistics; mean_logit / entropy / argmax (int64) are None when not asked for."""
+    """(M,) fp32 per-row statistics; mean_logit / entropy / argmax (int64) are None when not asked for.
+
+    shift, log_norm: the row maximum (0 where it is -inf) and log sum exp(z - shift), lse = shift + log_norm,
+    for a backward in the same call (``fused_backward.fused_gradients``' normalizer).
+    """
 
     lse: torch.Tensor
     target_logit: torch.Tensor
     mean_logit: torch.Tensor | None
     entropy: torch.Tensor | None
     argmax: torch.Tensor | None = None
+    shift: torch.Tensor | None = None
+    log_norm: torch.Tensor | None = None
 
 
 def merge_statistics(run_max, run_sum, run_shifted, run_total, target_logit, vocab: int,
@@ -159,19 +165,20 @@ def merge_statistics(run_max, run_sum, run_shifted, run_total, target_logit, voc
     row_shift = torch.where(row_max == float("-inf"), 0.0, row_max)
     rescale = torch.exp(run_max - row_shift)  # 0 for a range that saw no finite logit (max = -inf)
     sum_exp = (run_sum * rescale).sum(0)
-    lse = row_max + torch.log(sum_exp)
+    log_norm = torch.log(sum_exp)
+    lse = row_max + log_norm
     entropy = None
     if run_shifted is not None:
         # Re-shift each range's sum to the row's shift: sum e^(z - M)(z - M) = f (shifted + (m - M) sum).
         range_shift = torch.where(run_max == float("-inf"), 0.0, run_max)
         shifted = ((run_shifted + (range_shift - row_shift) * run_sum) * rescale).sum(0)
-        entropy = torch.log(sum_exp) - shifted / sum_exp
+        entropy = log_norm - shifted / sum_exp
     mean = None if run_total is None else run_total.sum(0) / vocab
     argmax = None
     if run_argmax is not None:
         first_range = (run_max == row_max).to(torch.int8).argmax(0, keepdim=True)
         argmax = run_argmax.gather(0, first_range).squeeze(0)
-    return Statistics(lse, target_logit.sum(0), mean, entropy, argmax)
+    return Statistics(lse, target_logit.sum(0), mean, entropy, argmax, row_shift, log_norm)
 
 
 def fused_statistics(

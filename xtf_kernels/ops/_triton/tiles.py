@@ -47,23 +47,29 @@ def logits_tile(
 
 @triton.jit
 def grad_tile(
-    raw, row_mask, cols, col_mask, targets, lse, coef_a, coef_b, coef_c, coef_d, CLASS_WEIGHTS,
+    raw, row_mask, cols, col_mask, targets, shift, scale, coef_a, coef_b, coef_c, coef_d, CLASS_WEIGHTS,
     tanh_scale, out_scale, slope_scale,
     HAS_SOFTCAP: tl.constexpr, HAS_G_ENTROPY: tl.constexpr, HAS_CLASS_WEIGHTS: tl.constexpr,
+    HAS_NORMALIZER: tl.constexpr,
 ):
     """(BLOCK_M, BLOCK_N) fp32 gradient with respect to the raw logits ``raw``, 0 outside the masks.
 
-    cols: (BLOCK_N,) global column indices; targets, lse, coef_*: (BLOCK_M,) per-row values (see
-    ``row_math.grad_coefficients``); CLASS_WEIGHTS: (V,) fp32, read only with HAS_CLASS_WEIGHTS (C's
-    column factor w_j); tanh_scale, out_scale, slope_scale: ``row_math.logit_transform``.
+    cols: (BLOCK_N,) global column indices; targets, shift, coef_*: (BLOCK_M,) per-row values (see
+    ``row_math.grad_coefficients``); p = exp(z - shift) * scale, scale (BLOCK_M,) with HAS_NORMALIZER, else
+    1; CLASS_WEIGHTS: (V,) fp32, read only with HAS_CLASS_WEIGHTS (C's column factor w_j); tanh_scale,
+    out_scale, slope_scale: ``row_math.logit_transform``.
     """
     z, slope = final_logits_and_slope(raw, tanh_scale, out_scale, slope_scale, HAS_SOFTCAP)
     col_c = coef_c[:, None]
     if HAS_CLASS_WEIGHTS:
         col_c = col_c * tl.load(CLASS_WEIGHTS + cols, mask=col_mask, other=0.0)[None, :]
+    if HAS_NORMALIZER:
+        p_scale = scale[:, None]
+    else:
+        p_scale = 1.0
     grad = raw_logit_grad(
-        z, slope, lse[:, None], 1.0, cols[None, :] == targets[:, None], coef_a[:, None], coef_b[:, None],
+        z, slope, shift[:, None], p_scale, cols[None, :] == targets[:, None], coef_a[:, None], coef_b[:, None],
         col_c, coef_d[:, None], HAS_G_ENTROPY,
     )
-    # Padding rows carry lse = 0, so exp(z - lse) may overflow there; `where` selects 0 whatever it held.
+    # Padding rows carry shift = 0, so exp(z - shift) may overflow there; `where` selects 0 whatever it held.
     return tl.where(row_mask[:, None] & col_mask[None, :], grad, 0.0)
