@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.methods import tiny
 from xtf_kernels.cli import main
@@ -160,3 +161,110 @@ def test_score_under_torchrun_matches_one_process(workspace, tmp_path):
     for a, b in zip(one.iter_samples(), two.iter_samples(), strict=True):
         assert torch.equal(a.dropped_by, b.dropped_by)
         torch.testing.assert_close(a.scores["influence"], b.scores["influence"], rtol=0, atol=0, equal_nan=True)
+
+
+def _score_parser():
+    from xtf_kernels.cli import build_parser
+
+    subparsers = next(a for a in build_parser()._actions if a.dest == "command")
+    return subparsers.choices["score"]
+
+
+def test_every_score_option_shows_its_default_read_from_the_configs():
+    from xtf_kernels.cli import score
+    from xtf_kernels.methods import TokenCleaningConfig
+    from xtf_kernels.methods import XTFConfig
+
+    actions = {a.dest: a for a in _score_parser()._actions}
+    for action in actions.values():
+        if action.option_strings and not action.required and action.nargs != 0 and action.dest != "help":
+            assert "default" in action.help, action.option_strings
+    for field in score.XTF_FIELDS:
+        help_text = " ".join(actions[field].help.split())
+        safe, paper = score._shown(getattr(XTFConfig(), field)), score._shown(getattr(XTFConfig.paper(), field))
+        assert (f"default {safe}" in help_text) if safe == paper else (f"{safe} (safe) / {paper} (paper)" in help_text)
+    assert "default 0.6" in actions["k"].help and TokenCleaningConfig().k == 0.6
+    assert "xtf 0.4 (safe) / none (paper), token-cleaning none" in " ".join(actions["max_sample_drop"].help.split())
+
+
+def test_presets_protected_tokens_caps_and_rate_modes(workspace, capsys):
+    root, dataset = workspace
+    common = [str(root / "data.jsonl"), "--model", str(root / "base"), "--no-progress", "--no-report",
+              "--num-workers", "0"]
+    assert main(["score", *common, "--preset", "paper", "--out", str(root / "paper")]) == 0
+    assert "(paper preset)" in capsys.readouterr().out
+    paper = ScoreResult(root / "paper").config
+    assert paper["ri_score"] == "mean" and paper["kn_anchor_fraction"] == 0.0
+    assert paper["safeguards"]["max_sample_drop"] is None and paper["protected_ids_resolved"] == []
+
+    equals, digit = 52, 9  # "=" and "5" in the arithmetic tokenizer
+    assert main(["score", *common, "--out", str(root / "guarded"), "--protect", "=", "--protect", str(digit),
+                 "--max-sample-drop", "0.2", "--kn-drop-rate", "0.3", "--ri-score", "relative"]) == 0
+    result = ScoreResult(root / "guarded")
+    config = result.config
+    assert config["kn_threshold"] == "rate" and config["kn_drop_rate"] == 0.3 and config["ri_score"] == "relative"
+    assert config["safeguards"]["max_sample_drop"] == 0.2 and config["safeguards"]["protected_tokens"] == ["="]
+    assert set(config["protected_ids_resolved"]) == {0, 1, 2, 3, equals, digit}  # + the tokenizer's specials
+    guarded = 0
+    for sample, scored in zip(dataset.samples, result.iter_samples(), strict=True):
+        protected = torch.isin(sample.input_ids, torch.tensor([equals, digit, 2]))
+        valid = ~torch.isnan(scored.scores["guard"])
+        assert not bool((scored.dropped & protected).any())
+        assert bool((scored.scores["guard"][protected & valid] == 1).all())
+        assert int(scored.dropped.sum()) <= int(0.2 * int(valid.sum()))  # floor(0.2 n) per sample
+        guarded += int((protected & valid).sum())
+    assert guarded > 10  # the protection was exercised
+
+
+def test_pretokenised_data_needs_no_tokenizer(workspace, tmp_path, capsys):
+    root, dataset = workspace
+    bare = tmp_path / "bare"
+    tiny.model("llama", num_layers=2).save_pretrained(bare)  # weights only, no tokenizer files
+    dataset.to_jsonl(tmp_path / "tokens.jsonl", tokenised=True)
+    for extra in ([], ["--no-report"]):
+        out = tmp_path / f"out{len(extra)}"
+        assert main(["score", str(tmp_path / "tokens.jsonl"), "--model", str(bare), "--out", str(out),
+                     "--no-progress", "--num-workers", "0", *extra]) == 0
+        captured = capsys.readouterr()
+        assert "response tokens scored" in captured.out and "only the model's end-of-sequence ids" in captured.err
+        result = ScoreResult(out)
+        assert result.config["protected_ids_resolved"] == [2] and result.manifest["source"]["tokenizer"] is None
+    assert (tmp_path / "out0" / "report.html").exists()
+    assert main(["filter", str(tmp_path / "tokens.jsonl"), "--scores", str(tmp_path / "out1"), "--out",
+                 str(tmp_path / "f.jsonl")]) == 0
+    for argv, expected in (
+        ([str(root / "data.jsonl")], "holds no tokenizer; give --tokenizer"),
+        ([str(tmp_path / "tokens.jsonl"), "--protect", "="], "--protect '=' is text and needs a tokenizer"),
+    ):
+        capsys.readouterr()
+        assert main(["score", *argv, "--model", str(bare), "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+        error = capsys.readouterr().err
+        assert expected in error and error.count("\n") == 1
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    (["--max-sample-drop", "1.5"], "argument --max-sample-drop: expected a number in [0, 1] or none"),
+    (["--max-total-drop", "x"], "argument --max-total-drop"),
+    (["--ri-drop-rate", "-0.1"], "argument --ri-drop-rate"),
+    (["--protect", ""], "argument --protect"),
+    (["--rules", "RI,XX"], "argument --rules"),
+    (["--batch-size", "0"], "argument --batch-size"),
+    (["--on-exceed", "maybe"], "argument --on-exceed"),
+    (["--preset", "fast"], "argument --preset"),
+    (["--ri-drop-rate", "0.1", "--ri-threshold", "fence"], "--ri-drop-rate is only used with --ri-threshold rate"),
+    (["--kn-pcp-max", "0.9", "--kn-threshold", "rate"], "--kn-pcp-max is only used with --kn-threshold absolute"),
+    (["--k", "0.5"], "--k is only used with --method token-cleaning"),
+    (["--otsu-classes", "4", "--otsu-bins", "3"], "--otsu-bins (3) must be >= --otsu-classes (4)"),
+    (["--tr-noisy-classes", "5"], "--tr-noisy-classes must be"),
+])
+def test_bad_score_options_are_one_line_errors_naming_the_flag(workspace, tmp_path, capsys, extra, expected):
+    root, _ = workspace
+    argv = ["score", str(root / "data.jsonl"), "--model", str(root / "base"), "--out", str(tmp_path / "o"), *extra]
+    try:
+        status = main(argv)
+    except SystemExit as exc:  # argparse's own checks exit at parse time
+        status = exc.code
+    assert status == 2
+    error = capsys.readouterr().err
+    assert expected in error and "Traceback" not in error and error.count("\n") == 1
+    assert not (tmp_path / "o").exists()  # refused before anything was loaded or written

@@ -37,34 +37,18 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="truncation used when scoring (default: the one recorded in DIR)")
 
 
-def _needs_tokenizer(path: str) -> bool:
-    import json
-
-    if os.path.isdir(path) or path.endswith(".parquet"):
-        from ..datasets.samples import load_hf_dataset
-
-        return "input_ids" not in load_hf_dataset(path).column_names
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                try:
-                    return "input_ids" not in json.loads(line)
-                except ValueError:
-                    return False  # the reader reports the bad line
-    return False
-
-
 def run(args: argparse.Namespace) -> int:
     from ..pipeline import ScoreResult
     from ..pipeline import rule_statistics
     from ..pipeline.loading import load_tokenizer
+    from ..pipeline.loading import needs_tokenizer
 
     if not os.path.exists(args.data):
         raise FileNotFoundError(f"dataset file not found: {args.data}")
     result = ScoreResult(args.scores)
     source = result.manifest["source"]
     tokenizer = None
-    if _needs_tokenizer(args.data):
+    if needs_tokenizer(args.data):
         path = args.tokenizer or source.get("tokenizer")
         if not path:
             raise ValueError("DATA holds text; give --tokenizer PATH (the scores folder records none)")

@@ -85,6 +85,31 @@ def load_causal_lm(path: str | os.PathLike, *, device: str = "auto", dtype: str 
 
 
 GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+# files a transformers tokenizer is saved as: a folder with none of them holds no tokenizer
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+def has_tokenizer(path: str | os.PathLike) -> bool:
+    """Whether the local folder ``path`` holds a saved tokenizer (one of :data:`TOKENIZER_FILES`)."""
+    return any(os.path.isfile(os.path.join(path, name)) for name in TOKENIZER_FILES)
+
+
+def needs_tokenizer(data: str | os.PathLike) -> bool:
+    """Whether the dataset at ``data`` holds text to tokenise (no ``input_ids``): a JSONL file (its first
+    record decides) or a ``datasets`` save_to_disk folder / .parquet file (its columns decide)."""
+    data = os.fspath(data)
+    if os.path.isdir(data) or data.endswith(".parquet"):
+        from ..datasets.samples import load_hf_dataset
+
+        return "input_ids" not in load_hf_dataset(data).column_names
+    with open(data, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                try:
+                    return "input_ids" not in json.loads(line)
+                except ValueError:
+                    return False  # the reader reports the bad line
+    return False
 
 
 def load_tokenizer(path: str | os.PathLike):
