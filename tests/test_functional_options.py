@@ -42,8 +42,11 @@ def test_16bit_inputs_have_fp32_level_error(impl, dtype, budget_mb, monkeypatch)
     if dtype not in impl.dtypes:
         pytest.skip(f"{dtype} not tested on {impl}")
     if budget_mb is not None:
+        if impl.device != "cpu" or impl.interpret:
+            pytest.skip("the vocabulary blocks are the CPU torch path's")
         monkeypatch.setenv("XTF_CHUNK_MEMORY_MB", str(budget_mb))
-    case = make_case((64,), 512, 1000, dtype=dtype, device=impl.device, ignore_fraction=0.0, logit_std=4.0)
+    rows = 16 if impl.interpret else 64  # ~30 s at 64 rows under the Triton interpreter
+    case = make_case((rows,), 512, 1000, dtype=dtype, device=impl.device, ignore_fraction=0.0, logit_std=4.0)
     low = _errors(impl, case.hidden, case.weight, case.targets)
     fp32 = _errors(impl, case.hidden.float(), case.weight.float(), case.targets)
     for name in low:

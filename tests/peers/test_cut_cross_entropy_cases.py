@@ -60,10 +60,18 @@ def _materialised(leaves, targets, softcap, shift, reduction, z_loss, dtype):
     return scalar, loss
 
 
-@pytest.mark.parametrize("shape,dtype,reduction,softcap,bias,shift,invalids,z_loss", cce_cases())
-def test_cce_loss_case(impl, shape, dtype, reduction, softcap, bias, shift, invalids, z_loss):
+@pytest.mark.parametrize("index", range(len(cce_cases())))
+def test_cce_loss_case(impl, index):
+    shape, dtype, reduction, softcap, bias, shift, invalids, z_loss = cce_cases()[index]
     if dtype not in impl.dtypes:
         pytest.skip(f"{dtype} not tested on {impl}")
+    if impl.interpret:
+        # 30-50 s per case at full size under the Triton interpreter: every third case, at a quarter of each
+        # dimension (the tolerance rule does not depend on the size).
+        if index % 3:
+            pytest.skip("every third CCE case under the Triton interpreter")
+        tokens, vocab, dim = shape
+        shape = (4 * (tokens // 16), vocab // 4, dim // 4)  # tokens stay a multiple of the 4 sequences
     leaves, targets = _inputs(shape, dtype, bias, invalids)
     mine = [t.detach().clone().to(impl.device).requires_grad_() for t in leaves]
     loss = xk.linear_cross_entropy(mine[0], mine[1], targets.to(impl.device), bias=mine[2] if bias else None,
