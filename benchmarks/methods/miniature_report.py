@@ -121,9 +121,9 @@ def figure_png(results: dict) -> bytes:
         means = [summary[a]["vs_all_tokens"]["seeds"]["mean"] for a in arms]
         lows = [m - summary[a]["vs_all_tokens"]["seeds"]["low"] for a, m in zip(arms, means)]
         highs = [summary[a]["vs_all_tokens"]["seeds"]["high"] - m for a, m in zip(arms, means)]
-        colours = ["#999999" if a.startswith("random:") else "#2a9d8f" if a == "oracle" else "#e76f51" for a in arms]
-        ax.errorbar(means, range(len(arms)), xerr=[lows, highs], fmt="none", ecolor=colours, capsize=3)
-        ax.scatter(means, range(len(arms)), c=colours, zorder=3)
+        for y, (arm, mean, low, high) in enumerate(zip(arms, means, lows, highs)):
+            colour = "#999999" if arm.startswith("random:") else "#2a9d8f" if arm == "oracle" else "#e76f51"
+            ax.errorbar([mean], [y], xerr=[[low], [high]], fmt="o", color=colour, capsize=3)
         ax.axvline(0, color="black", linewidth=0.8)
         ax.set_yticks(range(len(arms)), [label(a) for a in arms], fontsize=7)
         ax.invert_yaxis()
