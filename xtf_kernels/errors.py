@@ -33,3 +33,13 @@ class FingerprintMismatchError(XtfError, ValueError):
 
 class CorruptFileError(XtfError, ValueError):
     """A file written by xtf_kernels failed validation on read (truncated, wrong schema, bad checksum)."""
+
+
+class DropCapExceededError(XtfError, RuntimeError):
+    """A token filter drops a larger fraction of the response tokens than ``Safeguards.max_total_drop`` allows
+    (with ``on_exceed="error"``); the message gives the fraction, the counts and the cap."""
+
+
+class RunLockedError(XtfError, RuntimeError):
+    """Another run holds a scoring results folder (its lock file names the host, pid and start time); see
+    :mod:`xtf_kernels.pipeline.lock`. Also importable from :mod:`xtf_kernels.pipeline`."""

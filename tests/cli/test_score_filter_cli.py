@@ -268,3 +268,15 @@ def test_bad_score_options_are_one_line_errors_naming_the_flag(workspace, tmp_pa
     error = capsys.readouterr().err
     assert expected in error and "Traceback" not in error and error.count("\n") == 1
     assert not (tmp_path / "o").exists()  # refused before anything was loaded or written
+
+
+def test_global_drop_cap_error_exits_after_the_report(workspace, tmp_path, capsys):
+    root, _ = workspace
+    out = tmp_path / "capped"
+    status = main(["score", str(root / "data.jsonl"), "--model", str(root / "base"), "--out", str(out),
+                   "--no-progress", "--num-workers", "0", "--max-total-drop", "0.01", "--on-exceed", "error",
+                   "--report-samples", "2"])
+    error = capsys.readouterr().err
+    assert status == 1 and "over the whole dataset" in error and "--max-total-drop" in error
+    assert error.count("\n") == 1 and "Traceback" not in error
+    assert (out / "report.html").exists() and ScoreResult(out).complete  # kept for inspection

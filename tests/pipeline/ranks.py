@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
 
 import pytest
 
 from tests.methods import tiny
+from xtf_kernels.errors import DropCapExceededError
 from xtf_kernels.errors import FingerprintMismatchError
+from xtf_kernels.methods import Safeguards
 from xtf_kernels.methods import TokenCleaningConfig
 from xtf_kernels.methods import TokenCleaningScorer
 from xtf_kernels.methods import XTFConfig
@@ -56,3 +60,32 @@ def refuse_mismatches(rank: int, world_size: int, root: str) -> None:
 
 def resume(rank: int, world_size: int, root: str, out: str) -> None:
     score("tc_global", root, out, num_workers=0)
+
+
+# (name, case, safeguards): over the cap with an error, over it with a warning (Token Cleaning: counted after the
+# pool-wide top k and the per-sample cap), under it
+DROP_CAP_CASES = (
+    ("xtf-error", "xtf", {"max_total_drop": 0.01, "on_exceed": "error"}),
+    ("tc-warn", "tc_global", {"max_sample_drop": 0.5, "max_total_drop": 0.3, "on_exceed": "warn"}),
+    ("xtf-under", "xtf", {"max_total_drop": 0.99, "on_exceed": "error"}),
+)
+
+
+def drop_cap_outcomes(rank: int, world_size: int, root: str) -> None:
+    """Each DROP_CAP_CASES run's outcome on this rank (the error's message, the cap warnings' messages) in
+    ``root/cap-outcomes-<world>-<rank>.json``."""
+    outcomes = {}
+    for name, case, guard in DROP_CAP_CASES:
+        error = None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                score_dataset(scorer(case, safeguards=Safeguards(**guard)), data(case, root),
+                              os.path.join(root, f"cap-{name}-{world_size}"), shard_size=SHARD_SIZE,
+                              batch_size=BATCH_SIZE, progress=False, num_workers=0)
+            except DropCapExceededError as exc:
+                error = str(exc)
+        outcomes[name] = {"error": error, "warnings": [str(w.message) for w in caught
+                                                       if "max_total_drop" in str(w.message)]}
+    with open(os.path.join(root, f"cap-outcomes-{world_size}-{rank}.json"), "w", encoding="utf-8") as handle:
+        json.dump(outcomes, handle)

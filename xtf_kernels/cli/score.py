@@ -362,6 +362,8 @@ def _scorer(args, config, model, tokenizer, device: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import DropCapExceededError
+    from ..pipeline import ScoreResult
     from ..pipeline import rule_statistics
     from ..pipeline import score_dataset
     from ..pipeline import write_report
@@ -394,13 +396,20 @@ def run(args: argparse.Namespace) -> int:
                        "tokenizer": os.path.abspath(tokenizer_path) if tokenizer_path else None,
                        "max_length": args.max_length, "ref": os.path.abspath(args.ref) if args.ref else None,
                        "preset": args.preset}
-        result = score_dataset(scorer, args.data, args.out, tokenizer=tokenizer, max_length=args.max_length,
-                               batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
-                               shard_size=args.shard_size, overwrite=args.overwrite, progress=not args.no_progress,
-                               source_info=source_info, num_workers=args.num_workers, break_lock=args.break_lock)
+        exceeded = None
+        try:
+            result = score_dataset(scorer, args.data, args.out, tokenizer=tokenizer, max_length=args.max_length,
+                                   batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
+                                   shard_size=args.shard_size, overwrite=args.overwrite,
+                                   progress=not args.no_progress, source_info=source_info,
+                                   num_workers=args.num_workers, break_lock=args.break_lock)
+        except DropCapExceededError as exc:  # the results are complete: report them, then fail
+            exceeded, result = exc, ScoreResult(args.out)
     finally:
         group.close()
     if not group.is_main:
+        if exceeded is not None:
+            raise exceeded
         return 0  # rank 0 writes the report and prints the summary
     if tokenizer is None and config.safeguards.protect_special_tokens:
         print("note: no tokenizer, so only the model's end-of-sequence ids are protected as special tokens",
@@ -422,5 +431,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"scored {throughput['tokens']:,} tokens at {throughput['tokens_per_s']:,.0f} tokens/s on "
               f"{throughput['world_size']} rank(s) (per rank: {ranks})")
     print(f"results in {args.out}" + ("" if args.no_report else f" (report: {os.path.join(args.out, 'report.html')})"))
+    if exceeded is not None:
+        raise DropCapExceededError(f"{exceeded} (--max-total-drop; results and report kept in {args.out})")
     print("next: xtf filter " + " ".join([args.data, "--scores", args.out, "--out", "FILTERED.jsonl"]))
     return 0

@@ -23,8 +23,11 @@ codes of :data:`GUARD_CODES`.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 import warnings
+from collections.abc import Iterator
 from collections.abc import Sequence
 from dataclasses import asdict
 from dataclasses import dataclass
@@ -34,6 +37,7 @@ import torch
 from .. import select
 from ..datasets.samples import IGNORE_INDEX
 from ..datasets.samples import TokenizedSample
+from ..errors import DropCapExceededError
 from .base import SampleScores
 
 ACTIONS = ("warn", "error")
@@ -47,8 +51,8 @@ GUARD_CODES = {"none": NONE, "protected": PROTECTED, "capped": CAPPED, "anchor":
 GLOBAL_CHECK_MIN_TOKENS = 2048
 
 
-class DropCapExceededError(RuntimeError):
-    """The fraction of response tokens a filter drops is above ``Safeguards.max_total_drop`` (``on_exceed="error"``)."""
+# scorers' running global-cap checks are off in this thread while > 0 (see deferred_total_check)
+_deferred = threading.local()
 
 
 def _fraction_or_none(name: str, value) -> None:
@@ -231,9 +235,27 @@ def check_total_drop(dropped: int, scored: int, guard: Safeguards, *, what: str 
     return True
 
 
+@contextlib.contextmanager
+def deferred_total_check() -> Iterator[None]:
+    """Within this block (in this thread) a :class:`DropCounter` counts but does not check the global cap:
+    the caller checks the total once with :func:`check_total_drop`. The scoring pipeline does so, because a
+    rank's running fraction is not the dataset's (a rank holding the noisier shards would stop the run while
+    the whole stays under the cap) and one process and N ranks must reach the same verdict."""
+    _deferred.depth = getattr(_deferred, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _deferred.depth -= 1
+
+
+def total_check_deferred() -> bool:
+    """Whether this thread is inside :func:`deferred_total_check`."""
+    return getattr(_deferred, "depth", 0) > 0
+
+
 class DropCounter:
-    """Running totals of dropped / scored response tokens, checked against the global cap as they grow
-    (each rank of a distributed run checks its own part; :func:`check_total_drop` checks a total)."""
+    """Running totals of dropped / scored response tokens, checked against the global cap as they grow, once
+    2048 tokens are in (in-memory scoring; inside :func:`deferred_total_check` only counted)."""
 
     def __init__(self, guard: Safeguards, what: str):
         self.guard, self.what = guard, what
@@ -244,7 +266,7 @@ class DropCounter:
     def add(self, dropped: torch.Tensor, valid: torch.Tensor) -> None:
         self.dropped += int((dropped & valid).sum())
         self.scored += int(valid.sum())
-        if not self.warned and self.scored >= GLOBAL_CHECK_MIN_TOKENS:
+        if not self.warned and self.scored >= GLOBAL_CHECK_MIN_TOKENS and not total_check_deferred():
             self.warned = check_total_drop(self.dropped, self.scored, self.guard, what=self.what)
 
 

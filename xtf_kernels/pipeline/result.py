@@ -70,6 +70,62 @@ def _guard_samples(lengths: torch.Tensor, dropped_by: torch.Tensor, scores: dict
     return flags, {**scores, "guard": guard}
 
 
+def safeguards_of(manifest: dict):
+    """The :class:`~xtf_kernels.methods.safeguards.Safeguards` a result was scored under (None if its config
+    records none, or its scores have no ``guard``)."""
+    settings = manifest["config"].get("safeguards")
+    if not isinstance(settings, dict) or "guard" not in manifest["score_names"]:
+        return None
+    from ..methods.safeguards import Safeguards
+
+    return Safeguards(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
+
+
+def _global_rule(manifest: dict, index: int, scores: torch.Tensor) -> torch.Tensor:
+    """(T,) uint8: the top-k rule's bit on the scored tokens of shard ``index`` outside the pool's top k."""
+    topk = manifest["global_topk"]
+    value = topk["value"] if topk["value"] is not None else float("nan")
+    ties_left = max(0, topk["ties"] - topk["ties_before"][index])
+    threshold = select.TopKThreshold(value, ties_left, topk["keep"], topk["total"], topk["largest"])
+    valid = ~torch.isnan(scores)
+    kept = threshold.masker()(torch.nan_to_num(scores), valid)
+    bit = 1 << manifest["rule_names"].index(topk["rule"])
+    return (valid & ~kept).to(torch.uint8) * bit
+
+
+def final_flags(manifest: dict, index: int, lengths: torch.Tensor, scores: dict[str, torch.Tensor],
+                dropped_by: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Shard ``index``'s (T,) uint8 rule bits and scores as a filter applies them: the pool-wide top-k rule of
+    ``manifest["global_topk"]`` (if any) added, then the per-sample safeguards the config asks for after it (a
+    per-sample drop cap, ``all_dropped="keep"``): what :func:`~xtf_kernels.methods.safeguards.finalize` does
+    after the in-memory top k, per sample, so the masks read back equal the in-memory ones.
+
+    Args:
+        lengths: (n,) int64 sample lengths; scores: name -> (T,) fp32; dropped_by: (T,) uint8 as written.
+    """
+    topk = manifest["global_topk"]
+    if topk is None:
+        return dropped_by, scores
+    dropped_by = dropped_by | _global_rule(manifest, index, scores[topk["score"]])
+    safeguards = safeguards_of(manifest)
+    if safeguards is not None and (safeguards.max_sample_drop is not None or safeguards.all_dropped == "keep"):
+        dropped_by, scores = _guard_samples(lengths, dropped_by, scores, topk, safeguards)
+    return dropped_by, scores
+
+
+def drop_counts(scores: dict[str, torch.Tensor], dropped_by: torch.Tensor) -> tuple[int, int]:
+    """(dropped, scored) response tokens of flat (T,) results: scored = not NaN in ``guard`` (every response
+    token, protected ones included; without a guard score: not NaN in any score), dropped = scored with a
+    rule bit set."""
+    if "guard" in scores:
+        scored = ~torch.isnan(scores["guard"])
+    else:
+        scored = torch.zeros(dropped_by.shape, dtype=torch.bool)
+        for value in scores.values():
+            scored |= ~torch.isnan(value)
+    return int(((dropped_by != 0) & scored).sum()), int(scored.sum())
+
+
 class ScoreResult:
     """The scoring results in ``out_dir``.
 
@@ -111,45 +167,16 @@ class ScoreResult:
 
     def read_shard(self, index: int, *, apply_global: bool = True) -> Shard:
         """Shard ``index``, validated; ``apply_global`` adds the pool-wide top-k rule to ``dropped_by``, then
-        the per-sample safeguards the config asks for after it (see :meth:`_sample_safeguards`)."""
+        the per-sample safeguards the config asks for after it (see :func:`final_flags`)."""
         entry = self.manifest["shards"][index]
         path = os.path.join(self.out_dir, entry["file"])
         tensors = store.read_tensors(path, entry["sha256"])
         store.validate_shard(path, tensors, entry, list(self.score_names))
         scores = {name: tensors[f"score/{name}"] for name in self.score_names}
         dropped_by = tensors["dropped_by"]
-        topk = self.manifest["global_topk"]
-        if apply_global and topk is not None:
-            dropped_by = dropped_by | self._global_rule(index, scores[topk["score"]], topk)
-            safeguards = self._sample_safeguards()
-            if safeguards is not None:
-                dropped_by, scores = _guard_samples(tensors["lengths"], dropped_by, scores, topk, safeguards)
+        if apply_global:
+            dropped_by, scores = final_flags(self.manifest, index, tensors["lengths"], scores, dropped_by)
         return Shard(index, entry["first_sample"], tensors["lengths"], scores, dropped_by)
-
-    def _sample_safeguards(self):
-        """The :class:`~xtf_kernels.methods.safeguards.Safeguards` of the config when they act per sample after
-        a pool-wide selection (a per-sample drop cap, or ``all_dropped="keep"``), else None: what
-        :func:`~xtf_kernels.methods.safeguards.finalize` does after the in-memory top k, per sample, so the
-        masks read here equal the in-memory ones."""
-        settings = self.config.get("safeguards")
-        if not isinstance(settings, dict) or "guard" not in self.score_names:
-            return None
-        from ..methods.safeguards import Safeguards
-
-        safeguards = Safeguards(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
-        if safeguards.max_sample_drop is None and safeguards.all_dropped != "keep":
-            return None
-        return safeguards
-
-    def _global_rule(self, index: int, scores: torch.Tensor, topk: dict) -> torch.Tensor:
-        """(T,) uint8: the top-k rule's bit on the scored tokens of shard ``index`` outside the pool's top k."""
-        value = topk["value"] if topk["value"] is not None else float("nan")
-        ties_left = max(0, topk["ties"] - topk["ties_before"][index])
-        threshold = select.TopKThreshold(value, ties_left, topk["keep"], topk["total"], topk["largest"])
-        valid = ~torch.isnan(scores)
-        kept = threshold.masker()(torch.nan_to_num(scores), valid)
-        bit = 1 << self.rule_names.index(topk["rule"])
-        return (valid & ~kept).to(torch.uint8) * bit
 
     def shards(self) -> Iterator[Shard]:
         """Every shard in order (the run must be complete)."""

@@ -17,7 +17,11 @@ those of one process and a run resumes with any number of ranks.
    batches under ``torch.no_grad`` and writes each shard atomically, under a name no other rank writes;
    no collective runs meanwhile. Only rank 0 writes the manifest (and state.safetensors).
 5. finalisation: a pool-wide top k (Token Cleaning) is selected exactly over all shards, histograms summed
-   across ranks (:mod:`~xtf_kernels.pipeline.topk`); rank 0 marks the manifest complete, with tokens/s.
+   across ranks (:mod:`~xtf_kernels.pipeline.topk`); the dropped and scored tokens are counted as a filter
+   applies the masks (after the top k and the per-sample safeguards), summed across ranks and recorded
+   (``drop_totals``); rank 0 marks the manifest complete, with tokens/s. Then every rank checks the total
+   against the safeguards' global cap (``max_total_drop``), once: a warning on rank 0 or
+   :class:`~xtf_kernels.errors.DropCapExceededError` on every rank, the same verdict as one process.
 
 Memory is bounded by one shard of scores plus one batch of activations per rank. The models run in the
 dtype they are in: load them in bfloat16 on a GPU (``xtf score`` does by default).
@@ -41,6 +45,8 @@ from ..errors import CorruptFileError
 from ..errors import FingerprintMismatchError
 from ..methods.base import TokenScorer
 from ..methods.base import split_batch
+from ..methods.safeguards import check_total_drop
+from ..methods.safeguards import deferred_total_check
 from . import store
 from . import topk
 from .distributed import Group
@@ -59,6 +65,9 @@ from .lock import lock_run_id
 from .progress import Meter
 from .progress import summary
 from .result import ScoreResult
+from .result import drop_counts
+from .result import final_flags
+from .result import safeguards_of
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +127,9 @@ def score_dataset(
         RunLockedError: another run is using ``out_dir``.
         FingerprintMismatchError: ``out_dir`` holds other results, or the ranks disagree on the data, the
             config or the models.
+        DropCapExceededError: the scorer's safeguards say ``on_exceed="error"`` and the fraction of response
+            tokens dropped over the whole dataset exceeds ``max_total_drop`` (raised after the results are
+            complete on disk, so the report can show why; a rerun raises it again). With "warn", rank 0 warns.
     """
     if not isinstance(scorer, TokenScorer):
         raise TypeError(f"scorer must be a TokenScorer (e.g. XTFScorer), got {type(scorer).__name__}")
@@ -254,11 +266,13 @@ class _Run:
         done = self.validate_existing(manifest)
         if previous is not None and previous["complete"] and len(done) == self.num_shards:
             group.barrier()
+            _check_total_drop(group, previous, previous.get("drop_totals") or self.drop_totals(previous))
             return ScoreResult(self.out_dir)
         manifest["shards"] = [done[i] for i in sorted(done)]
         _on_main(group, lambda: self.write_start(manifest))
 
-        ranks = self.scoring_pass(manifest, [i for i in range(self.num_shards) if i not in done])
+        with deferred_total_check():  # checked once below, on the whole dataset's counts
+            ranks = self.scoring_pass(manifest, [i for i in range(self.num_shards) if i not in done])
         gathered = group.all_gather_object(ranks)
         for entries, _ in gathered:
             done.update(entries)
@@ -270,10 +284,12 @@ class _Run:
         if spec is not None:
             manifest["global_topk"] = topk.global_topk(group, self.topk_chunks(manifest, spec.score),
                                                        self.num_shards, spec)
+        manifest["drop_totals"] = self.drop_totals(manifest)
         manifest["complete"] = True
         manifest["throughput"] = summary([record for _, record in gathered], pass_seconds)
         _on_main(group, lambda: store.write_manifest(self.out_dir, manifest))
         group.barrier()
+        _check_total_drop(group, manifest, manifest["drop_totals"])
         return ScoreResult(self.out_dir)
 
     # ---- 2. dataset pass ----------------------------------------------------------------------------------
@@ -430,6 +446,31 @@ class _Run:
                 yield index, store.read_tensors(path, entries[index]["sha256"])[f"score/{score}"]
 
         return chunks
+
+
+    def drop_totals(self, manifest: dict) -> dict:
+        """{"dropped", "scored"}: response tokens over every shard, the masks as a filter applies them (pool-wide
+        top k and per-sample safeguards included); each rank counts a share of the shards, summed."""
+        counts = torch.zeros(2, dtype=torch.int64)
+        names = manifest["score_names"]
+        for index in self.mine(list(range(self.num_shards))):
+            entry = manifest["shards"][index]
+            tensors = store.read_tensors(os.path.join(self.out_dir, entry["file"]), entry["sha256"])
+            flags, scores = final_flags(manifest, index, tensors["lengths"],
+                                        {name: tensors[f"score/{name}"] for name in names}, tensors["dropped_by"])
+            counts += torch.tensor(drop_counts(scores, flags), dtype=torch.int64)
+        dropped, scored = self.group.all_reduce_sum(counts).tolist()
+        return {"dropped": dropped, "scored": scored}
+
+
+def _check_total_drop(group: Group, manifest: dict, totals: dict) -> None:
+    """The safeguards' global cap on the whole dataset's counts, once per run: every rank holds the same totals,
+    so with "error" every rank raises the same DropCapExceededError; with "warn" only rank 0 warns."""
+    safeguards = safeguards_of(manifest)
+    if safeguards is None or not (group.is_main or safeguards.on_exceed == "error"):
+        return
+    check_total_drop(totals["dropped"], totals["scored"], safeguards,
+                     what=f"{manifest['method']} over the whole dataset ({manifest['num_samples']} samples)")
 
 
 def _disagreement(group: Group, what: str, value) -> str | None:
