@@ -420,3 +420,25 @@ def test_cuda_matches_cpu():
     assert torch.equal(torch.stack(masks).cpu(), topk_mask(scores, 0.6, valid=valid))
     finite = torch.randn(8, 1001)
     assert torch.equal(quantile_fence(finite.cuda(), valid.cuda()).cpu(), quantile_fence(finite, valid))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_order_keys_preserve_order_and_invert(dtype):
+    info = torch.finfo(dtype)
+    special = [-math.inf, -info.max, -1.5, -info.tiny, -0.0, 0.0, info.tiny, 1.0, 1.5, info.max, math.inf]
+    if dtype in (torch.float64, torch.float32):
+        special += [info.tiny / 4, -info.tiny / 4]  # subnormals
+    values = torch.cat([torch.tensor(special, dtype=dtype),
+                        (torch.randn(501, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 1e3
+                         ).to(dtype)])
+    keys, width = select.order_keys(values)
+    assert keys.dtype == torch.int64 and keys.shape == values.shape and width == (64 if dtype == torch.float64 else 32)
+    reference = values.double()  # independent order: the float64 values themselves
+    assert torch.equal(keys[:, None] < keys[None, :], reference[:, None] < reference[None, :])
+    assert torch.equal(keys[:, None] == keys[None, :], reference[:, None] == reference[None, :])  # -0.0 == 0.0
+    if width == 32:  # int64 keys of 64-bit floats span all of int64
+        assert bool(((keys >= -2**31) & (keys < 2**31)).all()) and bool(((~keys >= -2**31) & (~keys < 2**31)).all())
+    for value, key in zip(reference.tolist(), keys.tolist()):
+        assert select.key_to_value(key, width) == value  # -0.0 comes back as 0.0, equal as a float
+    with pytest.raises(ValueError, match="width must be 32 or 64"):
+        select.key_to_value(0, 16)

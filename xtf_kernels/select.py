@@ -8,6 +8,9 @@ methods:
   (section 3), exactly ``floor(k * n)`` kept per group with deterministic ties.
 - :class:`StreamingTopK` / :func:`streaming_threshold`: the same global top k over a pool too big for
   memory (section 2, "at 10^8 tokens the threshold must come from a streaming/histogram selection").
+- :func:`order_keys` / :func:`key_to_value`: the order-preserving integer keys that selection histograms,
+  public so that other selections over the same keys (the scoring pipeline's top k across ranks,
+  :mod:`xtf_kernels.pipeline.topk`) decide exactly as :class:`StreamingTopK` does.
 - :func:`quantile_fence`: XTF's reasoning-importance rule ``S < q1 - c (q3 - q1)`` per sample (section 1).
 - :func:`probability_mask`: XTF's knowledge-novelty rule ``PCP > 0.95`` (section 1).
 - :func:`multi_otsu` / :func:`otsu_class`: XTF's task-relevance rule (section 1).
@@ -210,11 +213,22 @@ def _keep_counts(k: float, sizes: torch.Tensor) -> torch.Tensor:
 _MAX_BITS_PER_PASS = 20  # a 2^20-bin int64 histogram is 8 MiB
 
 
-def _order_keys(values: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(int64 keys, key width in bits) with key order == float order, -0.0 and 0.0 mapping to one key.
+def order_keys(values: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Order-preserving integer keys of floats: what radix selection histograms.
 
-    IEEE floats of one sign order like their bit patterns read as integers; negative ones in reverse, so
-    their 31 (63) non-sign bits are flipped. fp16 / bf16 are widened to fp32 first (exact).
+    Args:
+        values: (...) float64, float32, bfloat16 or float16 (any shape), no NaN (a NaN gets a key, but an
+            arbitrary one: mask NaNs out first).
+
+    Returns:
+        (keys, width): keys (...) int64 with ``keys[i] < keys[j]`` iff ``values[i] < values[j]`` and equal
+        keys iff equal values (-0.0 and 0.0 map to one key, that of 0.0); ``width`` 64 for float64 (keys
+        span the signed 64-bit range) and 32 otherwise (keys in the signed 32-bit range: fp16 / bf16 are
+        widened to fp32 first, exactly). :func:`key_to_value` inverts it.
+
+    Why it works: IEEE floats of one sign order like their bit patterns read as integers; negative ones in
+    reverse, so their 31 (63) non-sign bits are flipped. ``~keys`` reverses the order and stays in the same
+    range, which is how a "smallest k" selection reuses the "largest k" walk.
     """
     values = values + 0.0  # -0.0 + 0.0 == +0.0 in IEEE arithmetic
     if values.dtype == torch.float64:
@@ -224,7 +238,11 @@ def _order_keys(values: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.where(bits < 0, bits ^ flip, bits), width
 
 
-def _key_to_value(key: int, width: int) -> float:
+def key_to_value(key: int, width: int) -> float:
+    """The float whose :func:`order_keys` key of width ``width`` (32 or 64) is ``key``, as a Python float
+    (a float32 value for width 32, exactly representable)."""
+    if width not in (32, 64):
+        raise ValueError(f"width must be 32 or 64, got {width!r}")
     bits = key ^ (0x7FFF_FFFF if width == 32 else 0x7FFF_FFFF_FFFF_FFFF) if key < 0 else key
     dtype, int_dtype = (torch.float32, torch.int32) if width == 32 else (torch.float64, torch.int64)
     return torch.tensor(bits, dtype=int_dtype).view(dtype).item()
@@ -338,7 +356,7 @@ class StreamingTopK:
             remaining -= digits
             if remaining == 0:
                 key = prefix if self.largest else ~prefix
-                return TopKThreshold(_key_to_value(key, width), need, keep, total, self.largest)
+                return TopKThreshold(key_to_value(key, width), need, keep, total, self.largest)
 
     def _histogram_pass(self, open_stream, prefix: int | None, level: int | None):
         """One pass over the stream: (valid entries, key width, int64 numpy histogram of the next digit).
@@ -348,7 +366,7 @@ class StreamingTopK:
         """
         width = hist = total = nan_count = None
         for scores, valid in _chunks(open_stream()):
-            keys, chunk_width = _order_keys(scores)
+            keys, chunk_width = order_keys(scores)
             if not self.largest:
                 keys = ~keys  # reverses the order and stays in the same signed range
             if width is None:

@@ -147,3 +147,12 @@ def test_a_lost_manifest_is_rebuilt_from_the_shards_and_foreign_shards_are_repla
     assert result.manifest["throughput"]["samples"] == 2  # only the foreign shard was scored again
     assert not [name for name in os.listdir(out) if name.endswith(".tmp")]
     assert_same_results(result, expected)
+
+
+def test_run_locked_error_lives_in_errors_and_is_exported_by_the_pipeline():
+    import xtf_kernels.errors
+    import xtf_kernels.pipeline
+
+    assert xtf_kernels.pipeline.RunLockedError is xtf_kernels.errors.RunLockedError is RunLockedError
+    assert issubclass(RunLockedError, xtf_kernels.errors.XtfError) and issubclass(RunLockedError, RuntimeError)
+    assert "RunLockedError" in xtf_kernels.pipeline.__all__

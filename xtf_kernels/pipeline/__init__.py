@@ -13,7 +13,7 @@
   fingerprinted, resumable (:mod:`~xtf_kernels.pipeline.scoring`, :mod:`~xtf_kernels.pipeline.store`); the
   same call on every rank under torchrun / accelerate launch / srun scores each rank's share of the shards,
   with results identical to one process (:mod:`~xtf_kernels.pipeline.distributed`,
-  :mod:`~xtf_kernels.pipeline.topk`); one run per folder (:class:`RunLockedError`,
+  :mod:`~xtf_kernels.pipeline.topk`); one run per folder (:class:`~xtf_kernels.errors.RunLockedError`,
   :mod:`~xtf_kernels.pipeline.lock`).
 - :class:`ScoreResult`: per-sample scores and rule flags; ``apply`` / ``write_filtered`` refuse data whose
   fingerprint differs (:class:`~xtf_kernels.errors.FingerprintMismatchError`); every file is validated on
@@ -25,12 +25,12 @@
 
 from __future__ import annotations
 
+from ..errors import RunLockedError
 from .fingerprint import config_fingerprint
 from .fingerprint import data_fingerprint
 from .fingerprint import model_fingerprint
 from .loading import load_causal_lm
 from .loading import load_tokenizer
-from .lock import RunLockedError
 from .report import precision_recall
 from .report import rule_statistics
 from .report import write_report

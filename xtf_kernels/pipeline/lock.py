@@ -26,13 +26,11 @@ import socket
 import time
 import uuid
 
-from ..errors import XtfError
+from ..errors import RunLockedError
+
+__all__ = ["LOCK_FILE", "RunLock", "RunLockedError", "lock_run_id"]
 
 LOCK_FILE = ".xtf-run.lock"
-
-
-class RunLockedError(XtfError, RuntimeError):
-    """Another run holds the results folder (its lock file names the host, pid and start time)."""
 
 
 def _pid_alive(pid: int) -> bool:

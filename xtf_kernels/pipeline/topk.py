@@ -32,7 +32,7 @@ Chunks = Callable[[], Iterable[tuple[int, torch.Tensor]]]  # fresh iterator of (
 
 
 def _keys(scores: torch.Tensor, largest: bool) -> torch.Tensor:
-    keys, width = select._order_keys(scores.float())
+    keys, width = select.order_keys(scores.float())
     if width != WIDTH:
         raise TypeError(f"shard scores must be float32, got {scores.dtype}")
     return keys if largest else ~keys
@@ -79,7 +79,7 @@ def global_threshold(group: Group, chunks: Chunks, k: float, largest: bool) -> s
         remaining -= digits
         if remaining == 0:
             key = prefix if largest else ~prefix
-            return select.TopKThreshold(select._key_to_value(key, WIDTH), need, keep, total, largest)
+            return select.TopKThreshold(select.key_to_value(key, WIDTH), need, keep, total, largest)
 
 
 def global_topk(group: Group, chunks: Chunks, num_shards: int, spec) -> dict:
