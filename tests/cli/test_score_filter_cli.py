@@ -280,3 +280,56 @@ def test_global_drop_cap_error_exits_after_the_report(workspace, tmp_path, capsy
     assert status == 1 and "over the whole dataset" in error and "--max-total-drop" in error
     assert error.count("\n") == 1 and "Traceback" not in error
     assert (out / "report.html").exists() and ScoreResult(out).complete  # kept for inspection
+
+
+def _accelerate(launch: list[str], argv: list[str], tmp_path) -> subprocess.CompletedProcess:
+    """``accelerate launch LAUNCH -m xtf_kernels ARGV`` with no accelerate config of the machine's own (HF_HOME
+    points into tmp_path), one thread per process, a free port."""
+    from tests.integrations.distributed import free_port
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "HF_HOME": str(tmp_path / "hf")}
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launch, "--num_machines", "1", "--mixed_precision",
+               "no", "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1", "--main_process_port",
+               str(free_port()), "-m", "xtf_kernels", *argv]
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, cwd=root)
+
+
+def test_score_under_accelerate_launch_on_cpus_matches_one_process(workspace, tmp_path):
+    """``accelerate launch --multi_gpu --num_processes 2`` starts 2 processes through torchrun even without a GPU;
+    they join a gloo group and score XTF (dataset statistics all-reduced) bit for bit as one process."""
+    pytest.importorskip("accelerate")
+    root, _ = workspace
+    argv = ["score", str(root / "data.jsonl"), "--model", str(root / "base"), "--shard-size", "3", "--batch-size",
+            "2", "--no-progress", "--no-report", "--num-workers", "0", "--device", "cpu"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each process below
+    try:
+        assert main([*argv, "--out", str(tmp_path / "one")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    two = _accelerate(["--multi_gpu", "--num_processes", "2"], [*argv, "--out", str(tmp_path / "two")], tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "on 2 rank(s)" in two.stdout and two.stdout.count("response tokens scored") == 1  # rank 0 prints
+    one, other = ScoreResult(tmp_path / "one"), ScoreResult(tmp_path / "two")
+    assert other.manifest["throughput"]["world_size"] == 2
+    assert torch.equal(other.state()["token_counts"], one.state()["token_counts"])
+    for a, b in zip(one.iter_samples(), other.iter_samples(), strict=True):
+        assert torch.equal(a.dropped_by, b.dropped_by)
+        for name in a.scores:
+            torch.testing.assert_close(a.scores[name], b.scores[name], rtol=0, atol=0, equal_nan=True)
+
+
+def test_accelerate_cpu_flag_starts_one_process(workspace, tmp_path):
+    """Why an earlier try scored on one process: accelerate 1.15 sends ``--cpu`` to its simple launcher, which
+    runs the command once (several CPU processes only under mpirun, with a hostfile). That one process scores
+    everything alone, correctly; if a later accelerate starts 2 here, this test says so."""
+    pytest.importorskip("accelerate")
+    root, _ = workspace
+    done = _accelerate(["--cpu", "--num_processes", "2"], ["score", str(root / "data.jsonl"), "--model",
+                                                          str(root / "base"), "--no-progress", "--no-report",
+                                                          "--num-workers", "0", "--out", str(tmp_path / "cpu")],
+                       tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("response tokens scored") == 1 and "on 1 rank(s)" in done.stdout
+    assert ScoreResult(tmp_path / "cpu").manifest["throughput"]["world_size"] == 1

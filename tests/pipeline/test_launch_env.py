@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from xtf_kernels.pipeline.distributed import MPI_VARIABLES
 from xtf_kernels.pipeline.distributed import join
 from xtf_kernels.pipeline.distributed import launcher_environment
 from xtf_kernels.pipeline.distributed import resolve_rank_device
 
 VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "SLURM_STEP_NUM_TASKS", "SLURM_PROCID", "SLURM_LOCALID",
-             "SLURM_NTASKS", "MASTER_ADDR", "MASTER_PORT")
+             "SLURM_NTASKS", "MASTER_ADDR", "MASTER_PORT", *(name for names in MPI_VARIABLES for name in names))
 
 
 @pytest.fixture
@@ -63,3 +64,25 @@ def test_rank_devices(env):
     if not torch.cuda.is_available():
         assert resolve_rank_device("auto", 3) == torch.device("cpu")
         assert resolve_rank_device(None, 0) == torch.device("cpu")
+
+
+@pytest.mark.parametrize("names", MPI_VARIABLES)
+def test_mpirun_variables(env, names):
+    """What mpirun exports to each process (accelerate's multi-CPU launch with a hostfile runs under it)."""
+    rank, size, local = names
+    env.setenv(size, "1")  # a single MPI process is a plain process
+    env.setenv(rank, "0")
+    assert launcher_environment() == (0, 1, 0)
+    env.setenv(size, "6")
+    env.setenv(rank, "5")
+    env.setenv(local, "2")
+    assert launcher_environment() == (5, 6, 2)
+    env.delenv(local)
+    assert launcher_environment() == (5, 6, 5)
+    env.setenv("WORLD_SIZE", "2")  # torchrun's variables come first
+    env.setenv("RANK", "1")
+    assert launcher_environment() == (1, 2, 1)
+    env.delenv("WORLD_SIZE")
+    env.delenv(rank)
+    with pytest.raises(ValueError, match=f"{size} is set but {rank} is not"):
+        launcher_environment()

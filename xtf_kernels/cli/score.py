@@ -28,6 +28,11 @@ Many GPUs and nodes: launch the same command with torchrun, accelerate launch or
 share of the shards on its own GPU (cuda:LOCAL_RANK) and the results are those of one process::
 
     torchrun --nproc-per-node 8 -m xtf_kernels score train.jsonl --model ./my-model --out scores/
+    accelerate launch --multi_gpu --num_processes 8 -m xtf_kernels score train.jsonl --model ./my-model --out s/
+
+accelerate on CPUs: --multi_gpu --num_processes N starts N processes (through torchrun, gloo) with or
+without a GPU; --cpu --num_processes N starts only one (accelerate runs several CPU processes only under
+mpirun, given --mpirun_hostfile), which then scores everything alone.
 """
 
 from __future__ import annotations

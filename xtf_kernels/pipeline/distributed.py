@@ -5,10 +5,20 @@ launch`` and ``srun``: :func:`join` reads the launcher's environment and initial
 group if nobody did yet (gloo on the CPU, NCCL on CUDA devices):
 
 - torchrun / accelerate launch: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``;
+- MPI (``mpirun``, which is how ``accelerate launch --cpu --num_processes N --mpirun_hostfile FILE`` starts
+  CPU processes): Open MPI's ``OMPI_COMM_WORLD_RANK`` / ``_SIZE`` / ``_LOCAL_RANK``, MPICH / Intel MPI's
+  ``PMI_RANK`` / ``PMI_SIZE`` / ``MPI_LOCALRANKID``, MVAPICH2's ``MV2_COMM_WORLD_*`` (the variables accelerate
+  reads), with ``MASTER_ADDR`` / ``MASTER_PORT`` (accelerate exports them); the group is still gloo;
 - ``srun`` (one task per process, no torchrun): ``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS``, ``SLURM_LOCALID``,
   with ``MASTER_ADDR`` / ``MASTER_PORT`` exported by the job script (the first node of the allocation).
   ``SLURM_STEP_NUM_TASKS`` (set for srun job steps only) is read rather than ``SLURM_NTASKS``, which the
   batch script itself also sees: reading that would make a lone process wait for peers that never come.
+
+``accelerate launch`` on CPUs without mpirun: ``--cpu --num_processes N`` (or a config with ``distributed_type:
+MULTI_CPU``) starts ONE process (accelerate 1.15's ``launch_command`` sends ``--cpu`` to its simple launcher,
+which runs the script once and only prefixes ``mpirun`` when a hostfile is given); that process scores the
+whole dataset alone, correctly. ``accelerate launch --multi_gpu --num_processes N`` starts N processes
+through torchrun even on a machine without a GPU, and they join a gloo group here.
 
 A group that the caller already initialised (an accelerate ``Accelerator``, a training script) is used as
 it is and left open. The collectives used are few and small: the dataset statistics (XTF: one (V,) int64
@@ -30,6 +40,12 @@ import torch
 TIMEOUT = timedelta(minutes=60)
 
 
+# (rank, size, local rank) variables of Open MPI, MPICH / Intel MPI and MVAPICH2, as accelerate reads them
+MPI_VARIABLES = (("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
+                 ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
+                 ("MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_LOCAL_RANK"))
+
+
 def _env_int(name: str) -> int | None:
     value = os.environ.get(name)
     if value is None or value == "":
@@ -48,6 +64,13 @@ def launcher_environment() -> tuple[int, int, int]:
         if rank is None:
             raise ValueError("WORLD_SIZE is set but RANK is not; launch with torchrun / accelerate launch")
         return rank, world, local if local is not None else rank
+    for prefix_rank, prefix_size, prefix_local in MPI_VARIABLES:
+        world = _env_int(prefix_size)
+        if world is not None and world > 1:
+            rank, local = _env_int(prefix_rank), _env_int(prefix_local)
+            if rank is None:
+                raise ValueError(f"{prefix_size} is set but {prefix_rank} is not; launch with mpirun")
+            return rank, world, local if local is not None else rank
     world = _env_int("SLURM_STEP_NUM_TASKS")
     if world is not None and world > 1:
         rank, local = _env_int("SLURM_PROCID"), _env_int("SLURM_LOCALID")

@@ -162,7 +162,9 @@ def score_dataset(
 
 
 def _local_world_size(group: Group) -> int:
-    value = os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE", "")
+    names = ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "MV2_COMM_WORLD_LOCAL_SIZE",
+             "SLURM_NTASKS_PER_NODE")
+    value = next((os.environ[name] for name in names if os.environ.get(name)), "")
     return int(value) if value.isdigit() else (group.world_size if group.distributed else 1)
 
 
