@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.methods import tiny
+from xtf_kernels.methods import Safeguards
 from xtf_kernels.methods import XTFConfig
 from xtf_kernels.methods import XTFScorer
 from xtf_kernels.pipeline import precision_recall
@@ -106,3 +107,21 @@ def test_report_diagnostics_by_type_and_position(scored, tmp_path):
     page = (tmp_path / "report.html").read_text()
     assert "Diagnostics by token type and position" in page and "Drop rate by relative position" in page
     assert "histograms" in page and "guard" not in out["statistics"]["rules"]
+
+
+def test_report_states_the_global_drop_cap(scored, tmp_path):
+    result, dataset = scored
+    out = write_report(result, tmp_path / "held")
+    saved = json.loads((tmp_path / "held" / "report.json").read_text())
+    stats = out["statistics"]
+    assert saved["drop_cap"] == {"max_total_drop": 0.4, "on_exceed": "warn", "dropped": stats["dropped_tokens"],
+                                 "scored": stats["scored_tokens"], "fraction": stats["dropped_fraction"],
+                                 "exceeded": stats["dropped_fraction"] > 0.4}
+    assert "Global cap (max_total_drop) 40.00%" in (tmp_path / "held" / "report.html").read_text()
+    capped = XTFScorer(tiny.model("qwen2"), XTFConfig(ri_fence_c=0.0, kn_pcp_max=0.014, otsu_bins=64,
+                                                      safeguards=Safeguards(max_total_drop=0.01)))
+    with pytest.warns(UserWarning, match="over the whole dataset"):
+        capped_result = score_dataset(capped, dataset.samples, tmp_path / "capped", shard_size=5, progress=False)
+    write_report(capped_result)
+    assert json.loads((tmp_path / "capped" / "report.json").read_text())["drop_cap"]["exceeded"] is True
+    assert "EXCEEDED" in (tmp_path / "capped" / "report.html").read_text()

@@ -3,7 +3,8 @@
 :func:`write_report` writes into a folder:
 - ``report.json``: :func:`rule_statistics` (counts and fractions per rule, tokens only one rule dropped,
   pairwise overlaps of the rules' dropped sets, the union) and, when the data carries ground-truth
-  ``noise_mask``, :func:`precision_recall` per rule;
+  ``noise_mask``, :func:`precision_recall` per rule; :func:`drop_cap`, the safeguards' global cap against
+  the fraction the masks drop (the total the run checked);
 - ``histograms.png``: one histogram per score over the scored tokens, the tokens its rule dropped stacked on the others,
   with the thresholds that decide them (KN: PCP = ``kn_pcp_max``; TR: the Multi-Otsu thresholds; Token
   Cleaning: the pool-wide top-k threshold; RI's fence is per sample, so it has no single line);
@@ -30,6 +31,7 @@ from ..datasets.samples import IGNORE_INDEX
 from ..methods.diagnostics import rule_diagnostics
 from ..methods.safeguards import special_ids_of
 from .result import ScoreResult
+from .result import safeguards_of
 
 RULE_COLOURS = ("#f4a261", "#2a9d8f", "#8ecae6", "#e76f51", "#b5838d", "#90be6d")
 
@@ -73,6 +75,20 @@ def rule_statistics(result: ScoreResult) -> dict:
                   for i, rule in enumerate(rules)},
         "overlap": overlap, "all_rules": every,
     }
+
+
+def drop_cap(result: ScoreResult) -> dict | None:
+    """The global cap the run was checked against: {"max_total_drop", "on_exceed", "dropped", "scored",
+    "fraction", "exceeded"} from the manifest's ``drop_totals`` (the whole dataset, as a filter applies the
+    masks); None when the config sets no cap or the results predate the record."""
+    safeguards = safeguards_of(result.manifest)
+    totals = result.manifest.get("drop_totals")
+    if safeguards is None or safeguards.max_total_drop is None or totals is None:
+        return None
+    fraction = totals["dropped"] / totals["scored"] if totals["scored"] else 0.0
+    return {"max_total_drop": safeguards.max_total_drop, "on_exceed": safeguards.on_exceed,
+            "dropped": totals["dropped"], "scored": totals["scored"], "fraction": fraction,
+            "exceeded": fraction > safeguards.max_total_drop}
 
 
 def precision_recall(result: ScoreResult, data, tokenizer=None, *, max_length: int | None = None) -> dict | None:
@@ -256,6 +272,14 @@ table { border-collapse: collapse; margin: 1em 0; } td, th { border: 1px solid #
 """
 
 
+def _cap_text(cap: dict | None) -> str:
+    if cap is None:
+        return ""
+    verdict = "<b>EXCEEDED</b>" if cap["exceeded"] else "held"
+    return (f" Global cap (max_total_drop) {cap['max_total_drop']:.2%}: {verdict} ({cap['fraction']:.2%} of the "
+            f"whole dataset dropped; on_exceed={html.escape(cap['on_exceed'])}).")
+
+
 def write_report(result: ScoreResult | str | os.PathLike, out_dir: str | os.PathLike | None = None, *, data=None,
                  tokenizer=None, max_length: int | None = None, max_samples: int = 50, bins: int = 50) -> dict:
     """Write report.json, histograms.png and report.html (see the module docstring) into ``out_dir``.
@@ -285,7 +309,8 @@ def write_report(result: ScoreResult | str | os.PathLike, out_dir: str | os.Path
         diagnostics = rule_diagnostics(source, result.iter_samples(), tokenizer=tokenizer, special_ids=special)
     files = {"json": os.path.join(out_dir, "report.json"), "png": os.path.join(out_dir, "histograms.png"),
              "html": os.path.join(out_dir, "report.html")}
-    report = {"statistics": statistics, "precision_recall": accuracy, "thresholds": lines,
+    cap = drop_cap(result)
+    report = {"statistics": statistics, "precision_recall": accuracy, "thresholds": lines, "drop_cap": cap,
               "diagnostics": diagnostics, "config": result.config, "data_fingerprint": result.data_fingerprint}
     atomic_write_bytes(files["json"], json.dumps(report, indent=1).encode())
     plot_histograms(histograms, lines, files["png"])
@@ -314,7 +339,7 @@ def write_report(result: ScoreResult | str | os.PathLike, out_dir: str | os.Path
 <style>{_CSS}</style></head><body>
 <h1>Token filtering report: {html.escape(result.method)}</h1>
 <p>{statistics['num_samples']} samples, {statistics['scored_tokens']} scored response tokens,
-{statistics['dropped_tokens']} dropped ({statistics['dropped_fraction']:.2%}). Config:
+{statistics['dropped_tokens']} dropped ({statistics['dropped_fraction']:.2%}).{_cap_text(cap)} Config:
 <code>{html.escape(json.dumps(result.config))}</code></p>
 <h2>Per rule</h2><table><tr><th>rule</th><th>dropped</th><th>of scored</th><th>only this rule</th></tr>{rows}</table>
 <h2>Overlap of the rules</h2><table><tr><th>rules</th><th>both</th><th>Jaccard</th><th>of the smaller set</th></tr>
