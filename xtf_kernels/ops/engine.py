@@ -6,11 +6,15 @@ gradient of the logits; two more GEMMs form d_hidden for the chunk and accumulat
 The [N, V] logits tensor never exists: peak extra memory is one chunk plus the fp32 d_weight accumulator.
 Float64 inputs run the same passes in float64 (so ``torch.autograd.gradcheck`` applies).
 
-16-bit inputs: on CUDA the GEMMs read the 16-bit operands and accumulate and write fp32 (cuBLAS). The CPU
-has no 16-bit GEMM with an fp32 output (torch's ``mm(..., out_dtype=)`` is CUDA-only; oneDNN rounds its
-fp32 accumulator to 16 bits, 7.6e-3 per-token loss error at H 256 in bf16), so there the chunk's hidden
-rows and the weight, one block of vocabulary rows at a time (:class:`_Fp32WeightBlocks`), are upcast and
-all three GEMMs run in fp32: every result equals the fp32 computation on the upcast inputs.
+16-bit inputs: on CUDA the GEMMs read the 16-bit operands and accumulate and write fp32 (cuBLAS); d_hidden
+reads the gradient rounded to the input dtype. The CPU has no 16-bit GEMM with an fp32 output (torch's
+``mm(..., out_dtype=)`` is CUDA-only; oneDNN rounds its fp32 accumulator to 16 bits: 1.6e-2 per-token loss
+error at H 256 in bf16), so there the logits and d_weight GEMMs run in fp32 on the upcast chunk of hidden
+rows and the weight upcast one block of vocabulary rows at a time (:class:`_Fp32WeightBlocks`): the loss,
+every per-row output and d_weight equal the fp32 computation on the 16-bit values. d_hidden (stored in the
+16-bit dtype) is formed as on CUDA for bf16, with oneDNN's bf16 GEMM on the rounded gradient (fp32
+accumulation inside; twice the fp32 rate on this AVX512-BF16 CPU), and in fp32 for fp16, whose CPU GEMM is
+4x slower than fp32 here.
 
 A backend plugs in a :class:`RowKernel`: a callable with the signature of
 :func:`xtf_kernels.ops._torch.row_pass.row_pass` plus ``extra_buffers``. No host synchronisation happens
@@ -114,7 +118,7 @@ def _logits_into(out: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, 
 
 
 def _grad_hidden_into(out: torch.Tensor, grad_logits: torch.Tensor, upcast: _Fp32WeightBlocks) -> None:
-    """out (C, H) 16-bit <- grad_logits (C, V) fp32 @ weight, accumulated in fp32 over the weight blocks."""
+    """out (C, H) fp16 <- grad_logits (C, V) fp32 @ weight, accumulated in fp32 over the weight blocks."""
     acc = None
     for start, stop, block in upcast.blocks():
         if acc is None:
@@ -183,8 +187,10 @@ def chunked_head_pass(
     if not want_grad:
         grads = None
     upcast = _Fp32WeightBlocks(weight, memory_budget_bytes(device)) if half and not hidden.is_cuda else None
-    # CUDA only: the d_hidden / d_weight GEMMs read a 16-bit copy of the chunk's gradient.
-    lowp_grad = half and want_grad and upcast is None
+    # The d_hidden GEMM (and on CUDA the d_weight GEMM) reads a 16-bit copy of the chunk's gradient: on CUDA,
+    # and for bf16 on the CPU (see the module docstring).
+    native_grad_hidden = upcast is None or hidden.dtype == torch.bfloat16
+    lowp_grad = half and want_grad and (upcast is None or (native_grad_hidden and need_grad_hidden))
     extra = row_kernel.extra_buffers(spec, want_entropy=want_entropy, grads=grads)
     chunk = resolve_chunk_size(
         chunk_size, rows=rows, vocab=vocab, device=device, half_precision=lowp_grad,
@@ -213,7 +219,9 @@ def chunked_head_pass(
         n = stop - start
         h_chunk = hidden[start:stop]
         z = _logits_into(logits_buf[:n], h_chunk, weight, bias, upcast)
-        half_kwargs = dict(grad_out=lowp_buf[:n], keep_fp32_grad=grad_bias is not None) if half_out else {}
+        # The CPU's d_weight GEMM reads the fp32 gradient.
+        keep_fp32 = grad_bias is not None or (upcast is not None and grad_weight is not None)
+        half_kwargs = dict(grad_out=lowp_buf[:n], keep_fp32_grad=keep_fp32) if half_out else {}
         c_lse, c_target, c_mean, c_entropy, c_grad, *c_argmax = row_kernel.run(
             z,
             targets[start:stop],
@@ -244,11 +252,11 @@ def chunked_head_pass(
             if not half_out:
                 mm_grad.copy_(c_grad)
         if grad_hidden is not None:
-            if upcast is not None:
-                _grad_hidden_into(grad_hidden[start:stop], c_grad, upcast)
-            else:
+            if native_grad_hidden:
                 torch.mm(mm_grad, weight, out=grad_hidden[start:stop])
+            else:
+                _grad_hidden_into(grad_hidden[start:stop], c_grad, upcast)
         if grad_weight is not None:
-            _accumulate_weight_grad(grad_weight, mm_grad, h_chunk)
+            _accumulate_weight_grad(grad_weight, c_grad if upcast is not None else mm_grad, h_chunk)
     return HeadPassResult(lse_out, target_out, mean_out, entropy_out, grad_hidden, grad_weight, grad_bias,
                           argmax_out)
