@@ -293,10 +293,10 @@ def register(parser: argparse.ArgumentParser) -> None:
                            "is known to be gone, e.g. its node died)")
 
 
-def _flagged(exc: Exception) -> str:
-    """A config error with its field names written as the flags that set them."""
+def _flagged(exc: Exception, fields: tuple[str, ...]) -> str:
+    """A config error with the names of ``fields`` (and the safeguards') written as the flags that set them."""
     text = str(exc)
-    for field in (*XTF_FIELDS, *TC_FIELDS, *GUARD_FIELDS, "protected_ids", "protected_tokens"):
+    for field in (*fields, *GUARD_FIELDS, "protected_ids", "protected_tokens"):
         flag = "--protect" if field.startswith("protected_") else _flag(field)
         text = re.sub(rf"\b{field}\b", flag, text)
     return text
@@ -328,7 +328,7 @@ def build_config(args: argparse.Namespace):
                                          protected_tokens=preset.safeguards.protected_tokens + texts)
         config = dataclasses.replace(preset, **overrides, safeguards=safeguards)
     except (ValueError, TypeError) as exc:
-        raise CliError(_flagged(exc)) from None
+        raise CliError(_flagged(exc, fields)) from None
     for field, (mode, needed) in MODE_OF.items():
         if field in overrides and getattr(config, mode) != needed:
             raise CliError(f"{_flag(field)} is only used with {_flag(mode)} {needed} (given: {getattr(config, mode)})")
