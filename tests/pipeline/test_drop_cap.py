@@ -16,6 +16,7 @@ from xtf_kernels.methods import Safeguards
 from xtf_kernels.methods import safeguards as safeguards_module
 from xtf_kernels.pipeline import ScoreResult
 from xtf_kernels.pipeline import score_dataset
+from xtf_kernels.pipeline import store
 
 pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
@@ -77,6 +78,12 @@ def test_scorers_running_check_waits_for_the_whole_dataset(root, monkeypatch):
                       batch_size=ranks.BATCH_SIZE, progress=False, num_workers=0)
     assert ScoreResult(root / "deferred").complete
     with pytest.raises(DropCapExceededError, match="over the whole dataset"):  # a rerun of the complete run too
+        score_dataset(scorer, str(root / "data.jsonl"), root / "deferred", shard_size=ranks.SHARD_SIZE,
+                      batch_size=ranks.BATCH_SIZE, progress=False, num_workers=0)
+    manifest = json.loads((root / "deferred" / "manifest.json").read_text())
+    recorded = manifest.pop("drop_totals")
+    store.write_manifest(str(root / "deferred"), manifest)  # complete results written before the record existed
+    with pytest.raises(DropCapExceededError, match=f"of {recorded['scored']} response tokens"):  # counted again
         score_dataset(scorer, str(root / "data.jsonl"), root / "deferred", shard_size=ranks.SHARD_SIZE,
                       batch_size=ranks.BATCH_SIZE, progress=False, num_workers=0)
     with pytest.raises(DropCapExceededError, match="XTF drops"):  # outside the pipeline it checks as it goes
