@@ -333,3 +333,18 @@ def test_accelerate_cpu_flag_starts_one_process(workspace, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("response tokens scored") == 1 and "on 1 rank(s)" in done.stdout
     assert ScoreResult(tmp_path / "cpu").manifest["throughput"]["world_size"] == 1
+
+
+def test_protect_reads_ids_and_text_and_presets_take_overrides():
+    from xtf_kernels.cli.score import build_config
+
+    parser = _score_parser()
+    base = ["data.jsonl", "--model", "m", "--out", "o"]
+    config = build_config(parser.parse_args([*base, "--protect", "7", "--protect", "text:7", "--protect", " = ",
+                                             "--preset", "paper", "--max-total-drop", "0.5", "--ri-score", "sum"]))
+    assert config.safeguards.protected_ids == (7,) and config.safeguards.protected_tokens == ("7", " = ")
+    assert config.safeguards.max_total_drop == 0.5 and config.safeguards.max_sample_drop is None  # paper's
+    assert config.ri_score == "sum" and config.kn_anchor_fraction == 0.0
+    config = build_config(parser.parse_args([*base, "--method", "token-cleaning", "--max-sample-drop", "none",
+                                             "--no-protect-special", "--k", "0.7", "--scope", "sample"]))
+    assert (config.k, config.scope, config.safeguards.protect_special_tokens) == (0.7, "sample", False)
