@@ -3,15 +3,18 @@ root's) and DeepSpeed ZeRO-3 (CPU accelerator; skipped when deepspeed is not ins
 ranks: each rank trains on half of a batch with the global num_items_in_batch, and the loss and every
 gradient (gathered from the shards) equal the single-process unpatched model's on the whole batch.
 Includes a loss whose backward re-reads the head weight (per-token reduction), which needs FSDP2's
-pre-backward re-gather of the resharded weight."""
+pre-backward re-gather of the resharded weight, and TRL's fused lm_head path (served by xtf) under FSDP2."""
 
 from __future__ import annotations
+
+import importlib.util
 
 import pytest
 import torch.distributed as dist
 
 from tests.helpers import assert_close
 from tests.integrations.distributed import run_ranks
+from tests.integrations.op_counter import XtfOpCounter
 from tests.integrations.tiny_models import VOCAB
 from tests.integrations.tiny_models import batch
 from tests.integrations.tiny_models import tiny_model
@@ -78,6 +81,37 @@ def _run_fsdp2(rank, world, full, local, num_items, reference, *, arch, head_uni
         _check(model, out.loss, reference, world, label)
 
 
+def _trl_reference(full: dict, num_items):
+    from trl.trainer.utils import add_fused_lm_head
+
+    model = tiny_model("llama")
+    add_fused_lm_head(model, temperature=0.8, outputs=("log_probs", "entropy"))
+    loss = model(**full, fused_lm_head=True, num_items_in_batch=num_items).loss
+    loss.backward()
+    return loss.detach(), {name: p.grad for name, p in model.named_parameters()}
+
+
+def _run_fsdp2_trl(rank, world, local, num_items, reference):
+    """TRL's fused lm_head path on a patched model under FSDP2, the head in its own unit: xtf computes the
+    log-probs inside the head's forward on the gathered weight."""
+    from torch.distributed.fsdp import fully_shard
+    from trl.trainer.utils import add_fused_lm_head
+
+    from xtf_kernels.integrations.transformers import apply_xtf_kernels
+
+    model = apply_xtf_kernels(tiny_model("llama"))
+    add_fused_lm_head(model, temperature=0.8, outputs=("log_probs", "entropy"))
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model.lm_head)
+    fully_shard(model)
+    with XtfOpCounter() as ops:
+        out = model(**local, fused_lm_head=True, num_items_in_batch=num_items)
+        (out.loss * world).backward()
+    assert ops.calls["token_logprobs"] == 1 and ops.calls["head_backward"] == 1, ops.calls
+    _check(model, out.loss, reference, world, f"fsdp2 trl fused head rank {rank}")
+
+
 def _worker(rank: int, world: int) -> None:
     full = batch(4, 9, seed=7)
     half = full["input_ids"].shape[0] // world
@@ -89,6 +123,8 @@ def _worker(rank: int, world: int) -> None:
     _run_fsdp2(rank, world, full, local, num_items, llama, arch="llama", head_unit=True, loss_fn=_per_token_mean)
     # Tied embeddings (Qwen2): the head weight is the input embedding, so both stay in the root's unit.
     _run_fsdp2(rank, world, full, local, num_items, qwen2, arch="qwen2", head_unit=False, loss_fn=None)
+    if importlib.util.find_spec("trl") is not None:
+        _run_fsdp2_trl(rank, world, local, num_items, _trl_reference(full, num_items))
 
 
 def test_ddp_and_fsdp2_match_the_single_process_model():

@@ -144,7 +144,10 @@ def fused_head_outputs(
             lse_double = token_logprobs(hidden, weight, targets, temperature=temperature / 2, return_lse=True,
                                         **options).lse
             log_sum_sq = (lse_double - 2 * result.lse.detach()).masked_fill(~kept, 0.0)
-    return result.logprobs, result.entropy, log_sum_sq, mean_logits, is_top1
+    # Fresh tensors, not reshape views of the op's outputs: an engine hooks the module's outputs (FSDP2 registers
+    # its pre-backward re-gather on them), and an in-place op on a view would silently bypass that hook.
+    entropy = None if result.entropy is None else result.entropy.clone()
+    return result.logprobs.clone(), entropy, log_sum_sq, mean_logits, is_top1
 
 
 def fused_head_forward(model, base_forward, call: dict, run_with_capture):
