@@ -141,20 +141,16 @@ def _xtf_scorer(model, config: XTFConfig, tokenizer):
     return XTFScorer(model, config)
 
 
-def _fired(result, rule: str) -> torch.Tensor:
-    return result.fired(rule)
-
-
 def xtf_selections(base, samples, tokenizer, arms) -> dict[str, Selection]:
     """XTF's arms: the paper preset's union and each rule alone (its fired mask), and the safe defaults."""
     out = {}
     paper = XTFConfig.paper() if has_paper_preset() else XTFConfig()
     results = score_samples(_xtf_scorer(base, paper, tokenizer), samples, batch_size=32)
-    scores = {"xtf_RI": ("ri", -1.0), "xtf_KN": ("kn", -1.0), "xtf_TR": ("tr", -1.0)}
-    for arm, (name, sign) in scores.items():
+    for arm, name in (("xtf_RI", "ri"), ("xtf_KN", "kn"), ("xtf_TR", "tr")):
         if arm in arms:
-            # RI and TR drop low scores; KN's score is 1 - PCP and drops high PCP: all three drop low values.
-            out[arm] = Selection([_fired(r, arm[4:]) for r in results], [sign * r.scores[name] for r in results])
+            # RI and TR drop low scores; KN's score is 1 - PCP and drops high PCP: all three drop low values,
+            # so minus the score ranks what the rule drops first.
+            out[arm] = Selection([r.fired(arm[4:]) for r in results], [-r.scores[name] for r in results])
     if "xtf_paper" in arms:
         out["xtf_paper"] = Selection([r.dropped for r in results])
     if "xtf_safe" in arms and has_paper_preset():

@@ -18,7 +18,7 @@ SPECIAL_TOKENS = (PAD, BOS, EOS, USER, ASSISTANT)  # ids 0..4, in this order
 def _tokenizers():
     try:
         import tokenizers
-    except ImportError as exc:  # pragma: no cover - the [hf] extra brings it
+    except ImportError as exc:
         raise ImportError("the miniature's tokenizer needs the tokenizers library: "
                           "pip install 'xtf_kernels[hf]'") from exc
     return tokenizers
