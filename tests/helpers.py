@@ -68,3 +68,21 @@ def option_features(options: dict, *, dtype: torch.dtype = torch.float32, output
     if dtype == torch.float64:
         needed.add("float64")
     return needed
+
+
+def assert_predictions(predicted, logits, kept, ignore_index: int, msg: str = "predicted tokens"):
+    """An op's argmax against float64 logits: ignore_index where not kept; elsewhere a maximal index up to fp32
+    rounding of the logits (a softcap saturating in fp32 makes genuine fp32 ties that float64 separates),
+    and exactly the float64 argmax where the top two differ by more than that rounding."""
+    predicted, logits, kept = predicted.cpu(), logits.detach().double().cpu(), kept.cpu()
+    assert predicted.dtype == torch.int64 and predicted.shape == kept.shape, msg
+    assert torch.all(predicted[~kept] == ignore_index), f"{msg}: not ignore_index at dropped positions"
+    rows, chosen = logits[kept], predicted[kept]
+    if not rows.numel():
+        return
+    slack = 1e-6 * max(rows.abs().max().item(), 1.0)
+    top2 = rows.topk(min(2, rows.shape[-1]), dim=-1).values
+    picked = rows.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
+    assert torch.all(picked >= top2[:, 0] - slack), f"{msg}: an index that is not maximal"
+    unique = top2[:, 0] - top2[:, -1] > slack if top2.shape[-1] > 1 else torch.ones_like(picked, dtype=torch.bool)
+    assert torch.equal(chosen[unique], rows.argmax(-1)[unique]), f"{msg}: not the unique float64 argmax"

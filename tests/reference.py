@@ -30,13 +30,16 @@ def shift_inputs(hidden, targets, token_weights=None):
 
 
 class ReferenceLoss(NamedTuple):
-    """float64 loss (differentiable), z-loss term, token accuracy, predicted tokens (int64) and the logits."""
+    """float64 loss (differentiable), z-loss term, token accuracy, predicted tokens (int64), the logits, and the
+    (shifted) targets and kept-token mask they were computed for."""
 
     loss: torch.Tensor
     z_loss: torch.Tensor
     token_accuracy: torch.Tensor
     predicted_tokens: torch.Tensor
     logits: torch.Tensor
+    targets: torch.Tensor
+    kept: torch.Tensor
 
 
 def reference_linear_cross_entropy_outputs(
@@ -71,14 +74,14 @@ def reference_linear_cross_entropy_outputs(
     # torch's weighted mean divides by the target classes' weights (times the token weights here).
     denom_weights = weights if cw is None else weights * cw[safe_targets]
     if reduction == "none":
-        return ReferenceLoss(per_token, z_term, correct, predicted, logits)
+        return ReferenceLoss(per_token, z_term, correct, predicted, logits, targets, kept)
     accuracy = correct.sum() / kept.sum() if kept.any() else torch.zeros((), dtype=torch.float64)
     if reduction == "sum":
-        return ReferenceLoss(per_token.sum(), z_term.sum(), accuracy, predicted, logits)
+        return ReferenceLoss(per_token.sum(), z_term.sum(), accuracy, predicted, logits, targets, kept)
     denom = denom_weights.sum() if num_items_in_batch is None else torch.as_tensor(float(num_items_in_batch))
     if denom > 0:
-        return ReferenceLoss(per_token.sum() / denom, z_term.sum() / denom, accuracy, predicted, logits)
-    return ReferenceLoss(per_token.sum() * 0.0, z_term.sum() * 0.0, accuracy, predicted, logits)
+        return ReferenceLoss(per_token.sum() / denom, z_term.sum() / denom, accuracy, predicted, logits, targets, kept)
+    return ReferenceLoss(per_token.sum() * 0.0, z_term.sum() * 0.0, accuracy, predicted, logits, targets, kept)
 
 
 def reference_linear_cross_entropy(hidden, weight, targets, **options):

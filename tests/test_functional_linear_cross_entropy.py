@@ -13,6 +13,7 @@ import xtf_kernels as xk
 from tests.cases import make_case
 from tests.helpers import accumulation_dtype
 from tests.helpers import assert_close
+from tests.helpers import assert_predictions
 from tests.helpers import backend_features
 from tests.helpers import option_features
 from tests.reference import reference_linear_cross_entropy
@@ -39,17 +40,19 @@ REDUCTIONS = ("mean", "sum", "none")
 CASE_KEYS = ("bias", "token_weights", "class_weights", "ignore_index")
 
 
-def check_outputs(out, reference, case, ignore_index, dtype):
+def check_outputs(out, reference, ignore_index, dtype):
     """z-loss term, token accuracy and predicted tokens of a LinearCrossEntropyOutput against the reference."""
     assert isinstance(out, xk.LinearCrossEntropyOutput)
     assert out.z_loss.shape == out.loss.shape and out.z_loss.dtype == out.loss.dtype
     assert not out.z_loss.requires_grad
     assert_close(out.z_loss, reference.z_loss, accumulation_dtype(dtype), msg="z_loss term")
-    assert out.predicted_tokens.dtype == torch.int64
-    assert out.predicted_tokens.shape == reference.predicted_tokens.shape
-    assert torch.equal(out.predicted_tokens.cpu(), reference.predicted_tokens), "predicted tokens"
+    kept = reference.kept
+    assert_predictions(out.predicted_tokens, reference.logits, kept, ignore_index)
+    # Accuracy from the op's own predictions (validated above): correct kept tokens / kept tokens.
+    correct = ((out.predicted_tokens.cpu() == reference.targets) & kept).double()
+    expected = correct if correct.shape == reference.token_accuracy.shape else correct.sum() / max(kept.sum(), 1)
     assert out.token_accuracy.shape == reference.token_accuracy.shape
-    torch.testing.assert_close(out.token_accuracy.double().cpu(), reference.token_accuracy, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.token_accuracy.double().cpu(), expected, atol=1e-6, rtol=0)
 
 
 def run_and_compare(impl, lead, hidden_size, vocab, dtype, reduction, options, *, chunk_size=None, seed=0,
@@ -81,7 +84,7 @@ def run_and_compare(impl, lead, hidden_size, vocab, dtype, reduction, options, *
     assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     assert_close(loss, expected, accumulation_dtype(dtype), msg="loss")
     if outputs:
-        check_outputs(out, reference, case, ignore_index, dtype)
+        check_outputs(out, reference, ignore_index, dtype)
     grad_out = torch.randn(loss.shape, dtype=torch.float64) if reduction == "none" else torch.tensor(1.7).double()
     grads = torch.autograd.grad(loss, case.leaves(), grad_out.to(device=impl.device, dtype=loss.dtype),
                                 allow_unused=True)

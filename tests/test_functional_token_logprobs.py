@@ -13,7 +13,9 @@ import xtf_kernels as xk
 from tests.cases import make_case
 from tests.helpers import accumulation_dtype
 from tests.helpers import assert_close
+from tests.helpers import assert_predictions
 from tests.helpers import backend_features
+from tests.reference import reference_logits
 from tests.reference import reference_token_logprobs
 from tests.reference import reference_token_logprobs_outputs
 
@@ -49,7 +51,12 @@ def _run(impl, lead, hidden_size, vocab, dtype, options, *, grad_outputs=("logpr
         assert got.dtype == accumulation_dtype(dtype) and got.shape == shape
         assert_close(got, want, accumulation_dtype(dtype), msg=name)
     if extras:
-        assert out.predicted_tokens.dtype == torch.int64 and torch.equal(out.predicted_tokens.cpu(), expected[3])
+        shifted = case.targets.cpu()[..., 1:] if op_kwargs.get("shift") else case.targets.cpu()
+        hidden = ref_leaves[0][..., :-1, :] if op_kwargs.get("shift") else ref_leaves[0]
+        logits = reference_logits(hidden, ref_leaves[1], ref_leaves[2] if case.bias is not None else None,
+                                  op_kwargs.get("softcap"), op_kwargs.get("temperature", 1.0),
+                                  op_kwargs.get("logit_scale", 1.0))
+        assert_predictions(out.predicted_tokens, logits, shifted != ignore_index, ignore_index)
         assert not out.mean_logit.requires_grad
         assert_close(out.mean_logit, expected[4], accumulation_dtype(dtype), msg="mean_logit")
     # A random upstream gradient on each chosen output, the others unused.
