@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import xtf_kernels as xk
+from tests.helpers import assert_predictions
 from tests.helpers import backend_features
 from tests.peers.cases import LIGER_EVERYTHING
 from tests.peers.cases import liger_cases
@@ -74,7 +75,9 @@ def test_liger_correctness_case(impl, shape, reduction, dtype, atol, rtol, bias,
     if impl.interpret and shape[2] > 64:
         pytest.skip("the large shape is too slow under the Triton interpreter")
     leaves, targets, class_weights = _inputs(shape, dtype, bias, options, impl.device)
-    returns = dict(return_z_loss=True, return_token_accuracy=True) if options["class_weights"] else {}
+    returns = {}
+    if options["class_weights"]:
+        returns = dict(return_z_loss=True, return_token_accuracy=True, return_predicted_tokens=True)
     out = xk.linear_cross_entropy(
         *leaves[:2], targets, bias=leaves[2] if bias else None, class_weights=class_weights,
         ignore_index=options["ignore_index"], reduction=reduction, label_smoothing=options["label_smoothing"],
@@ -94,7 +97,8 @@ def test_liger_correctness_case(impl, shape, reduction, dtype, atol, rtol, bias,
         x, weight, *b = (t.detach().double().cpu() for t in leaves)
         logits = x @ weight.T + (b[0] if b else 0.0)
         logits = options["softcap"] * torch.tanh(logits / options["softcap"])
-        accuracy = ((logits.argmax(-1) == targets.cpu()) & kept).sum() / kept.sum()
+        assert_predictions(out.predicted_tokens, logits, kept, options["ignore_index"])
+        accuracy = ((out.predicted_tokens.cpu() == targets.cpu()) & kept).sum() / kept.sum()
         _close(out.token_accuracy, accuracy, 1e-6, 0.0, "token accuracy (Liger: correct / non-ignored)")
 
     # Every gradient against the float64 reference of the documented semantics, at Liger's tolerances.
