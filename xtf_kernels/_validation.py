@@ -157,6 +157,19 @@ def check_chunk_size(chunk_size) -> int:
     return chunk_size
 
 
+def check_max_kept_tokens(max_kept_tokens) -> int:
+    """None -> 0 (the compacting mode, one host sync); else an int K >= 1 (the sync-free static mode)."""
+    if max_kept_tokens is None:
+        return 0
+    check_int("max_kept_tokens", max_kept_tokens)
+    if max_kept_tokens <= 0:
+        raise ValueError(
+            f"max_kept_tokens must be None (compact, one host sync) or a static bound >= 1 on the kept tokens, "
+            f"got {max_kept_tokens}"
+        )
+    return max_kept_tokens
+
+
 def num_items_tensor(num_items_in_batch, device: torch.device) -> torch.Tensor | None:
     """num_items_in_batch (int, float or a 0-d / 1-element tensor) as a 0-d fp32 tensor on ``device``."""
     if num_items_in_batch is None:

@@ -4,6 +4,25 @@ Every op accepts any leading shape (``hidden`` is (..., H), ``targets`` is (...)
 values shaped like ``targets`` (float64 for float64 inputs). Rows whose target is ``ignore_index`` (and, for
 the loss, whose token weight is 0) are compacted away before the first matmul: they cost no compute and get exactly zero
 loss and gradient.
+
+Compacting needs one host synchronisation per call (how many rows survive decides how many GEMMs run),
+which CUDA-graph capture (``torch.compile(mode="reduce-overhead")``, ``torch.cuda.graph``) does not allow.
+``max_kept_tokens=K`` selects the sync-free mode instead (:func:`xtf_kernels.ops.compaction.static_rows`):
+
+- shapes are static: the op always runs ``min(K, N)`` rows. K >= N masks dropped rows in place; K < N
+  gathers the kept rows into K slots (``torch.nonzero_static``).
+- dropped rows still get exactly zero loss and gradient, but they now cost compute: forward + backward is
+  6 * min(K, N) * H * V FLOP (8 * ... with a recomputing backward: ``reduction="none"``, ``token_logprobs``)
+  against 6 * M * H * V for M kept rows when compacting. At 60% kept with K = N that is 1 / 0.6 = 1.67x
+  the compacting mode's GEMM time (at the Llama-3 head, H 4096, V 128256, N 16384: 51.6 against 31.0 TFLOP);
+  K = 0.6 N costs the same as compacting. Masking adds O(N * H) element work (zeroing the dropped rows'
+  hidden states: 2 * N * H bytes read and written, 1 / V of the GEMMs' 2 * N * H * V FLOP).
+- not validated on the host any more (no ValueError; device-side poison instead): a target outside
+  [0, V) that is not ``ignore_index`` or a negative / non-finite token weight makes that token's outputs
+  NaN (and "mean" / "sum" NaN) and the token gets no gradient; a negative / non-finite class weight, or
+  more kept tokens than K, makes every output NaN. Shapes, dtypes, devices and option values are still
+  checked (metadata, no sync). Pass ``num_items_in_batch`` as a device tensor under CUDA graphs (a Python
+  number is copied from the host at each call).
 """
 
 from __future__ import annotations
@@ -105,6 +124,7 @@ def linear_cross_entropy(
     return_predicted_tokens: bool = False,
     backend: str = "auto",
     chunk_size: int | None = None,
+    max_kept_tokens: int | None = None,
 ) -> torch.Tensor | LinearCrossEntropyOutput:
     """Cross-entropy of ``hidden @ weight.T + bias`` against ``targets`` without materialising the logits.
 
@@ -150,6 +170,9 @@ def linear_cross_entropy(
             :class:`LinearCrossEntropyOutput`; the argmax is formed in the same pass (no second matmul).
         backend: "auto", "torch", "triton" or "cuda" (see :mod:`xtf_kernels.ops.registry`).
         chunk_size: tokens per chunk; default from a memory budget (:mod:`xtf_kernels.ops.chunking`).
+        max_kept_tokens: None (compact the kept tokens; one host sync) or a static bound K >= 1 on the kept
+            tokens: the sync-free mode for CUDA graphs, with its compute cost and device-side checks
+            described in this module's docstring. The same values either way.
 
     Returns:
         () fp32 for "mean" / "sum", (...) fp32 for "none"; a :class:`LinearCrossEntropyOutput` with any
@@ -168,6 +191,7 @@ def linear_cross_entropy(
     v.check_shift(shift, targets)
     want_argmax = bool(return_token_accuracy or return_predicted_tokens)
     chunk = v.check_chunk_size(chunk_size)
+    max_kept = v.check_max_kept_tokens(max_kept_tokens)
     needs = _features(hidden, logit_scale=logit_scale, class_weights=class_weights, argmax=want_argmax)
     name = resolve_backend(backend, hidden.device, needs)
     num_items = v.num_items_tensor(num_items_in_batch, hidden.device)
@@ -185,7 +209,7 @@ def linear_cross_entropy(
     loss, _lse, z_term, argmax, *_ = custom_ops.linear_cross_entropy_op(
         hidden_2d, weight, bias, targets_1d, weights_1d, cw, num_items, ignore_index, reduction, cap,
         logit_scale, label_smoothing, z_loss, bool(return_z_loss), want_argmax, _needs_grad(hidden),
-        _needs_grad(weight), _needs_grad(bias), name, chunk,
+        _needs_grad(weight), _needs_grad(bias), name, chunk, max_kept,
     )
 
     def per_token(x: torch.Tensor) -> torch.Tensor:
@@ -223,6 +247,7 @@ def token_logprobs(
     return_mean_logit: bool = False,
     backend: str = "auto",
     chunk_size: int | None = None,
+    max_kept_tokens: int | None = None,
 ) -> torch.Tensor | TokenLogprobs:
     """log p(target) under ``z = softcap(logit_scale * (hidden @ weight.T + bias)) / temperature``, per token.
 
@@ -242,6 +267,8 @@ def token_logprobs(
             :class:`TokenLogprobs` named tuple. predicted_tokens: ``torch.argmax`` of z (first maximal index
             on ties), ``ignore_index`` at ignored positions; mean_logit: (1 / V) sum_j z_j (after the
             temperature), no gradient.
+        max_kept_tokens: None (compact; one host sync) or a static bound K >= 1 on the positions whose
+            target is not ``ignore_index``: the sync-free mode (see this module's docstring).
 
     Returns:
         (...) fp32 log-probabilities (float64 for float64 inputs), 0 at ignored positions; or a
@@ -256,6 +283,7 @@ def token_logprobs(
     temperature = v.check_number("temperature", temperature, low=0.0, low_open=True)
     v.check_shift(shift, targets)
     chunk = v.check_chunk_size(chunk_size)
+    max_kept = v.check_max_kept_tokens(max_kept_tokens)
     name = resolve_backend(backend, hidden.device,
                            _features(hidden, logit_scale=logit_scale, argmax=bool(return_predicted_tokens)))
 
@@ -264,7 +292,7 @@ def token_logprobs(
     logprobs, entropy, lse, argmax, mean_logit = custom_ops.token_logprobs_op(
         hidden.reshape(-1, hidden.shape[-1]), weight, bias, targets.reshape(-1).long(), ignore_index, cap,
         logit_scale, 1.0 / temperature, bool(return_entropy), bool(return_predicted_tokens),
-        bool(return_mean_logit), name, chunk,
+        bool(return_mean_logit), name, chunk, max_kept,
     )
 
     def per_token(x: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,8 @@ class LinearCrossEntropyLoss(nn.Module):
     """Holds the options of :func:`xtf_kernels.linear_cross_entropy`; the lm_head weight is an argument.
 
     ``class_weights`` (V,) is registered as a buffer, so it follows ``.to(device)`` and is saved in the
-    ``state_dict``; the other options are plain attributes.
+    ``state_dict``; the other options are plain attributes. ``max_kept_tokens`` selects the sync-free mode
+    for CUDA graphs (see :mod:`xtf_kernels.functional`).
 
     Example::
 
@@ -39,6 +40,7 @@ class LinearCrossEntropyLoss(nn.Module):
         return_predicted_tokens: bool = False,
         backend: str = "auto",
         chunk_size: int | None = None,
+        max_kept_tokens: int | None = None,
     ):
         super().__init__()
         v.check_int("ignore_index", ignore_index)
@@ -55,6 +57,7 @@ class LinearCrossEntropyLoss(nn.Module):
             raise TypeError(f"shift must be a bool, got {shift!r}")
         check_backend_name(backend)
         v.check_chunk_size(chunk_size)
+        v.check_max_kept_tokens(max_kept_tokens)
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.softcap = softcap
@@ -68,6 +71,7 @@ class LinearCrossEntropyLoss(nn.Module):
         self.return_predicted_tokens = return_predicted_tokens
         self.backend = backend
         self.chunk_size = chunk_size
+        self.max_kept_tokens = max_kept_tokens
 
     def forward(
         self,
@@ -86,7 +90,7 @@ class LinearCrossEntropyLoss(nn.Module):
             softcap=self.softcap, logit_scale=self.logit_scale, label_smoothing=self.label_smoothing,
             z_loss=self.z_loss, shift=self.shift, return_z_loss=self.return_z_loss,
             return_token_accuracy=self.return_token_accuracy, return_predicted_tokens=self.return_predicted_tokens,
-            backend=self.backend, chunk_size=self.chunk_size,
+            backend=self.backend, chunk_size=self.chunk_size, max_kept_tokens=self.max_kept_tokens,
         )
 
     def extra_repr(self) -> str:
@@ -100,4 +104,6 @@ class LinearCrossEntropyLoss(nn.Module):
             parts.append(f"class_weights=({self.class_weights.shape[0]},)")
         if self.shift:
             parts.append("shift=True")
+        if self.max_kept_tokens is not None:
+            parts.append(f"max_kept_tokens={self.max_kept_tokens}")
         return ", ".join(parts)

@@ -72,6 +72,26 @@ def test_compaction_gather_and_scatter_round_trip():
     assert everything.index is None and everything.gather(values) is values
 
 
+def test_static_rows_slots_masks_and_poison():
+    targets = torch.tensor([1, -100, 2, 9, 3, -100])  # 9 is out of range for V 5
+    weights = torch.tensor([1.0, 1.0, 0.0, 1.0, -2.0, 1.0])  # row 4: negative weight
+    gathered = compaction.static_rows(targets, weights, -100, vocab=5, max_kept=3)
+    assert gathered.kept == 3 and gathered.index.tolist() == [0, 6, 6] and int(gathered.count) == 1
+    assert gathered.row_mask.tolist() == [True, False, False]
+    assert gathered.gather(targets).tolist() == [1, 0, 0]  # masked slots read target 0
+    hidden = torch.arange(12.0).view(6, 2)
+    assert gathered.gather(hidden).tolist() == [[0.0, 1.0], [0.0, 0.0], [0.0, 0.0]]
+    assert gathered.scatter(torch.tensor([5.0, 7.0, 8.0]), fill=-1.0).tolist() == [5.0, -1, -1, -1, -1, -1]
+    assert gathered.poison.tolist() == [False, False, False, True, True, False]
+    masked = compaction.static_rows(targets, None, -100, vocab=5, max_kept=10)
+    assert masked.index is None and masked.kept == 6 and masked.row_mask.tolist() == [1, 0, 1, 0, 1, 0]
+    assert masked.scatter(torch.arange(6.0)).tolist() == [0.0, 0.0, 2.0, 0.0, 4.0, 0.0]
+    overflow = compaction.static_rows(targets, None, -100, vocab=5, max_kept=2)
+    assert overflow.poison.all()  # 3 kept rows, 2 slots: every output NaN rather than a silent loss
+    backward = compaction.static_rows(targets, weights, -100, vocab=5, max_kept=3, validate=False)
+    assert backward.poison is None and backward.index.tolist() == [0, 4, 6]  # any sign of upstream gradient
+
+
 def test_backend_row_mover_is_used_for_cuda_tensors_only():
     moved = []
 

@@ -1,7 +1,10 @@
 """The three ops as ``torch.library`` custom ops with fake (meta) implementations and autograd.
 
 ``torch.compile`` sees each op as one node with known output shapes, so there is no graph break inside
-the loss; the host sync of :mod:`compaction` happens inside the op, invisible to the graph.
+the loss; the host sync of :mod:`compaction` happens inside the op, invisible to the graph. With
+``max_kept`` > 0 (the public ``max_kept_tokens``) the ops run the sync-free static mode of
+:func:`~xtf_kernels.ops.compaction.static_rows` instead, forward and backward, so they can be captured in a
+CUDA graph.
 
 Gradient strategy:
 - ``reduction`` "mean" / "sum": the upstream gradient is one scalar, so the forward forms d_hidden,
@@ -23,7 +26,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .compaction import Compaction
 from .compaction import compact_rows
+from .compaction import static_rows
 from .engine import accumulation_dtype
 from .registry import get_backend
 from .spec import HeadSpec
@@ -39,6 +44,23 @@ def _empty(like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
 
 def _chunk(chunk_size: int) -> int | None:
     return chunk_size if chunk_size > 0 else None
+
+
+def _rows(targets, row_weights, ignore_index, vocab, impl, max_kept, *, validate=True, class_weights=None):
+    """The compacting mode (one host sync) when ``max_kept`` is 0, else the sync-free static mode."""
+    if max_kept > 0:
+        return static_rows(targets, row_weights, ignore_index, vocab, max_kept, validate=validate,
+                           class_weights=class_weights)
+    return compact_rows(targets, row_weights, ignore_index, vocab, validate=validate, mover=impl,
+                        class_weights=class_weights)
+
+
+def _poisoned_total(comp: Compaction, total: Tensor) -> Tensor:
+    """A reduced output, NaN when any row is poisoned (static mode; unchanged otherwise)."""
+    if comp.poison is None:
+        return total
+    return torch.where(comp.poison.any(), torch.full((), float("nan"), dtype=total.dtype, device=total.device),
+                       total)
 
 
 def _scatter_grads(result, comp, hidden, weight, need_h, need_w, need_b):
@@ -95,6 +117,7 @@ def linear_cross_entropy_op(
     need_grad_bias: bool,
     backend: str,
     chunk_size: int,
+    max_kept: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns (loss, lse (N,), z_loss term, argmax (N,) int64, grad_hidden, grad_weight, grad_bias).
 
@@ -103,17 +126,20 @@ def linear_cross_entropy_op(
     token weight, reduced like the loss; empty unless ``want_z_loss``) are () for "mean"/"sum", (N,) for
     "none". argmax has ignore_index at dropped rows (empty unless ``want_argmax``). The three gradients
     are precomputed for a unit upstream gradient when reduction != "none" and the flag is set, else
-    empty.
+    empty. max_kept > 0: the sync-free static mode (see :func:`~xtf_kernels.ops.compaction.static_rows`;
+    loss and z-loss term NaN at poisoned rows, or everywhere for "mean" / "sum" when any row is poisoned).
     """
     vocab = weight.shape[0]
     spec = HeadSpec(softcap=softcap, label_smoothing=label_smoothing, z_loss=z_loss, logit_scale=logit_scale)
     impl = get_backend(backend)
-    comp = compact_rows(targets, token_weights, ignore_index, vocab, mover=impl, class_weights=class_weights)
+    comp = _rows(targets, token_weights, ignore_index, vocab, impl, max_kept, class_weights=class_weights)
+    acc = dict(dtype=accumulation_dtype(hidden.dtype), device=hidden.device)
     kept_weights = comp.gather(token_weights)
+    if kept_weights is None and comp.row_mask is not None:
+        kept_weights = comp.row_mask.to(acc["dtype"])  # static mode: the masked slots weigh 0
     kept_targets = comp.gather(targets)
     target_class_weight = None if class_weights is None else class_weights[kept_targets]
     precompute = reduction != "none" and (need_grad_hidden or need_grad_weight or need_grad_bias)
-    acc = dict(dtype=accumulation_dtype(hidden.dtype), device=hidden.device)
 
     if reduction == "mean":
         # torch's F.cross_entropy(weight=) divides by the sum of the target classes' weights.
@@ -157,6 +183,11 @@ def linear_cross_entropy_op(
         if kept_weights is not None:
             loss_rows = loss_rows * kept_weights
             z_rows = None if z_rows is None else z_rows * kept_weights
+        if comp.row_mask is not None:
+            # A masked slot's loss is finite except against a -inf bias at target 0 (inf * 0 = NaN): select.
+            zero = torch.zeros((), **acc)
+            loss_rows = torch.where(comp.row_mask, loss_rows, zero)
+            z_rows = None if z_rows is None else torch.where(comp.row_mask, z_rows, zero)
         lse = comp.scatter(result.lse)
     else:
         loss_rows = torch.zeros(0, **acc)
@@ -165,10 +196,10 @@ def linear_cross_entropy_op(
 
     def reduce(rows: Tensor) -> Tensor:
         if reduction == "none":
-            return comp.scatter(rows) if comp.kept else torch.zeros(comp.total, **acc)
+            return comp.poisoned(comp.scatter(rows) if comp.kept else torch.zeros(comp.total, **acc))
         if reduction == "sum":
-            return rows.sum()
-        return rows.sum() * inv_denom
+            return _poisoned_total(comp, rows.sum())
+        return _poisoned_total(comp, rows.sum() * inv_denom)
 
     loss = reduce(loss_rows)
     z_term = reduce(z_rows) if want_z_loss else torch.empty(_EMPTY_SHAPE, **acc)
@@ -193,7 +224,7 @@ def _optional_pass_kwargs(want_argmax: bool, class_weights: Tensor | None) -> di
 @linear_cross_entropy_op.register_fake
 def _(hidden, weight, bias, targets, token_weights, class_weights, num_items, ignore_index, reduction, softcap,
       logit_scale, label_smoothing, z_loss, want_z_loss, want_argmax, need_grad_hidden, need_grad_weight,
-      need_grad_bias, backend, chunk_size):
+      need_grad_bias, backend, chunk_size, max_kept=0):
     rows = hidden.shape[0]
     acc_dtype = accumulation_dtype(hidden.dtype)
     precompute = reduction != "none"
@@ -217,7 +248,7 @@ def _(hidden, weight, bias, targets, token_weights, class_weights, num_items, ig
 def _lce_setup_context(ctx, inputs, output):
     (hidden, weight, bias, targets, token_weights, class_weights, _num_items, ignore_index, reduction, softcap,
      logit_scale, label_smoothing, z_loss, _want_z_loss, _want_argmax, need_h, need_w, need_b, backend,
-     chunk_size) = inputs
+     chunk_size, max_kept) = inputs
     _loss, lse, z_term, argmax, grad_hidden, grad_weight, grad_bias = output
     ctx.mark_non_differentiable(lse, z_term, argmax, grad_hidden, grad_weight, grad_bias)
     # Otherwise autograd zero-fills a gradient for each of those outputs: a (V, H) fill per backward.
@@ -225,10 +256,15 @@ def _lce_setup_context(ctx, inputs, output):
     ctx.precomputed = reduction != "none"
     ctx.needs = (need_h, need_w, need_b)
     ctx.dtypes = (hidden.dtype, weight.dtype)
-    ctx.options = (ignore_index, softcap, logit_scale, label_smoothing, z_loss, backend, chunk_size)
+    ctx.options = (ignore_index, softcap, logit_scale, label_smoothing, z_loss, backend, chunk_size, max_kept)
     if ctx.precomputed:
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
     else:
+        if max_kept > 0 and token_weights is not None:
+            # Static mode: a poisoned row (negative / non-finite weight) gets no gradient, as in the forward.
+            usable = torch.isfinite(token_weights) & (token_weights >= 0)
+            token_weights = torch.where(usable, token_weights, torch.zeros((), dtype=token_weights.dtype,
+                                                                           device=token_weights.device))
         ctx.save_for_backward(hidden, weight, bias, targets, token_weights, class_weights, lse)
 
 
@@ -242,7 +278,7 @@ def _scaled(precomputed: Tensor, grad_loss: Tensor, dtype: torch.dtype) -> Tenso
     return torch.mul(precomputed, grad_loss.to(precomputed.dtype), out=out)
 
 
-_LCE_INPUTS = 20
+_LCE_INPUTS = 21
 
 
 def _lce_backward(ctx, grad_loss, _grad_lse, _grad_z, _grad_argmax, _grad_h, _grad_w, _grad_b):
@@ -257,7 +293,7 @@ def _lce_backward(ctx, grad_loss, _grad_lse, _grad_z, _grad_argmax, _grad_h, _gr
         d_bias = _scaled(grad_bias, grad_loss, weight_dtype) if need_b else None
     else:
         hidden, weight, bias, targets, token_weights, class_weights, lse = ctx.saved_tensors
-        ignore_index, softcap, logit_scale, label_smoothing, z_loss, backend, chunk_size = ctx.options
+        ignore_index, softcap, logit_scale, label_smoothing, z_loss, backend, chunk_size, max_kept = ctx.options
         g_loss = grad_loss.to(lse.dtype)
         if token_weights is not None:
             g_loss = g_loss * token_weights
@@ -266,7 +302,7 @@ def _lce_backward(ctx, grad_loss, _grad_lse, _grad_z, _grad_argmax, _grad_h, _gr
         d_hidden, d_weight, d_bias = head_backward_op(
             hidden, weight, bias, targets, g_loss, class_weights, lse, None, g_loss, None, None, None,
             ignore_index, softcap, logit_scale, 1.0, label_smoothing, z_loss, need_h, need_w, need_b, backend,
-            chunk_size,
+            chunk_size, max_kept,
         )
         d_hidden = d_hidden if need_h else None
         d_weight = d_weight.to(weight_dtype) if need_w else None
@@ -307,15 +343,17 @@ def head_backward_op(
     need_grad_bias: bool,
     backend: str,
     chunk_size: int,
+    max_kept: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(grad_hidden (N, H) in hidden's dtype, grad_weight (V, H), grad_bias (V,) in the accumulation dtype).
 
     Recomputes the logits of the kept rows chunk by chunk; every per-row tensor is (N,) in the accumulation
     dtype, class_weights (V,) or None, and the row gradients follow the formula in :mod:`xtf_kernels.ops.spec`.
+    max_kept > 0: the sync-free static mode (the rows with a zero row weight are masked, not compacted).
     """
     spec = HeadSpec(softcap, inv_temperature, label_smoothing, z_loss, logit_scale)
     impl = get_backend(backend)
-    comp = compact_rows(targets, row_weights, ignore_index, weight.shape[0], validate=False, mover=impl)
+    comp = _rows(targets, row_weights, ignore_index, weight.shape[0], impl, max_kept, validate=False)
     result = None
     if comp.kept:
         grads = RowGrads(*(comp.gather(g) for g in (grad_loss, grad_logprob, grad_entropy, grad_lse)))
@@ -332,7 +370,7 @@ def head_backward_op(
 @head_backward_op.register_fake
 def _(hidden, weight, bias, targets, row_weights, class_weights, lse, entropy, grad_loss, grad_logprob,
       grad_entropy, grad_lse, ignore_index, softcap, logit_scale, inv_temperature, label_smoothing, z_loss,
-      need_grad_hidden, need_grad_weight, need_grad_bias, backend, chunk_size):
+      need_grad_hidden, need_grad_weight, need_grad_bias, backend, chunk_size, max_kept=0):
     acc_dtype = accumulation_dtype(hidden.dtype)
     grad_hidden = torch.empty_like(hidden) if need_grad_hidden else _empty(hidden)
     grad_weight = weight.new_empty(weight.shape, dtype=acc_dtype) if need_grad_weight else _empty(weight, acc_dtype)
@@ -362,15 +400,17 @@ def token_logprobs_op(
     want_mean_logit: bool,
     backend: str,
     chunk_size: int,
+    max_kept: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(logprobs (N,), entropy (N,), lse (N,), argmax (N,) int64, mean_logit (N,)).
 
     Float outputs are in the accumulation dtype and 0 at ignored rows; argmax is ignore_index there.
-    entropy / argmax / mean_logit are empty unless asked for.
+    entropy / argmax / mean_logit are empty unless asked for. max_kept > 0: the sync-free static mode
+    (float outputs NaN at a target outside [0, V), see :func:`~xtf_kernels.ops.compaction.static_rows`).
     """
     spec = HeadSpec(softcap=softcap, inv_temperature=inv_temperature, logit_scale=logit_scale)
     impl = get_backend(backend)
-    comp = compact_rows(targets, None, ignore_index, weight.shape[0], mover=impl)
+    comp = _rows(targets, None, ignore_index, weight.shape[0], impl, max_kept)
     acc = dict(dtype=accumulation_dtype(hidden.dtype), device=hidden.device)
     if not comp.kept:
         zeros = torch.zeros(comp.total, **acc)
@@ -384,16 +424,19 @@ def token_logprobs_op(
         want_entropy=want_entropy, want_mean_logit=want_mean_logit, chunk_size=_chunk(chunk_size),
         **_optional_pass_kwargs(want_argmax, None),
     )
-    logprobs = comp.scatter(result.target_logit - result.lse)
-    entropy = comp.scatter(result.entropy) if want_entropy else torch.empty(0, **acc)
-    mean_logit = comp.scatter(result.mean_logit) if want_mean_logit else torch.empty(0, **acc)
+    def per_row(values: Tensor) -> Tensor:
+        return comp.poisoned(comp.scatter(values))
+
+    logprobs = per_row(result.target_logit - result.lse)
+    entropy = per_row(result.entropy) if want_entropy else torch.empty(0, **acc)
+    mean_logit = per_row(result.mean_logit) if want_mean_logit else torch.empty(0, **acc)
     argmax = _argmax_out(result, comp, want_argmax, ignore_index, hidden.device)
     return logprobs, entropy, comp.scatter(result.lse), argmax, mean_logit
 
 
 @token_logprobs_op.register_fake
 def _(hidden, weight, bias, targets, ignore_index, softcap, logit_scale, inv_temperature, want_entropy,
-      want_argmax, want_mean_logit, backend, chunk_size):
+      want_argmax, want_mean_logit, backend, chunk_size, max_kept=0):
     rows = hidden.shape[0]
     acc_dtype = accumulation_dtype(hidden.dtype)
     logprobs = hidden.new_empty((rows,), dtype=acc_dtype)
@@ -403,16 +446,16 @@ def _(hidden, weight, bias, targets, ignore_index, softcap, logit_scale, inv_tem
     return logprobs, entropy, hidden.new_empty((rows,), dtype=acc_dtype), argmax, mean_logit
 
 
-_LOGPROBS_INPUTS = 13
+_LOGPROBS_INPUTS = 14
 
 
 def _logprobs_setup_context(ctx, inputs, output):
     (hidden, weight, bias, targets, ignore_index, softcap, logit_scale, inv_temperature, want_entropy,
-     _want_argmax, _want_mean_logit, backend, chunk_size) = inputs
+     _want_argmax, _want_mean_logit, backend, chunk_size, max_kept) = inputs
     _logprobs, entropy, lse, argmax, mean_logit = output
     ctx.mark_non_differentiable(argmax, mean_logit)
     ctx.set_materialize_grads(False)
-    ctx.options = (ignore_index, softcap, logit_scale, inv_temperature, backend, chunk_size)
+    ctx.options = (ignore_index, softcap, logit_scale, inv_temperature, backend, chunk_size, max_kept)
     ctx.needs = (hidden.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad)
     ctx.want_entropy = want_entropy
     ctx.save_for_backward(hidden, weight, bias, targets, lse, entropy if want_entropy else None)
@@ -420,7 +463,7 @@ def _logprobs_setup_context(ctx, inputs, output):
 
 def _logprobs_backward(ctx, grad_logprobs, grad_entropy, grad_lse, _grad_argmax, _grad_mean_logit):
     hidden, weight, bias, targets, lse, entropy = ctx.saved_tensors
-    ignore_index, softcap, logit_scale, inv_temperature, backend, chunk_size = ctx.options
+    ignore_index, softcap, logit_scale, inv_temperature, backend, chunk_size, max_kept = ctx.options
     need_h, need_w, need_b = ctx.needs
     if not ctx.want_entropy:
         grad_entropy = None
@@ -430,7 +473,7 @@ def _logprobs_backward(ctx, grad_logprobs, grad_entropy, grad_lse, _grad_argmax,
     d_hidden, d_weight, d_bias = head_backward_op(
         hidden, weight, bias, targets, None, None, lse, entropy, None, *grads,
         ignore_index, softcap, logit_scale, inv_temperature, 0.0, 0.0, need_h, need_w, need_b, backend,
-        chunk_size,
+        chunk_size, max_kept,
     )
     return (
         d_hidden if need_h else None,

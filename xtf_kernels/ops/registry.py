@@ -146,9 +146,19 @@ def resolve_backend(backend: str, device: torch.device, needs: frozenset[str] = 
     return backend
 
 
+# Loaded backend modules by module path: after the first call, ``get_backend`` is a dict lookup that
+# torch.compile can trace through (it cannot trace ``importlib.import_module``), so the ops' own
+# implementations can be traced whole (tests/test_functional_sync_free.py).
+_LOADED: dict[str, ModuleType] = {}
+
+
 def get_backend(name: str) -> ModuleType:
     """The implementation module of a concrete (already resolved) backend."""
-    return _BACKENDS[name].load()
+    backend = _BACKENDS[name]
+    module = _LOADED.get(backend.module)
+    if module is None:
+        module = _LOADED[backend.module] = backend.load()
+    return module
 
 
 def availability_report(device: torch.device) -> dict[str, str | None]:
