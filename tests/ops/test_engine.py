@@ -8,6 +8,7 @@ import torch
 from xtf_kernels.ops import engine
 from xtf_kernels.ops._torch.row_pass import extra_row_buffers
 from xtf_kernels.ops._torch.row_pass import row_pass
+from xtf_kernels.ops.spec import HeadPassRequest
 from xtf_kernels.ops.spec import HeadSpec
 from xtf_kernels.ops.spec import RowGrads
 
@@ -55,12 +56,13 @@ def test_row_kernel_without_the_newer_keywords_keeps_working():
     spec = HeadSpec(softcap=2.0, label_smoothing=0.1)
     kwargs = dict(want_mean_logit=True, grads=RowGrads(loss=torch.rand(11)), need_grad_hidden=True,
                   need_grad_weight=True, chunk_size=4)
-    legacy = engine.chunked_head_pass(_legacy_row_kernel(), hidden, weight, None, targets, spec, **kwargs)
+    request = HeadPassRequest(**kwargs)
+    legacy = engine.chunked_head_pass(_legacy_row_kernel(), hidden, weight, None, targets, spec, request)
     current = engine.chunked_head_pass(engine.RowKernel(row_pass, extra_row_buffers), hidden, weight, None, targets,
-                                       spec, **kwargs)
+                                       spec, request)
     assert legacy.argmax is None
     for a, b in zip(legacy, current):
         assert (a is None and b is None) or torch.equal(a, b)
     with_argmax = engine.chunked_head_pass(engine.RowKernel(row_pass, extra_row_buffers), hidden, weight, None,
-                                           targets, spec, want_argmax=True, chunk_size=4)
+                                           targets, spec, HeadPassRequest(want_argmax=True, chunk_size=4))
     assert torch.equal(with_argmax.argmax, (2.0 * torch.tanh(hidden @ weight.T / 2.0)).argmax(-1))

@@ -175,7 +175,8 @@ def linear_cross_entropy_op(
             need_grad_weight=precompute and need_grad_weight,
             need_grad_bias=precompute and need_grad_bias,
             chunk_size=_chunk(chunk_size),
-            **_optional_pass_kwargs(want_argmax, class_weights),
+            want_argmax=want_argmax,
+            class_weights=class_weights,
         )
         weight_sum = None if class_weights is None else class_weights.sum()
         loss_rows = row_loss(result, spec, vocab, target_class_weight, weight_sum)
@@ -209,16 +210,6 @@ def linear_cross_entropy_op(
         precompute and need_grad_hidden, precompute and need_grad_weight, precompute and need_grad_bias,
     )
     return (loss, lse, z_term, argmax, *grads_out)
-
-
-def _optional_pass_kwargs(want_argmax: bool, class_weights: Tensor | None) -> dict:
-    """The head-pass keywords of the newer options, passed only when used (see ops/engine.py)."""
-    kwargs = {}
-    if want_argmax:
-        kwargs["want_argmax"] = True
-    if class_weights is not None:
-        kwargs["class_weights"] = class_weights
-    return kwargs
 
 
 @linear_cross_entropy_op.register_fake
@@ -361,8 +352,7 @@ def head_backward_op(
             comp.gather(hidden), weight, bias, comp.gather(targets), spec,
             grads=grads, lse=comp.gather(lse), entropy=comp.gather(entropy),
             need_grad_hidden=need_grad_hidden, need_grad_weight=need_grad_weight,
-            need_grad_bias=need_grad_bias, chunk_size=_chunk(chunk_size),
-            **_optional_pass_kwargs(False, class_weights),
+            need_grad_bias=need_grad_bias, chunk_size=_chunk(chunk_size), class_weights=class_weights,
         )
     return _scatter_grads(result, comp, hidden, weight, need_grad_hidden, need_grad_weight, need_grad_bias)
 
@@ -421,8 +411,8 @@ def token_logprobs_op(
         )
     result = impl.head_pass(
         comp.gather(hidden), weight, bias, comp.gather(targets), spec,
-        want_entropy=want_entropy, want_mean_logit=want_mean_logit, chunk_size=_chunk(chunk_size),
-        **_optional_pass_kwargs(want_argmax, None),
+        want_entropy=want_entropy, want_mean_logit=want_mean_logit, want_argmax=want_argmax,
+        chunk_size=_chunk(chunk_size),
     )
     def per_row(values: Tensor) -> Tensor:
         return comp.poisoned(comp.scatter(values))

@@ -2,8 +2,10 @@
 
 A backend is a module exposing
 
-    head_pass(hidden, weight, bias, targets, spec, **kwargs) -> HeadPassResult
-        (the contract of :func:`xtf_kernels.ops.engine.chunked_head_pass`; rows already compacted)
+    head_pass(hidden, weight, bias, targets, spec, **options) -> HeadPassResult
+        (the contract of :func:`xtf_kernels.ops.engine.chunked_head_pass`; rows already compacted; the
+        keywords are the fields of :class:`~xtf_kernels.ops.spec.HeadPassRequest`, which the backend builds
+        once and hands to the chunked driver or its own path)
 
 and optionally
 

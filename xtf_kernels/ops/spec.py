@@ -69,6 +69,48 @@ class RowGrads(NamedTuple):
         return RowGrads(*(None if g is None else g[rows] for g in self))
 
 
+class HeadPassRequest(NamedTuple):
+    """What one head pass over M compacted rows is asked to form: every backend's ``head_pass(hidden, weight,
+    bias, targets, spec, **options)`` builds one from its keywords (an unknown keyword is a TypeError there)
+    and hands it to the chunked driver or the fused path.
+
+    want_entropy / want_mean_logit / want_argmax: also form those (M,) outputs (the mean logit is
+        class-weighted with class weights; the argmax is int64).
+    class_weights: (V,) fp32 (float64 for float64 inputs) ``F.cross_entropy`` class weights, or None.
+    grads: upstream per-row gradients (M,) each, or None for a statistics-only pass.
+    lse, entropy: (M,) from an earlier forward (a recomputing backward skips the max / sum pass).
+    need_grad_hidden / need_grad_weight / need_grad_bias: which parameter gradients to form (with ``grads``).
+    chunk_size: rows per chunk, or None for :mod:`xtf_kernels.ops.chunking`'s default.
+    """
+
+    want_entropy: bool = False
+    want_mean_logit: bool = False
+    want_argmax: bool = False
+    class_weights: torch.Tensor | None = None
+    grads: RowGrads | None = None
+    lse: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
+    need_grad_hidden: bool = False
+    need_grad_weight: bool = False
+    need_grad_bias: bool = False
+    chunk_size: int | None = None
+
+    @property
+    def wants_grad(self) -> bool:
+        """Upstream gradients given and at least one parameter gradient asked for."""
+        return self.grads is not None and (self.need_grad_hidden or self.need_grad_weight or self.need_grad_bias)
+
+    def row_kernel_options(self) -> dict:
+        """The row-kernel keywords of the newer options, only those in use, so that a row kernel written before
+        them keeps working for every call that does not use them (see ``engine.RowKernel``)."""
+        options = {}
+        if self.want_argmax:
+            options["want_argmax"] = True
+        if self.class_weights is not None:
+            options["class_weights"] = self.class_weights
+        return options
+
+
 class HeadPassResult(NamedTuple):
     """What one pass over the (compacted) rows returns.
 

@@ -18,6 +18,7 @@ from tests.ops._triton.conftest import INTERPRET
 from tests.ops._triton.head_reference import random_class_weights
 from tests.ops._triton.head_reference import random_head
 from tests.ops._triton.head_reference import random_row_grads
+from xtf_kernels.ops.spec import HeadPassRequest
 from xtf_kernels.ops.spec import HeadSpec
 
 pytestmark = [pytest.mark.interpret, pytest.mark.cuda]
@@ -94,11 +95,12 @@ def test_recomputing_backward_is_bitwise_reproducible(device, monkeypatch):
     from xtf_kernels.ops._triton.fused import fused_head_pass
 
     hidden, weight, bias, targets, grads, _ = _problem(device, *_shape(device), torch.float32, seed=21)
-    stats = fused_head_pass(hidden, weight, bias, targets, ALL_OPTIONS, want_entropy=True)
-    options = dict(grads=grads, lse=stats.lse, entropy=stats.entropy, need_grad_hidden=True, need_grad_weight=True)
-    first = fused_head_pass(hidden, weight, bias, targets, ALL_OPTIONS, **options)
+    stats = fused_head_pass(hidden, weight, bias, targets, ALL_OPTIONS, HeadPassRequest(want_entropy=True))
+    request = HeadPassRequest(grads=grads, lse=stats.lse, entropy=stats.entropy, need_grad_hidden=True,
+                              need_grad_weight=True)
+    first = fused_head_pass(hidden, weight, bias, targets, ALL_OPTIONS, request)
     _poison_allocator(device)
-    second = fused_head_pass(hidden, weight, bias, targets, ALL_OPTIONS, **options)
+    second = fused_head_pass(hidden, weight, bias, targets, ALL_OPTIONS, request)
     _assert_bitwise_equal(first, second)
 
 

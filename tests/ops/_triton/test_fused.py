@@ -18,6 +18,7 @@ from tests.ops._triton.head_reference import random_class_weights
 from tests.ops._triton.head_reference import random_head
 from tests.ops._triton.head_reference import random_row_grads
 from tests.ops._triton.head_reference import reference_head_pass
+from xtf_kernels.ops.spec import HeadPassRequest
 from xtf_kernels.ops.spec import HeadSpec
 from xtf_kernels.ops.spec import RowGrads
 
@@ -37,7 +38,10 @@ def fused_statistics(triton_interpret):
 def fused(triton_interpret):
     from xtf_kernels.ops._triton.fused import fused_head_pass
 
-    return fused_head_pass
+    def run(hidden, weight, bias, targets, spec, config=None, **options):
+        return fused_head_pass(hidden, weight, bias, targets, spec, HeadPassRequest(**options), config)
+
+    return run
 
 
 def _compare(result, expected, dtype, *, grads=True):
@@ -192,7 +196,8 @@ def test_random_problems_fused_equals_chunked_and_reference(fused, rows, hidden_
                    need_grad_weight=True, need_grad_bias=bias)
     expected = reference_head_pass(hidden, weight, bias_t, targets, spec, grads)
     fused_result = fused(hidden, weight, bias_t, targets, spec, **options)
-    chunked_result = chunked_head_pass(ROW_KERNEL, hidden, weight, bias_t, targets, spec, chunk_size=7, **options)
+    chunked_result = chunked_head_pass(ROW_KERNEL, hidden, weight, bias_t, targets, spec,
+                                       HeadPassRequest(chunk_size=7, **options))
     _compare(fused_result, expected, torch.float32)
     _compare(chunked_result, expected, torch.float32)
 

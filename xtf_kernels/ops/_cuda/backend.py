@@ -14,6 +14,7 @@ from ..chunking import resolve_chunk_size
 from ..engine import RowKernel
 from ..engine import _logits_into
 from ..engine import chunked_head_pass
+from ..spec import HeadPassRequest
 from ..spec import HeadPassResult
 from ..spec import HeadSpec
 from .extension import extension
@@ -29,9 +30,10 @@ ROW_KERNEL = RowKernel(run=row_pass, extra_buffers=extra_row_buffers, writes_hal
 features = frozenset({"logit_scale", "class_weights", "argmax"})
 
 
-def head_pass(hidden, weight, bias, targets, spec: HeadSpec, **kwargs) -> HeadPassResult:
-    """See :func:`xtf_kernels.ops.engine.chunked_head_pass` (hidden (M, H) and weight (V, H) on one CUDA device)."""
-    return chunked_head_pass(ROW_KERNEL, hidden, weight, bias, targets, spec, **kwargs)
+def head_pass(hidden, weight, bias, targets, spec: HeadSpec, **options) -> HeadPassResult:
+    """See :func:`xtf_kernels.ops.engine.chunked_head_pass` (hidden (M, H) and weight (V, H) on one CUDA device);
+    ``options`` are the fields of :class:`~xtf_kernels.ops.spec.HeadPassRequest`."""
+    return chunked_head_pass(ROW_KERNEL, hidden, weight, bias, targets, spec, HeadPassRequest(**options))
 
 
 def influence_delta(base, ref, targets: torch.Tensor, spec: HeadSpec, chunk_size: int | None = None) -> torch.Tensor:

@@ -34,6 +34,7 @@ import torch
 
 from ..engine import RowKernel
 from ..engine import chunked_head_pass
+from ..spec import HeadPassRequest
 from ..spec import HeadPassResult
 from ..spec import HeadSpec
 from ..spec import RowGrads
@@ -80,53 +81,31 @@ def head_pass(
     bias: torch.Tensor | None,
     targets: torch.Tensor,
     spec: HeadSpec,
-    *,
-    want_entropy: bool = False,
-    want_mean_logit: bool = False,
-    grads: RowGrads | None = None,
-    lse: torch.Tensor | None = None,
-    entropy: torch.Tensor | None = None,
-    need_grad_hidden: bool = False,
-    need_grad_weight: bool = False,
-    need_grad_bias: bool = False,
-    chunk_size: int | None = None,
-    want_argmax: bool = False,
-    class_weights: torch.Tensor | None = None,
+    **options,
 ) -> HeadPassResult:
     """One pass over M compacted rows; the contract of :func:`xtf_kernels.ops.engine.chunked_head_pass`.
 
     Args:
         hidden: (M, H) fp32 / bf16 / fp16 (any strides); weight: (V, H) same dtype; bias: (V,) or None.
         targets: (M,) int64 in [0, V) (rows already compacted: no ignore_index here).
-        grads: upstream per-row gradients, each (M,) fp32 or None.
-        lse, entropy: (M,) fp32 from an earlier forward (a recomputing backward).
-        need_grad_*: which parameter gradients to form (only with ``grads``).
-        chunk_size: rows per chunk on the chunked path (fixing it selects that path under "auto").
-        want_argmax: also return the (M,) int64 index of the first maximal final logit.
-        class_weights: (V,) fp32 per-class weights of the loss, or None.
+        options: the fields of :class:`~xtf_kernels.ops.spec.HeadPassRequest`; a fixed ``chunk_size`` selects
+            the chunked path under "auto".
 
     Returns:
         :class:`~xtf_kernels.ops.spec.HeadPassResult`: (M,) fp32 lse / target_logit / mean_logit / entropy,
         grad_hidden (M, H) in hidden's dtype, grad_weight (V, H) and grad_bias (V,) fp32, argmax (M,) int64.
     """
-    targets, bias, lse, entropy, class_weights = (
-        _contiguous(x) for x in (targets, bias, lse, entropy, class_weights)
+    request = HeadPassRequest(**options)
+    # The kernels index rows and columns with unit strides.
+    request = request._replace(
+        lse=_contiguous(request.lse), entropy=_contiguous(request.entropy),
+        class_weights=_contiguous(request.class_weights),
+        grads=None if request.grads is None else RowGrads(*(_contiguous(g) for g in request.grads)),
     )
-    if grads is not None:
-        grads = RowGrads(*(_contiguous(g) for g in grads))
-    path = select_path(rows=hidden.shape[0], chunk_size=chunk_size)
-    options = dict(
-        want_entropy=want_entropy, want_mean_logit=want_mean_logit, grads=grads, lse=lse, entropy=entropy,
-        need_grad_hidden=need_grad_hidden, need_grad_weight=need_grad_weight, need_grad_bias=need_grad_bias,
-    )
-    # Only the options in use, as the chunked driver passes them on to the row kernel.
-    if want_argmax:
-        options["want_argmax"] = True
-    if class_weights is not None:
-        options["class_weights"] = class_weights
-    if path == "fused":
-        return fused_head_pass(hidden, weight, bias, targets, spec, **options)
-    return chunked_head_pass(ROW_KERNEL, hidden, weight, bias, targets, spec, chunk_size=chunk_size, **options)
+    targets, bias = targets.contiguous(), _contiguous(bias)
+    if select_path(rows=hidden.shape[0], chunk_size=request.chunk_size) == "fused":
+        return fused_head_pass(hidden, weight, bias, targets, spec, request)
+    return chunked_head_pass(ROW_KERNEL, hidden, weight, bias, targets, spec, request)
 
 
 def influence_delta(base, ref, targets: torch.Tensor, spec: HeadSpec, chunk_size: int | None = None) -> torch.Tensor:

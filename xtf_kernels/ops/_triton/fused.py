@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
+from ..spec import HeadPassRequest
 from ..spec import HeadPassResult
 from ..spec import HeadSpec
-from ..spec import RowGrads
 from .config import FusedConfig
 from .fused_backward import fused_gradients
 from .fused_forward import fused_statistics
@@ -20,17 +20,7 @@ def fused_head_pass(
     bias: torch.Tensor | None,
     targets: torch.Tensor,
     spec: HeadSpec,
-    *,
-    want_entropy: bool = False,
-    want_mean_logit: bool = False,
-    grads: RowGrads | None = None,
-    lse: torch.Tensor | None = None,
-    entropy: torch.Tensor | None = None,
-    need_grad_hidden: bool = False,
-    need_grad_weight: bool = False,
-    need_grad_bias: bool = False,
-    want_argmax: bool = False,
-    class_weights: torch.Tensor | None = None,
+    request: HeadPassRequest,
     config: FusedConfig | None = None,
 ) -> HeadPassResult:
     """The contract of :func:`xtf_kernels.ops.engine.chunked_head_pass`, without chunks.
@@ -38,21 +28,19 @@ def fused_head_pass(
     Args:
         hidden: (M, H) fp32 / bf16 / fp16, any strides; weight: (V, H) same dtype; bias: (V,) or None.
         targets: (M,) int64 in [0, V).
-        grads: upstream per-row gradients, each (M,) fp32 or None; None for a statistics-only pass.
-        lse, entropy: (M,) fp32 from an earlier forward: with ``lse`` and nothing else to compute, the
-            forward pass is skipped (only the O(M H) target logits are formed).
-        want_argmax: also form the (M,) int64 index of the first maximal final logit (needs the forward pass).
-        class_weights: (V,) fp32 contiguous per-class weights of the loss, or None (mean logit and loss
-            gradient as in the op contract).
+        request: :class:`~xtf_kernels.ops.spec.HeadPassRequest` (its ``chunk_size`` is not used). With a saved
+            ``lse`` and nothing else to compute, the forward pass is skipped (only the O(M H) target logits are
+            formed); the argmax needs the forward pass; ``class_weights`` (V,) fp32 contiguous.
         config: tiles of the fused kernels (default :func:`~xtf_kernels.ops._triton.config.fused_config`).
 
     Returns:
         :class:`~xtf_kernels.ops.spec.HeadPassResult`: (M,) fp32 statistics, grad_hidden (M, H) in hidden's
         dtype, grad_weight (V, H) and grad_bias (V,) fp32.
     """
-    want_grad = grads is not None and (need_grad_hidden or need_grad_weight or need_grad_bias)
-    if not want_grad:
-        grads = None
+    want_grad = request.wants_grad
+    grads = request.grads if want_grad else None
+    want_entropy, want_mean_logit, want_argmax = request.want_entropy, request.want_mean_logit, request.want_argmax
+    lse, entropy, class_weights = request.lse, request.entropy, request.class_weights
     need_entropy_stat = (want_entropy or (want_grad and grads.entropy is not None)) and entropy is None
     mean_logit = argmax = normalizer = None
     forward_tiles = None if config is None else config.forward
@@ -71,7 +59,8 @@ def fused_head_pass(
     if want_grad:
         grad_hidden, grad_weight, grad_bias = fused_gradients(
             hidden, weight, bias, targets, spec, grads, lse, entropy,
-            need_grad_hidden=need_grad_hidden, need_grad_weight=need_grad_weight, need_grad_bias=need_grad_bias,
+            need_grad_hidden=request.need_grad_hidden, need_grad_weight=request.need_grad_weight,
+            need_grad_bias=request.need_grad_bias,
             class_weights=class_weights, normalizer=normalizer, config=config,
         )
     return HeadPassResult(
