@@ -8,7 +8,7 @@ Per seed (everything below is a function of the seed):
 2. base: a tiny Llama-config model trained from scratch on the clean pretraining set (partly competent);
    ref: the base fine-tuned further on the clean warm-up set (Token Cleaning's and RHO-1's reference);
 3. selection quality: precision / recall / F1 of the tokens each method drops against the corrupted
-   tokens, over the pool's response tokens: XTF (union and each rule, base model, default knobs), Token
+   tokens, over the pool's response tokens: XTF (union and each rule, base model, the paper preset), Token
    Cleaning fixed (base vs ref, global top 60 %), Token Cleaning self-evolving (5 parts; part 0 keeps
    every token), RHO-1 (keep 60 % of each batch by excess loss over ref; the selection in the last epoch),
    a random 40 % drop, and the oracle (drops exactly the corrupted tokens);
@@ -49,6 +49,7 @@ from xtf_kernels.datasets import make_problems
 from xtf_kernels.datasets import tiny_causal_lm
 from xtf_kernels.datasets.arithmetic import encode_problem
 from xtf_kernels.functional import token_logprobs
+from xtf_kernels.methods import Safeguards
 from xtf_kernels.methods import TokenCleaningConfig
 from xtf_kernels.methods import TokenCleaningScorer
 from xtf_kernels.methods import XTFConfig
@@ -196,11 +197,11 @@ def run_seed(config: BenchConfig, seed: int, log) -> dict:
     log(f"seed {seed}: base and ref ready ({time.perf_counter() - started:.0f} s)")
 
     drops: dict[str, list[torch.Tensor]] = {}
-    xtf = score_samples(XTFScorer(base, XTFConfig()), samples, batch_size=64)
+    xtf = score_samples(XTFScorer(base, XTFConfig.paper()), samples, batch_size=64)
     drops["XTF (union)"] = [r.dropped for r in xtf]
     for rule in ("RI", "KN", "TR"):
         drops[f"XTF rule {rule}"] = [r.fired(rule) for r in xtf]
-    tc = score_samples(TokenCleaningScorer(base, ref, TokenCleaningConfig(k=config.k)), samples, batch_size=64)
+    tc = score_samples(TokenCleaningScorer(base, ref, TokenCleaningConfig.paper(k=config.k)), samples, batch_size=64)
     drops["Token Cleaning (fixed)"] = [r.dropped for r in tc]
     rng = random.Random(seed)
     drops["random"] = []
@@ -225,7 +226,8 @@ def run_seed(config: BenchConfig, seed: int, log) -> dict:
         finetune(model, part, epochs=config.finetune_epochs, lr=config.lr, batch_size=config.batch_size,
                  seed=seed * 100 + index, optimizer=optimizer)
 
-    evolving = self_evolving_cleaning(base, samples, train_part, n_parts=config.n_parts, k=config.k, batch_size=64)
+    evolving = self_evolving_cleaning(base, samples, train_part, n_parts=config.n_parts, k=config.k, batch_size=64,
+                                      safeguards=Safeguards.off())
     trained_on = [s for part in evolving.parts for s in part]
     drops["Token Cleaning (self-evolving)"] = [(t.labels == -100) & s.response_mask
                                                for t, s in zip(trained_on, samples)]
