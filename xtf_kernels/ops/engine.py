@@ -16,6 +16,32 @@ every per-row output and d_weight equal the fp32 computation on the 16-bit value
 accumulation inside; twice the fp32 rate on this AVX512-BF16 CPU), and in fp32 for fp16, whose CPU GEMM is
 4x slower than fp32 here.
 
+Memory traffic per chunk, counted in passes over the (C, V) buffer and bytes per logit (fp32 logits; the
+(C, V) traffic is what grows with the vocabulary, and at C >= a few hundred rows it dominates everything but
+the GEMMs' reads of the weight). The passes of the torch row math are pinned by tests/ops/test_engine.py.
+
+- Triton / CUDA row kernel, 16-bit inputs, loss with gradients, no bias (GPU; unchanged here): logits GEMM
+  writes fp32 (4 B); the row kernel reads them twice, once for max / sum-exp and once for the gradient
+  (8 B), and writes the 16-bit gradient (2 B); the d_hidden and d_weight GEMMs read it (2 + 2 B):
+  6 passes, 18 B per logit. A bias adds the fp32 gradient copy and its column sum (4 + 4 B).
+- torch row math, fp32, loss with gradients: before, GEMM write (4 B), max (4), subtract (8), exp (8),
+  sum (4), normalise p (8), p * A (8), two GEMM reads (8): 9 passes, 52 B per logit; now the normalisation
+  1 / sum and the chain factor logit_scale / T are per-row scalars folded into A: 8 passes, 44 B. A
+  statistics-only pass (log-probs under no_grad): 6 passes, 36 B -> 5 passes, 28 B. With softcap: 18 passes,
+  136 B -> 15 passes, 108 B (the tanh slope formed in 3 passes over the logits and one multiply, the chain
+  factor in the coefficients).
+- Per call, every backend: d_weight and d_bias were zero-filled, then accumulated by every chunk; now the
+  first chunk's GEMM writes them and the later chunks add: 8 V H bytes less (no (V, H) fp32 fill, no read
+  of it in the first GEMM: 4.2 GB at the Llama-3 head, H 4096, V 128256, about 0.9 ms at an H200's
+  4.8 TB/s; not measured).
+- Not done, and why: the unit-gradient precompute (ops/custom_ops.py) scales d_weight by the upstream
+  gradient and casts it to the weight's dtype in the backward, one (V, H) fp32 read and 16-bit write; fusing
+  that into the last chunk's epilogue would need the upstream gradient during the forward, which the
+  precompute design does not have (it is 1.0 only when ``loss.backward()`` is called on the loss itself,
+  which the op cannot know without a host sync). Forming the log-sum-exp in the logits GEMM's epilogue, or
+  from 16-bit logits in one read, needs a custom GEMM (cuBLAS has no such epilogue) and changes the
+  logits' precision: a GPU-only design, measured by benchmarks/gpu_run.sh first.
+
 A backend plugs in a :class:`RowKernel`: a callable with the signature of
 :func:`xtf_kernels.ops._torch.row_pass.row_pass` plus ``extra_buffers``. No host synchronisation happens
 in the loop: the number of rows is known on the host before it starts.

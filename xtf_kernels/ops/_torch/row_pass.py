@@ -84,23 +84,28 @@ def row_pass(
     if want_mean_logit:
         mean_logit = z.mean(1) if class_weights is None else torch.mv(z, class_weights).div_(vocab)
     keep_logits = want_entropy or (grads is not None and (spec.softcap > 0 or grads.entropy is not None))
+    # exps holds exp(z - shift); p = exps * norm. The normalisation is never a pass of its own: it is folded
+    # into the entropy's row sum and into the gradient coefficients (norm is None when the saved lse is the
+    # shift, so exps is p already).
+    norm = None
     if lse is None:
         row_max = z.amax(1, keepdim=True)
-        probs = torch.sub(z, row_max) if keep_logits else z.sub_(row_max)
-        probs.exp_()
-        sum_exp = probs.sum(1)
+        exps = torch.sub(z, row_max) if keep_logits else z.sub_(row_max)
+        exps.exp_()
+        sum_exp = exps.sum(1)
         lse = row_max.squeeze(1) + sum_exp.log()
-        probs.mul_(sum_exp.reciprocal().unsqueeze(1))
+        norm = sum_exp.reciprocal()
     else:
-        probs = torch.sub(z, lse.unsqueeze(1)) if keep_logits else z.sub_(lse.unsqueeze(1))
-        probs.exp_()
+        exps = torch.sub(z, lse.unsqueeze(1)) if keep_logits else z.sub_(lse.unsqueeze(1))
+        exps.exp_()
     finite_z = z
     if want_entropy or (grads is not None and grads.entropy is not None):
         # A -inf logit (e.g. a vocabulary entry masked by a -inf bias) has p = 0 and contributes 0 to
         # sum p z and to p (A + D z); replacing it by 0 avoids 0 * -inf = NaN.
-        finite_z = torch.where(probs > 0, z, torch.zeros((), dtype=z.dtype, device=z.device))
+        finite_z = torch.where(exps > 0, z, torch.zeros((), dtype=z.dtype, device=z.device))
     if want_entropy or (grads is not None and grads.entropy is not None and entropy is None):
-        entropy = lse - _row_dot(probs, finite_z)
+        weighted = _row_dot(exps, finite_z)
+        entropy = lse - (weighted if norm is None else weighted * norm)
     stats = (lse, target_logit, mean_logit, entropy if want_entropy else None)
     if grads is None:
         return (*stats, None, argmax) if want_argmax else (*stats, None)
@@ -108,24 +113,29 @@ def row_pass(
     target_weight = None if class_weights is None else class_weights[targets]
     coef_a, coef_b, coef_c, coef_d = row_grad_coefficients(grads, spec, lse, entropy, vocab, target_weight,
                                                             class_weights)
+    # The chain factor to the raw logits, logit_scale / T (times 1 - tanh^2 with softcap, below), and the
+    # normalisation of p are per-row scalars: folded into the coefficients, not passes over the chunk.
+    chain = spec.inv_temperature * spec.logit_scale
+    p_scale = chain if norm is None else norm * chain
+    coef_a, coef_b = coef_a * p_scale, coef_b * chain
+    coef_c = None if coef_c is None else coef_c * chain
+    grad = exps
     if coef_d is not None:
-        probs.mul_(torch.addcmul(coef_a.unsqueeze(1), finite_z, coef_d.unsqueeze(1)))
+        grad.mul_(torch.addcmul(coef_a.unsqueeze(1), finite_z, (coef_d * p_scale).unsqueeze(1)))
     else:
-        probs.mul_(coef_a.unsqueeze(1))
+        grad.mul_(coef_a.unsqueeze(1))
     if coef_c is not None:
         if class_weights is None:
-            probs.add_(coef_c.unsqueeze(1))
+            grad.add_(coef_c.unsqueeze(1))
         else:
-            probs.addr_(coef_c, class_weights)  # C_j = c_row * w_j, without a (C, V) temporary
-    probs.scatter_add_(1, targets.unsqueeze(1), coef_b.unsqueeze(1))
+            grad.addr_(coef_c, class_weights)  # C_j = c_row * w_j, without a (C, V) temporary
+    grad.scatter_add_(1, targets.unsqueeze(1), coef_b.unsqueeze(1))
     if spec.softcap > 0:
-        # d softcap(a y)/dy = a (1 - tanh^2) with tanh = z * T / s, recovered from the final logits z.
+        # d softcap(a y)/dy = a (1 - tanh^2) with tanh = z * T / s, recovered from the final logits z (the factor
+        # a / T is in the coefficients already).
         tanh_scale = 1.0 / (spec.softcap * spec.inv_temperature)
-        z.mul_(tanh_scale).square_().neg_().add_(1.0)
-        probs.mul_(z).mul_(spec.inv_temperature * spec.logit_scale)
-    elif spec.inv_temperature * spec.logit_scale != 1.0:
-        probs.mul_(spec.inv_temperature * spec.logit_scale)
-    return (*stats, probs, argmax) if want_argmax else (*stats, probs)
+        grad.mul_(z.square_().mul_(-tanh_scale * tanh_scale).add_(1.0))
+    return (*stats, grad, argmax) if want_argmax else (*stats, grad)
 
 
 def row_grad_coefficients(grads: RowGrads, spec: HeadSpec, lse, entropy, vocab: int, target_weight=None,
