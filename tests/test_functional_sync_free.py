@@ -263,6 +263,63 @@ def test_compiled_step_has_no_graph_break_and_matches_eager(monkeypatch):
         assert_close(g, w, grad=True)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ["masked", "gathered"])
+@pytest.mark.parametrize("backend", ["torch", "triton", "cuda"])
+def test_cuda_graph_captures_a_training_step_and_replays_new_data(backend, mode):
+    """On a GPU: no synchronising call at all (torch.cuda.set_sync_debug_mode("error")), then the loss and its
+    gradients captured in one CUDA graph and replayed on new hidden states, targets and weights (new kept
+    tokens), matching the compacting mode run eagerly on the same data."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from xtf_kernels.errors import BackendUnavailableError
+    from xtf_kernels.ops.registry import resolve_backend
+
+    device = torch.device("cuda")
+    try:
+        resolve_backend(backend, device)
+    except BackendUnavailableError as error:
+        pytest.skip(str(error))
+    case = make_case(LEAD, H, V, device="cuda", bias=True, token_weights=True, seed=1)
+    fresh = make_case(LEAD, H, V, device="cuda", bias=True, token_weights=True, seed=2)
+    bound = {"masked": LEAD[0], "gathered": LEAD[0] - 5}[mode]  # about 64% of the tokens are kept
+    hidden, weight, bias = (x.detach().clone().requires_grad_() for x in case.leaves())
+    targets, token_weights = case.targets.clone(), case.token_weights.clone()
+
+    def step(max_kept_tokens=bound):
+        loss = xk.linear_cross_entropy(hidden, weight, targets, bias=bias, token_weights=token_weights,
+                                       softcap=4.0, z_loss=1e-3, backend=backend, max_kept_tokens=max_kept_tokens)
+        lp = xk.token_logprobs(hidden, weight, targets, bias=bias, backend=backend, max_kept_tokens=max_kept_tokens)
+        total = loss + 0.1 * lp.sum()
+        return (total, *torch.autograd.grad(total, (hidden, weight, bias)))
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up: Triton compiles, the extension loads, the allocator fills
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    with torch.no_grad():
+        for static, new in zip((hidden, weight, bias, targets, token_weights),
+                               (*fresh.leaves(), fresh.targets, fresh.token_weights)):
+            static.copy_(new)
+    graph.replay()
+    torch.cuda.synchronize()
+    expected = step(max_kept_tokens=None)
+    for name, got, want in zip(("loss", "hidden", "weight", "bias"), captured, expected):
+        assert_close(got, want, grad=name != "loss", msg=f"replayed {name}")
+
+
 # --------------------------------------------------------------------------------------------------
 # device-side checks instead of ValueErrors
 # --------------------------------------------------------------------------------------------------
