@@ -141,6 +141,17 @@ def test_opcheck_linear_cross_entropy(reduction, all_ignored):
     torch.library.opcheck(torch.ops.xtf.linear_cross_entropy.default, frozen)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("max_kept", [10, 20])  # sync-free mode: 9 kept rows gathered into 10 slots; masked
+def test_opcheck_sync_free_mode(reduction, max_kept):
+    h, w, b, targets, token_weights, _ = _leaves()
+    args = (h, w, b, targets, token_weights, None, None, -100, reduction, 2.0, 1.5, 0.1, 1e-3, True, True, True,
+            True, True, "torch", 4, max_kept)
+    torch.library.opcheck(torch.ops.xtf.linear_cross_entropy.default, args)
+    torch.library.opcheck(torch.ops.xtf.token_logprobs.default,
+                          (h, w, b, targets, -100, 2.0, 1.3, 0.7, True, True, True, "torch", 4, max_kept))
+
+
 @pytest.mark.parametrize("want_extras", [False, True])
 def test_opcheck_token_logprobs(want_extras):
     h, w, b, targets, _, _ = _leaves()
