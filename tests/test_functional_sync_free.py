@@ -216,12 +216,11 @@ def _op_arguments(case, bound, backend="torch"):
 
 
 @pytest.mark.parametrize("mode", ["masked", "gathered"])
-def test_op_implementations_trace_as_one_graph_without_scalar_reads(monkeypatch, mode):
+@torch._dynamo.config.patch(capture_scalar_outputs=False, capture_dynamic_output_shape_ops=False)
+def test_op_implementations_trace_as_one_graph_without_scalar_reads(mode):
     """torch.compile(fullgraph=True) through the ops' own Python implementations (compaction, chunk loop, row
     math; chunk 16 gives several chunks) with scalar outputs and data-dependent shapes not capturable: any
     host read would be a graph break, hence an error. The compacting mode fails the same trace."""
-    monkeypatch.setattr(torch._dynamo.config, "capture_scalar_outputs", False)
-    monkeypatch.setattr(torch._dynamo.config, "capture_dynamic_output_shape_ops", False)
     case = make_case(LEAD, H, V, bias=True, token_weights=True, class_weights=True)
     custom_ops.get_backend("torch")  # loaded once eagerly; later calls are a traceable dict lookup
     args = _op_arguments(case, _bounds(case)[mode])
@@ -244,8 +243,8 @@ def test_op_implementations_trace_as_one_graph_without_scalar_reads(monkeypatch,
         compacting(*args[:-1], 0)
 
 
-def test_compiled_step_has_no_graph_break_and_matches_eager(monkeypatch):
-    monkeypatch.setattr(torch._dynamo.config, "capture_scalar_outputs", False)
+@torch._dynamo.config.patch(capture_scalar_outputs=False)
+def test_compiled_step_has_no_graph_break_and_matches_eager():
     torch._dynamo.reset()
     case = make_case(LEAD, H, V, bias=True, token_weights=True)
 
