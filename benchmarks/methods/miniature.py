@@ -3,8 +3,9 @@
 Protocol (every number a function of the seeds; the criteria of "a method works" are in
 :mod:`benchmarks.methods.miniature_criteria`, written before the full run):
 - base: :func:`xtf_kernels.datasets.miniature.load_base`: a byte-level BPE tokenizer of 2,000 pieces and a
-  1.03M-parameter Llama-config model pretrained on ~0.7M tokens of stories, web text with artefacts, fact
-  Q&A and arithmetic in the chat template (about 19x the SFT pool's tokens); one base for every seed, cached;
+  1.03M-parameter Llama-config model pretrained on 2.48M tokens of stories, web text with artefacts, fact
+  Q&A and arithmetic in the chat template, 1% of it two-step problems (29x the SFT pool's tokens); one base
+  for every seed, cached;
 - per noise level (0%, 5%, 15% of the response tokens harmful: wrong numbers, off-domain sentences, garbled
   artefacts; boilerplate apart) and seed: :func:`xtf_kernels.demo.experiment.run_cell` runs every arm
   (all tokens, each XTF rule alone, XTF's union as the paper preset and with the safe defaults, Token
@@ -17,6 +18,7 @@ Run (one torch thread; nice it on a shared machine)::
 
     python -m benchmarks.methods.miniature             # 5 seeds x 3 noise levels -> benchmarks/methods/results/
     python -m benchmarks.methods.miniature --quick     # 2 seeds x 2 levels, small pool and base: under 3 minutes
+    python -m benchmarks.methods.miniature --safeguards  # each safeguard alone: 5 seeds, 0% and 15%
 
 Writes ``miniature.json`` (every cell, the comparisons, the criteria's verdicts, machine and load),
 ``miniature.csv`` (one row per noise level, seed and arm), ``miniature.md`` (the tables) and
@@ -26,6 +28,7 @@ Writes ``miniature.json`` (every cell, the comparisons, the criteria's verdicts,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -37,53 +40,69 @@ from dataclasses import field
 import torch
 
 from benchmarks.methods.miniature_criteria import judge
+from benchmarks.methods.miniature_criteria import judge_ladder
 from benchmarks.methods.miniature_report import write_results
 from xtf_kernels import __version__
 from xtf_kernels._atomic import atomic_write_text
 from xtf_kernels.datasets.miniature import BaseConfig
 from xtf_kernels.datasets.miniature import load_base
 from xtf_kernels.demo.aggregate import compare
-from xtf_kernels.demo.experiment import ARMS
+from xtf_kernels.demo.aggregate import paired
+from xtf_kernels.demo.experiment import METHOD_ARMS
+from xtf_kernels.demo.experiment import SAFEGUARD_LADDER
 from xtf_kernels.demo.experiment import CellConfig
-from xtf_kernels.demo.experiment import has_paper_preset
 from xtf_kernels.demo.experiment import run_cell
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The full plans' sizes: 1,200 problems in the pool (the base's pretraining is 2.48M tokens, 29x the pool's
+# 85k at 15% noise, 31x its 80k at 0%), a 160-problem trusted set, 200 held-out problems, 30 of each
+# retention task.
+FULL_SIZES = dict(pool=1200, trusted=160, heldout=200, retention=30)
 # At 0% noise only "does it cost anything" is asked (C2): no random controls, no oracle (it drops nothing).
 CLEAN_ARMS = ("all_tokens", "xtf_paper", "xtf_safe", "tc_fixed", "tc_self_evolving", "rho1")
 
 
 @dataclass(frozen=True)
 class Plan:
+    """seeds x noise levels (``cells``) on one base; ``judged``: whether the criteria are applied (the safeguard
+    ladder has no random controls, so it is compared, not judged)."""
+
     seeds: tuple[int, ...]
     cells: dict[float, CellConfig]
     base: BaseConfig = field(default_factory=BaseConfig)
-
-
-def _arms(arms: tuple[str, ...]) -> tuple[str, ...]:
-    """Without the safe-defaults arm while the library has no paper preset (its defaults are the paper's)."""
-    return tuple(a for a in arms if a != "xtf_safe" or has_paper_preset())
+    judged: bool = True
 
 
 def full_plan() -> Plan:
     """5 seeds; every arm at 15% (a random control for the unions, KN, both Token Cleanings' fixed form, RHO-1
     and the oracle); at 5% the unions, fixed Token Cleaning, RHO-1 and the oracle; at 0% the methods only.
     Levels run 15% first: the criteria that need the most seeds are decided there."""
-    sizes = dict(pool=480, trusted=128, heldout=150, retention=30)  # pretraining tokens = 24x the pool's
-    noisy = CellConfig(**sizes, arms=_arms(ARMS),
-                       random_for=_arms(("xtf_KN", "xtf_paper", "xtf_safe", "tc_fixed", "rho1", "oracle")))
-    mid = CellConfig(**sizes, arms=_arms(("all_tokens", "xtf_paper", "xtf_safe", "tc_fixed", "rho1", "oracle")),
+    sizes = FULL_SIZES
+    noisy = CellConfig(**sizes, arms=METHOD_ARMS,
+                       random_for=("xtf_KN", "xtf_paper", "xtf_safe", "tc_fixed", "rho1", "oracle"))
+    mid = CellConfig(**sizes, arms=("all_tokens", "xtf_paper", "xtf_safe", "tc_fixed", "rho1", "oracle"),
                      random_for=("xtf_paper", "tc_fixed", "rho1"))
-    clean = CellConfig(**sizes, arms=_arms(CLEAN_ARMS), random_for=())
+    clean = CellConfig(**sizes, arms=CLEAN_ARMS, random_for=())
     return Plan(seeds=(0, 1, 2, 3, 4), cells={0.15: noisy, 0.0: clean, 0.05: mid})
+
+
+def safeguards_plan() -> Plan:
+    """Every safeguard measured on its own (:data:`~xtf_kernels.demo.experiment.SAFEGUARD_LADDER`): each added
+    alone to the paper preset, and the safe defaults with one part changed, beside all tokens, both presets and
+    the oracle; at 15% noise (does it help) and 0% (does it cost); the same seeds, pools and base as the main
+    plan, so all tokens and both presets reproduce the main run's cells."""
+    arms = ("all_tokens", "xtf_paper", "xtf_safe", *SAFEGUARD_LADDER)
+    return Plan(seeds=(0, 1, 2, 3, 4), judged=False,
+                cells={0.15: CellConfig(**FULL_SIZES, arms=(*arms, "oracle"), random_for=()),
+                       0.0: CellConfig(**FULL_SIZES, arms=arms, random_for=())})
 
 
 def quick_plan() -> Plan:
     small = dict(pool=96, trusted=48, heldout=60, retention=20, self_evolving_parts=3)  # lr 3e-4 as the full run
-    noisy = CellConfig(**small, arms=_arms(("all_tokens", "xtf_KN", "xtf_paper", "xtf_safe", "tc_fixed",
-                                            "tc_self_evolving", "rho1", "oracle")),
-                       random_for=_arms(("xtf_paper", "tc_fixed", "oracle")))
-    clean = CellConfig(**small, arms=_arms(("all_tokens", "xtf_paper", "tc_fixed")), random_for=())
+    noisy = CellConfig(**small, arms=("all_tokens", "xtf_KN", "xtf_paper", "xtf_safe", "tc_fixed",
+                                            "tc_self_evolving", "rho1", "oracle"),
+                       random_for=("xtf_paper", "tc_fixed", "oracle"))
+    clean = CellConfig(**small, arms=("all_tokens", "xtf_paper", "tc_fixed"), random_for=())
     return Plan(seeds=(0, 1), cells={0.0: clean, 0.15: noisy},
                 base=BaseConfig(documents=2500, tokenizer_documents=2500, vocab_size=1200))
 
@@ -132,18 +151,23 @@ def finish(plan: Plan, cells: dict[str, list[dict]], out_dir: str, *, seconds: f
     for level in cells:
         cells[level].sort(key=lambda cell: cell["seed"])
     summary = {level: compare(level_cells) for level, level_cells in sorted(cells.items(), reverse=True)}
+    for level, level_summary in summary.items():  # each rung of the safeguard ladder against its preset
+        for arm in SAFEGUARD_LADDER:
+            preset = "xtf_safe" if arm.startswith("xtf_safe") else "xtf_paper"
+            if arm in level_summary and preset in level_summary:
+                level_summary[arm]["vs_preset"] = paired(cells[level], arm, preset)
     results = {
         "format": "xtf-miniature-benchmark", "version": 1,
         "environment": {"machine": machine(), "python": platform.python_version(), "xtf_kernels": __version__,
                         "load_average_start": list(load_start), "load_average_end": list(os.getloadavg()),
-                        "seconds": seconds, "cell_seconds": sum(c["seconds"] for cs in cells.values() for c in cs),
-                        "paper_preset": has_paper_preset()},
+                        "seconds": seconds, "cell_seconds": sum(c["seconds"] for cs in cells.values() for c in cs)},
         "plan": {"seeds": sorted({c["seed"] for cs in cells.values() for c in cs}), "base": plan.base.to_dict(),
                  "base_info": base_info,
                  "cells": {f"{k:.2f}": {**v.__dict__, "arms": list(v.arms), "random_for": list(v.random_for),
                                         "score_only": list(v.score_only)} for k, v in plan.cells.items()}},
         "summary": summary,
-        "criteria": judge(summary),
+        "criteria": judge(summary) if plan.judged else None,
+        "ladder": None if plan.judged else judge_ladder(summary),
         "cells": cells,
     }
     os.makedirs(out_dir, exist_ok=True)
@@ -165,7 +189,10 @@ def run(plan: Plan, out_dir: str, *, cache_dir: str | None = None, log=_log) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 seeds, 0%% and 15%% noise, small pool and base")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--quick", action="store_true", help="2 seeds, 0%% and 15%% noise, small pool and base")
+    which.add_argument("--safeguards", action="store_true",
+                       help="the safeguard ladder (each safeguard alone) at 0%% and 15%% -> results/safeguards/")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the plan's seeds")
     parser.add_argument("--out", default=None, help="output folder (default benchmarks/methods/results, or "
                                                     "results/quick with --quick)")
@@ -177,10 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge", nargs="+", default=None, help="partial files to combine into the results")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    plan = quick_plan() if args.quick else full_plan()
+    plan = quick_plan() if args.quick else safeguards_plan() if args.safeguards else full_plan()
     if args.seeds:
-        plan = Plan(tuple(args.seeds), plan.cells, plan.base)
-    out = args.out or os.path.join(HERE, "results", "quick" if args.quick else "")
+        plan = dataclasses.replace(plan, seeds=tuple(args.seeds))
+    out = args.out or os.path.join(HERE, "results", "quick" if args.quick else "safeguards" if args.safeguards else "")
     if args.partial:
         run_cells(plan, args.partial, levels=tuple(args.levels) if args.levels else None, cache_dir=args.cache_dir)
         return 0

@@ -80,3 +80,55 @@ def judge(summary: dict) -> dict:
         verdict["why"] = "; ".join(why)
         methods[arm] = verdict
     return {"sensitive": sensitive, "methods": methods}
+
+
+# Choosing XTF's defaults from the safeguard ladder (``--safeguards``), written down before the ladder's run:
+#
+# L1 a safeguard is worth having when its rung (the paper preset plus that safeguard alone) is at least as good
+#    as the paper preset: the per-seed interval of its exact match minus the paper preset's has an upper end
+#    >= 0 at 15% noise and at 0% noise (it costs nothing measurable) and its mean is > 0 at one level or it
+#    drops fewer protected tokens (answer digits, eos, template) than the paper preset (it helps or protects);
+# L2 the default configuration is, of the safe candidates (the safe defaults, with 5% rates per rule, without
+#    KN), the one with the highest mean exact match at 15% noise among those that lose at most 2 points
+#    against all tokens at 0% noise (C2); when none does, the one that loses least at 0%, and XTF is then not
+#    recommended at any setting on this evidence.
+SAFE_CANDIDATES = ("xtf_safe", "xtf_safe+rates", "xtf_safe-KN")
+
+
+def _protected_dropped(entry: dict) -> float:
+    return sum(entry["selection"]["protected_drop_rate"].values())
+
+
+def judge_ladder(summary: dict) -> dict:
+    """``summary``: noise level -> :func:`compare` output with each rung's ``vs_preset`` (the ladder plan).
+
+    Returns {"safeguards": {rung: {"worth_having", "why"}} for the paper-preset rungs (L1), "default": the arm
+    L2 picks, "recommended": whether it satisfies C2, "why"}.
+    """
+    noisy, clean = _level(summary, NOISY), _level(summary, CLEAN)
+    out: dict = {"safeguards": {}}
+    for arm, entry in (noisy or {}).items():
+        if not arm.startswith("xtf_paper+") or clean is None or arm not in clean:
+            continue
+        levels = {"15%": entry, "0%": clean[arm]}
+        presets = {"15%": noisy["xtf_paper"], "0%": clean["xtf_paper"]}
+        no_cost = all(e["vs_preset"]["seeds"]["high"] >= 0 for e in levels.values())
+        helps = any(e["vs_preset"]["seeds"]["mean"] > 0 for e in levels.values())
+        protects = any(_protected_dropped(levels[k]) < _protected_dropped(presets[k]) for k in levels)
+        out["safeguards"][arm] = {
+            "worth_having": no_cost and (helps or protects),
+            "why": "; ".join(f"{k}: {e['vs_preset']['seeds']['mean']:+.3f} [{e['vs_preset']['seeds']['low']:+.3f}, "
+                             f"{e['vs_preset']['seeds']['high']:+.3f}] vs the paper preset, protected dropped "
+                             f"{_protected_dropped(e):.2f} vs {_protected_dropped(presets[k]):.2f}"
+                             for k, e in levels.items())}
+    candidates = [a for a in SAFE_CANDIDATES if noisy and clean and a in noisy and a in clean]
+    if candidates:
+        safe = [a for a in candidates if clean[a]["vs_all_tokens"]["seeds"]["mean"] >= -MAX_CLEAN_LOSS]
+        if safe:
+            best = max(safe, key=lambda a: noisy[a]["exact_match"])
+        else:
+            best = max(candidates, key=lambda a: clean[a]["vs_all_tokens"]["seeds"]["mean"])
+        out.update(default=best, recommended=bool(safe),
+                   why="; ".join(f"{a}: 15% exact match {noisy[a]['exact_match']:.3f}, 0% vs all tokens "
+                                 f"{clean[a]['vs_all_tokens']['seeds']['mean']:+.3f}" for a in candidates))
+    return out

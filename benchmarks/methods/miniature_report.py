@@ -52,6 +52,29 @@ def _interval(entry: dict | None) -> str:
     return f"{seeds['mean']:+.3f} [{seeds['low']:+.3f}, {seeds['high']:+.3f}]"
 
 
+def _verdicts(criteria: dict) -> list[str]:
+    lines: list[str] = []
+    lines += [f"Benchmark sensitive (oracle above all tokens at 15%): **{criteria['sensitive']}**", "",
+              "| method | works | C1 helps at 15% | C2 safe at 0% | C3 AUROC >= 0.6 | C4 union >= best rule "
+              "| numbers |",
+              "|---|---|---|---|---|---|---|"]
+    for arm, verdict in criteria["methods"].items():
+        lines.append(f"| {label(arm)} | **{verdict['works']}** | {verdict.get('C1')} | {verdict.get('C2')} | "
+                     f"{verdict.get('C3')} | {verdict.get('C4', '')} | {verdict['why']} |")
+    return lines
+
+
+def _ladder_verdicts(ladder: dict) -> list[str]:
+    lines = ["L1 (a safeguard worth having: no measurable cost against the paper preset at 15% or 0%, and it helps "
+             "or protects):", "", "| safeguard | worth having | numbers |", "|---|---|---|"]
+    for arm, verdict in ladder["safeguards"].items():
+        lines.append(f"| {label(arm)} | **{verdict['worth_having']}** | {verdict['why']} |")
+    if "default" in ladder:
+        lines += ["", f"L2 (the default configuration): **{label(ladder['default'])}**; satisfies C2 (at most 2 points "
+                      f"lost at 0% noise): **{ladder['recommended']}**. {ladder['why']}.", ""]
+    return lines
+
+
 def markdown(results: dict) -> str:
     env = results["environment"]
     lines = ["# Token filters on the miniature", "",
@@ -60,13 +83,13 @@ def markdown(results: dict) -> str:
              f"{env['cell_seconds'] / 60:.1f} minutes in the cells (base pretrained in "
              f"{results['plan']['base_info']['seconds']:.0f} s, then cached); seeds {results['plan']['seeds']}.", ""]
     criteria = results["criteria"]
-    lines += [f"Benchmark sensitive (oracle above all tokens at 15%): **{criteria['sensitive']}**", "",
-              "| method | works | C1 helps at 15% | C2 safe at 0% | C3 AUROC >= 0.6 | C4 union >= best rule "
-              "| numbers |",
-              "|---|---|---|---|---|---|---|"]
-    for arm, verdict in criteria["methods"].items():
-        lines.append(f"| {label(arm)} | **{verdict['works']}** | {verdict.get('C1')} | {verdict.get('C2')} | "
-                     f"{verdict.get('C3')} | {verdict.get('C4', '')} | {verdict['why']} |")
+    if criteria is None:
+        lines[0] = "# Token filters on the miniature: the safeguards one by one"
+        lines += ["Each safeguard added alone to XTF's paper preset, and the safe defaults with one part changed; "
+                  "compared against the presets, not judged by C0-C4 (no random controls).", ""]
+        lines += _ladder_verdicts(results["ladder"])
+    else:
+        lines += _verdicts(criteria)
     for level, summary in results["summary"].items():
         cells = results["cells"][level]
         base = sum(c["base"]["exact_match"] for c in cells) / len(cells)
@@ -92,6 +115,20 @@ def markdown(results: dict) -> str:
                 f"{_f(entry['clean_nll'])} | {_f(entry['retention'], 2)} | "
                 + (f"{protected['answer']:.2f} / {protected['eos']:.2f} / {protected['template']:.2f}" if s else "-")
                 + f" | {_f(s['whole_types'], 1) if s else '-'} |")
+        ladder = [arm for arm, entry in summary.items() if "vs_preset" in entry]
+        if ladder:
+            lines += ["", "Each rung against its preset (the paper preset for \"paper + ...\", the safe defaults for "
+                      "\"safe ...\"): exact match difference per seed [95%], permutation p, drop rate and precision "
+                      "against the preset's:", "",
+                      "| rung | vs its preset [95%] | perm. p | drop | preset's drop | precision "
+                      "| preset's precision |",
+                      "|---|---|---|---|---|---|---|"]
+            for arm in ladder:
+                versus, s = summary[arm]["vs_preset"], summary[arm]["selection"]
+                preset = summary[versus["against"]]["selection"]
+                lines.append(f"| {label(arm)} | {_interval(versus)} | {_f(versus['permutation_p'])} | "
+                             f"{_f(s['drop_rate'])} | {_f(preset['drop_rate'])} | {_f(s['harmful']['precision'])} | "
+                             f"{_f(preset['harmful']['precision'])} |")
         kinds = [arm for arm, entry in summary.items() if entry.get("selection")]
         if kinds:
             names = list(summary[kinds[0]]["selection"]["by_kind"])

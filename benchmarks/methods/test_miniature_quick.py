@@ -87,3 +87,70 @@ def test_criteria_on_hand_made_summaries():
     insensitive = judge({"0.15": {**noisy, "oracle": arm(0.0, -0.1, None, 1.0, [0.4, 0.4])}, "0.00": clean})
     assert insensitive["sensitive"] is False and insensitive["methods"]["tc_fixed"]["works"] is None
     assert judge({"0.15": noisy})["methods"]["tc_fixed"]["works"] is None  # 0% not run: no verdict
+
+
+def test_ladder_rules_on_hand_made_summaries():
+    from benchmarks.methods.miniature_criteria import judge_ladder
+
+    def rung(mean, high, protected, em=0.5, vs_all=0.0):
+        return {"exact_match": em, "selection": {"protected_drop_rate": {"answer": protected, "eos": 0.0,
+                                                                          "template": 0.0}},
+                "vs_preset": {"seeds": {"mean": mean, "low": mean - 0.1, "high": high}},
+                "vs_all_tokens": {"seeds": {"mean": vs_all}}}
+
+    noisy = {"xtf_paper": rung(0, 0, 0.5), "xtf_paper+cap": rung(0.05, 0.1, 0.2),  # helps and protects
+             "xtf_paper+special": rung(-0.01, 0.02, 0.3),  # no measurable cost, protects
+             "xtf_paper+rates": rung(0.1, 0.2, 0.1),  # helps at 15% but costs at 0% (below)
+             "xtf_safe": rung(0, 0, 0.1, em=0.6), "xtf_safe+rates": rung(0, 0, 0.1, em=0.7),
+             "xtf_safe-KN": rung(0, 0, 0.1, em=0.8)}
+    clean = {"xtf_paper": rung(0, 0, 0.5, vs_all=-0.1), "xtf_paper+cap": rung(0.0, 0.05, 0.2),
+             "xtf_paper+special": rung(0.0, 0.01, 0.3), "xtf_paper+rates": rung(-0.1, -0.02, 0.1),
+             "xtf_safe": rung(0, 0, 0.1, vs_all=-0.01), "xtf_safe+rates": rung(0, 0, 0.1, vs_all=-0.019),
+             "xtf_safe-KN": rung(0, 0, 0.1, vs_all=-0.05)}
+    ladder = judge_ladder({"0.15": noisy, "0.00": clean})
+    worth = {arm: v["worth_having"] for arm, v in ladder["safeguards"].items()}
+    assert worth == {"xtf_paper+cap": True, "xtf_paper+special": True, "xtf_paper+rates": False}
+    # the best at 15% (without KN) loses 5 points at 0%: the best of those within 2 points is chosen
+    assert ladder["default"] == "xtf_safe+rates" and ladder["recommended"] is True
+    for entry in clean.values():
+        entry["vs_all_tokens"]["seeds"]["mean"] = -0.3
+    clean["xtf_safe-KN"]["vs_all_tokens"]["seeds"]["mean"] = -0.25
+    ladder = judge_ladder({"0.15": noisy, "0.00": clean})
+    assert ladder["default"] == "xtf_safe-KN" and ladder["recommended"] is False
+
+
+@pytest.mark.slow
+def test_safeguards_plan_end_to_end_on_a_tiny_base(tmp_path):
+    """The ladder plan's cells through finish(): each rung compared with its preset, L1 / L2 applied, files."""
+    import dataclasses
+
+    from benchmarks.methods.miniature import finish
+    from benchmarks.methods.miniature import safeguards_plan
+    from xtf_kernels.datasets.miniature import BaseConfig
+    from xtf_kernels.datasets.miniature import load_base
+    from xtf_kernels.demo.experiment import SAFEGUARD_LADDER
+    from xtf_kernels.demo.experiment import run_cell
+
+    tiny = BaseConfig(documents=300, tokenizer_documents=300, vocab_size=400, hidden_size=32, num_layers=2,
+                      num_heads=2, num_kv_heads=1, intermediate_size=64)
+    base = load_base(tiny, cache_dir=tmp_path / "cache")
+    plan = safeguards_plan()
+    plan = dataclasses.replace(plan, seeds=(0, 1), base=tiny, cells={
+        level: dataclasses.replace(config, pool=24, trusted=8, heldout=10, retention=3, batch_size=8)
+        for level, config in plan.cells.items()})
+    cells = {f"{level:.2f}": [run_cell(base.model, base.tokenizer, noise=level, seed=seed, config=config)
+                              for seed in plan.seeds] for level, config in plan.cells.items()}
+    results = finish(plan, cells, str(tmp_path / "out"), seconds=1.0, load_start=[0.0, 0.0, 0.0],
+                     base_info=base.info)
+    assert results["criteria"] is None
+    for level in ("0.15", "0.00"):
+        summary = results["summary"][level]
+        for arm in SAFEGUARD_LADDER:
+            preset = "xtf_safe" if arm.startswith("xtf_safe") else "xtf_paper"
+            expected = [c["arms"][arm]["evaluation"]["exact_match"] - c["arms"][preset]["evaluation"]["exact_match"]
+                        for c in results["cells"][level]]
+            assert summary[arm]["vs_preset"]["per_seed"] == expected and summary[arm]["vs_preset"]["against"] == preset
+    assert set(results["ladder"]["safeguards"]) == {a for a in SAFEGUARD_LADDER if a.startswith("xtf_paper+")}
+    assert results["ladder"]["default"] in ("xtf_safe", "xtf_safe+rates", "xtf_safe-KN")
+    text = (tmp_path / "out" / "miniature.md").read_text()
+    assert "the safeguards one by one" in text and "L2 (the default configuration)" in text

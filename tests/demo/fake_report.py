@@ -38,7 +38,7 @@ REPORT = {
     "version": 2,
     "config": QUICK.to_dict(),
     "environment": {"xtf_kernels": "0.1.0", "torch": "2.x", "transformers": "5.x", "device": "a CPU",
-                    "device_type": "cpu", "threads": 1, "load_average": 1.5, "paper_preset": True},
+                    "device_type": "cpu", "threads": 1, "load_average": 1.5},
     "data": {"train_samples": 64, "response_tokens": 1000, "noise_fraction": 0.15,
              "kind_fraction": {"wrong_number": 0.05, "off_domain": 0.06, "garbled": 0.04, "boilerplate": 0.03},
              "trusted_samples": 16, "heldout_problems": 200, "vocab_size": 2000},

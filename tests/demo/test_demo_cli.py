@@ -51,7 +51,7 @@ def test_quick_report_has_the_documented_fields(quick):
     assert report["config"] == QUICK.to_dict() and report["model"]["cached"] is False
     assert 0.15 <= report["data"]["noise_fraction"] < 0.2 and report["data"]["train_samples"] == QUICK.train_samples
     arms = report["arms"]
-    filters = ["xtf_paper", "tc_fixed", "rho1"] + (["xtf_safe"] if report["environment"]["paper_preset"] else [])
+    filters = ["xtf_paper", "tc_fixed", "rho1", "xtf_safe"]
     assert set(arms) == {"all_tokens", "oracle", "xtf_RI", "xtf_KN", "xtf_TR", *filters,
                          *(f"random:{f}" for f in filters)}
     assert arms["all_tokens"]["selection"] is None and arms["all_tokens"]["vs_all_tokens"] is None

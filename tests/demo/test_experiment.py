@@ -3,26 +3,33 @@ arm's size, the package's fused ops did the training and scoring, and the paired
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from xtf_kernels import select
+from xtf_kernels.datasets.miniature import KIND_CODE
 from xtf_kernels.datasets.miniature import BaseConfig
 from xtf_kernels.datasets.miniature import load_base
 from xtf_kernels.demo.aggregate import compare
 from xtf_kernels.demo.experiment import ARMS
+from xtf_kernels.demo.experiment import RATE_FIELDS
+from xtf_kernels.demo.experiment import SAFEGUARD_LADDER
+from xtf_kernels.demo.experiment import XTF_VARIANTS
 from xtf_kernels.demo.experiment import CellArtifacts
 from xtf_kernels.demo.experiment import CellConfig
-from xtf_kernels.demo.experiment import has_paper_preset
 from xtf_kernels.demo.experiment import random_selection
 from xtf_kernels.demo.experiment import run_cell
+from xtf_kernels.methods import Safeguards
+from xtf_kernels.methods import XTFConfig
 
 TINY = BaseConfig(documents=300, tokenizer_documents=300, vocab_size=400, hidden_size=32, num_layers=2,
                   num_heads=2, num_kv_heads=1, intermediate_size=64)
 CELL = CellConfig(pool=24, trusted=8, heldout=10, retention=3, self_evolving_parts=2, batch_size=8,
-                  arms=tuple(a for a in ARMS if a != "xtf_safe" or has_paper_preset()),
+                  arms=ARMS,
                   random_for=("xtf_KN", "tc_fixed", "oracle"))
 
 
@@ -85,6 +92,46 @@ def test_drops_are_what_each_arm_claims(cell):
     rules = torch.cat(artifacts.dropped["xtf_RI"]) | torch.cat(artifacts.dropped["xtf_KN"]) | torch.cat(
         artifacts.dropped["xtf_TR"])
     assert torch.equal(union, rules)
+
+
+@pytest.mark.parametrize("arm", SAFEGUARD_LADDER)
+def test_each_rung_of_the_ladder_changes_one_thing(arm):
+    """A rung is its preset with exactly the fields its name says changed (rate modes: the three rules' modes
+    and rates; the safe defaults without KN: the rules)."""
+    preset = XTFConfig() if arm.startswith("xtf_safe") else XTFConfig.paper()
+    config = XTF_VARIANTS[arm][1]()
+    changed = {f.name for f in dataclasses.fields(XTFConfig) if getattr(config, f.name) != getattr(preset, f.name)}
+    expected = {"xtf_paper+special": {"safeguards"}, "xtf_paper+cap": {"safeguards"},
+                "xtf_paper+anchors": {"kn_anchor_fraction"}, "xtf_paper+offdiag": {"ri_score"},
+                "xtf_paper+occurrences": {"otsu_weights"}, "xtf_paper+response_domain": {"tr_domain"},
+                "xtf_paper+rates": set(RATE_FIELDS), "xtf_safe+rates": set(RATE_FIELDS), "xtf_safe-KN": {"rules"}}
+    assert changed == expected[arm]
+    if arm == "xtf_paper+special":
+        assert dataclasses.replace(config.safeguards, protect_special_tokens=False) == Safeguards.off()
+    if arm == "xtf_paper+cap":
+        assert dataclasses.replace(config.safeguards, max_sample_drop=None) == Safeguards.off()
+        assert config.safeguards.max_sample_drop == 0.4
+
+
+def test_the_ladder_trains_on_what_its_rungs_keep(cell):
+    result, artifacts, _calls = cell
+    assert set(SAFEGUARD_LADDER) <= set(result["arms"])
+    response = [s.response_mask for s in artifacts.samples]
+    paper = artifacts.dropped["xtf_paper"]
+    special = torch.cat([k == KIND_CODE["eos"] for k in artifacts.kinds])
+    assert not (torch.cat(artifacts.dropped["xtf_paper+special"]) & special).any()
+    # the cap: a sample within it keeps the paper preset's drop, one over it is cut to the cap from that drop
+    for capped, dropped, valid in zip(artifacts.dropped["xtf_paper+cap"], paper, response):
+        allowed = select.keep_count(0.4, int(valid.sum()))
+        if int(dropped.sum()) <= allowed:
+            assert torch.equal(capped, dropped)
+        else:
+            assert int(capped.sum()) == allowed and not (capped & ~dropped).any()
+    # anchors keep back some of KN's drops only: every other drop of the paper preset stays
+    anchored, union, kn = (torch.cat(artifacts.dropped[a]) for a in ("xtf_paper+anchors", "xtf_paper", "xtf_KN"))
+    assert not (anchored & ~union).any() and not (union & ~kn & ~anchored).any()
+    for arm in SAFEGUARD_LADDER:  # every rung was trained and evaluated
+        assert result["arms"][arm]["evaluation"]["clean_nll"] > 0, arm
 
 
 def test_the_fused_ops_did_the_work(cell):

@@ -51,7 +51,7 @@ class DemoConfig:
     name: str = "default"
     seed: int = 0
     base: str = "full"
-    train_samples: int = 480
+    train_samples: int = 1200
     noise_fraction: float = 0.15
     trusted_samples: int = 160
     heldout_problems: int = 200

@@ -19,11 +19,11 @@ For a pretrained base (:func:`xtf_kernels.datasets.miniature.load_base`), :func:
 from __future__ import annotations
 
 import copy
-import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
+from dataclasses import replace
 
 import torch
 
@@ -39,6 +39,7 @@ from ..datasets.miniature import make_sft
 from ..datasets.miniature import retention
 from ..datasets.miniature import score_responses
 from ..functional import token_logprobs
+from ..methods import Safeguards
 from ..methods import TokenCleaningConfig
 from ..methods import TokenCleaningScorer
 from ..methods import XTFConfig
@@ -52,11 +53,34 @@ from .statistics import auprc
 from .statistics import auroc
 from .training import heldout_loss
 
+# XTF configurations the comparison can train on, by arm: the two presets, then the safeguard ladder: each
+# safeguard added alone to the paper preset, and the safe defaults with one part changed, so every safeguard's
+# effect is measured on its own (benchmarks/methods/miniature.py runs the ladder).
+_RATE_MODES = dict(ri_threshold="rate", ri_drop_rate=0.05, kn_threshold="rate", kn_drop_rate=0.05,
+                   tr_threshold="rate", tr_drop_rate=0.05)
+RATE_FIELDS = tuple(_RATE_MODES)
+XTF_VARIANTS: dict[str, tuple[str, Callable[[], XTFConfig]]] = {
+    "xtf_paper": ("XTF (paper preset)", lambda: XTFConfig.paper()),
+    "xtf_safe": ("XTF (safe defaults)", lambda: XTFConfig()),
+    "xtf_paper+special": ("XTF paper + protected special tokens",
+                          lambda: XTFConfig.paper(safeguards=replace(Safeguards.off(), protect_special_tokens=True))),
+    "xtf_paper+cap": ("XTF paper + per-sample cap 0.4",
+                      lambda: XTFConfig.paper(safeguards=replace(Safeguards.off(), max_sample_drop=0.4))),
+    "xtf_paper+anchors": ("XTF paper + KN anchors 0.25", lambda: XTFConfig.paper(kn_anchor_fraction=0.25)),
+    "xtf_paper+offdiag": ("XTF paper + RI without the diagonal", lambda: XTFConfig.paper(ri_score="offdiag")),
+    "xtf_paper+occurrences": ("XTF paper + Otsu by occurrences", lambda: XTFConfig.paper(otsu_weights="occurrences")),
+    "xtf_paper+response_domain": ("XTF paper + response-only domain", lambda: XTFConfig.paper(tr_domain="response")),
+    "xtf_paper+rates": ("XTF paper + 5% rate per rule", lambda: XTFConfig.paper(**_RATE_MODES)),
+    "xtf_safe+rates": ("XTF safe + 5% rate per rule", lambda: XTFConfig(**_RATE_MODES)),
+    "xtf_safe-KN": ("XTF safe without KN", lambda: XTFConfig(rules=("RI", "TR"))),
+}
+SAFEGUARD_LADDER = tuple(a for a in XTF_VARIANTS if a not in ("xtf_paper", "xtf_safe"))
 # Every arm the comparison knows; "random:<arm>" is the matched random drop of <arm>.
-ARMS = ("all_tokens", "xtf_RI", "xtf_KN", "xtf_TR", "xtf_paper", "xtf_safe", "tc_fixed", "tc_self_evolving", "rho1",
-        "oracle")
+METHOD_ARMS = ("all_tokens", "xtf_RI", "xtf_KN", "xtf_TR", "xtf_paper", "xtf_safe", "tc_fixed", "tc_self_evolving",
+               "rho1", "oracle")
+ARMS = (*METHOD_ARMS, *SAFEGUARD_LADDER)
 ARM_LABELS = {"all_tokens": "all tokens", "xtf_RI": "XTF RI alone", "xtf_KN": "XTF KN alone",
-              "xtf_TR": "XTF TR alone", "xtf_paper": "XTF (paper preset)", "xtf_safe": "XTF (safe defaults)",
+              "xtf_TR": "XTF TR alone", **{arm: text for arm, (text, _) in XTF_VARIANTS.items()},
               "tc_fixed": "Token Cleaning (fixed)", "tc_self_evolving": "Token Cleaning (self-evolving)",
               "rho1": "RHO-1", "oracle": "oracle"}
 # An id counts as "dropped as a whole type" when every one of its (at least this many) response occurrences is.
@@ -93,8 +117,8 @@ class CellConfig:
     token_cleaning_k: float = 0.6
     rho1_keep: float = 0.6
     self_evolving_parts: int = 5
-    arms: tuple[str, ...] = ARMS
-    random_for: tuple[str, ...] = tuple(a for a in ARMS if a != "all_tokens")
+    arms: tuple[str, ...] = METHOD_ARMS
+    random_for: tuple[str, ...] = tuple(a for a in METHOD_ARMS if a != "all_tokens")
     score_only: tuple[str, ...] = ()
 
     def __post_init__(self):
@@ -116,46 +140,44 @@ class CellConfig:
 @dataclass
 class Selection:
     """dropped: per sample (L,) bool, the response tokens the arm trained without; score: per sample (L,) fp32
-    noise score (higher = more likely dropped; NaN where the method gave none) or None (binary drop only)."""
+    noise score (higher = more likely dropped; NaN where the method gave none) or None (binary drop only);
+    config: the method's configuration as JSON (recorded with the arm's results), None for the controls."""
 
     dropped: list[torch.Tensor]
     score: list[torch.Tensor] | None = None
     trained: torch.nn.Module | None = field(default=None, repr=False)
-
-
-def has_paper_preset() -> bool:
-    """Whether :class:`XTFConfig` has the paper preset (then its defaults are the safe configuration)."""
-    return callable(getattr(XTFConfig, "paper", None))
+    config: dict | None = None
 
 
 def _token_cleaning_config(k: float) -> TokenCleaningConfig:
     """Token Cleaning as published (every response token ranked, no safeguard) where the library has the
     paper preset."""
-    paper = getattr(TokenCleaningConfig, "paper", None)
-    return paper(k=k) if callable(paper) else TokenCleaningConfig(k=k)
+    return TokenCleaningConfig.paper(k=k)
 
 
 def _xtf_scorer(model, config: XTFConfig, tokenizer):
-    if "tokenizer" in inspect.signature(XTFScorer).parameters:
-        return XTFScorer(model, config, tokenizer=tokenizer.to_transformers())
-    return XTFScorer(model, config)
+    return XTFScorer(model, config, tokenizer=tokenizer.to_transformers())
 
 
 def xtf_selections(base, samples, tokenizer, arms) -> dict[str, Selection]:
-    """XTF's arms: the paper preset's union and each rule alone (its fired mask), and the safe defaults."""
+    """XTF's arms: each rule alone (its fired mask under the paper preset) and every configuration of
+    :data:`XTF_VARIANTS` in ``arms`` (its union's drop)."""
     out = {}
-    paper = XTFConfig.paper() if has_paper_preset() else XTFConfig()
-    results = score_samples(_xtf_scorer(base, paper, tokenizer), samples, batch_size=32)
+    paper, paper_config = None, XTFConfig.paper()
+    if any(a in arms for a in ("xtf_RI", "xtf_KN", "xtf_TR", "xtf_paper")):
+        paper = score_samples(_xtf_scorer(base, paper_config, tokenizer), samples, batch_size=32)
     for arm, name in (("xtf_RI", "ri"), ("xtf_KN", "kn"), ("xtf_TR", "tr")):
         if arm in arms:
             # RI and TR drop low scores; KN's score is 1 - PCP and drops high PCP: all three drop low values,
             # so minus the score ranks what the rule drops first.
-            out[arm] = Selection([r.fired(arm[4:]) for r in results], [-r.scores[name] for r in results])
-    if "xtf_paper" in arms:
-        out["xtf_paper"] = Selection([r.dropped for r in results])
-    if "xtf_safe" in arms and has_paper_preset():
-        safe = score_samples(_xtf_scorer(base, XTFConfig(), tokenizer), samples, batch_size=32)
-        out["xtf_safe"] = Selection([r.dropped for r in safe])
+            out[arm] = Selection([r.fired(arm[4:]) for r in paper], [-r.scores[name] for r in paper],
+                                 config=paper_config.to_dict())
+    for arm, (_, make_config) in XTF_VARIANTS.items():
+        if arm in arms:
+            config = make_config()
+            results = paper if arm == "xtf_paper" else score_samples(_xtf_scorer(base, config, tokenizer), samples,
+                                                                      batch_size=32)
+            out[arm] = Selection([r.dropped for r in results], config=config.to_dict())
     return out
 
 
@@ -174,17 +196,16 @@ def self_evolving_selection(base, samples, config: CellConfig, seed: int) -> Sel
                                                    weight_decay=0.0)
         _finetune(model, part, config, seed + index, state["optimizer"])
 
-    options = {}
-    if "safeguards" in inspect.signature(self_evolving_cleaning).parameters:
-        options["safeguards"] = _token_cleaning_config(config.token_cleaning_k).safeguards
     result = self_evolving_cleaning(base, samples, train, n_parts=config.self_evolving_parts,
-                                    k=config.token_cleaning_k, batch_size=32, **options)
+                                    k=config.token_cleaning_k, batch_size=32,
+                                    safeguards=_token_cleaning_config(config.token_cleaning_k).safeguards)
     dropped = [torch.zeros(len(s), dtype=torch.bool) for s in result.parts[0]]
     scores = [torch.full((len(s),), float("nan")) for s in result.parts[0]]
     for part in result.scores:
         dropped += [r.dropped for r in part]
         scores += [-r.scores["influence"] for r in part]
-    return Selection(dropped, scores, result.model)
+    method = {**_token_cleaning_config(config.token_cleaning_k).to_dict(), "n_parts": config.self_evolving_parts}
+    return Selection(dropped, scores, result.model, method)
 
 
 @torch.no_grad()
@@ -242,7 +263,7 @@ def rho1_selection(base, reference, samples, config: CellConfig, seed: int) -> S
             scores[i][1:] = torch.where(labelled[row, :n], -(current[row, :n] - ref[row, 1:n + 1]),
                                         torch.full((n,), float("nan")))
     model.eval()
-    return Selection(dropped, scores, model)
+    return Selection(dropped, scores, model, {"keep_ratio": config.rho1_keep, "window": "one batch"})
 
 
 def random_selection(samples, rate: float, seed: int) -> Selection:
@@ -361,7 +382,8 @@ def run_cell(base, tokenizer, *, noise: float, seed: int, config: CellConfig,
     if "tc_fixed" in config.arms:
         scorer = TokenCleaningScorer(base, reference, _token_cleaning_config(config.token_cleaning_k))
         results = score_samples(scorer, samples, batch_size=32)
-        selections["tc_fixed"] = Selection([r.dropped for r in results], [-r.scores["influence"] for r in results])
+        selections["tc_fixed"] = Selection([r.dropped for r in results], [-r.scores["influence"] for r in results],
+                                           config=scorer.config_dict())
     if "oracle" in config.arms:
         selections["oracle"] = Selection([s.noise_mask & s.response_mask for s in samples],
                                          [(s.noise_mask & s.response_mask).float() for s in samples])
@@ -394,6 +416,8 @@ def run_cell(base, tokenizer, *, noise: float, seed: int, config: CellConfig,
         entry = {"evaluation": evaluate(model, tokenizer, heldout, heldout_samples)}
         if arm != "all_tokens":
             entry["selection"] = selection_metrics(selection, samples, sft.kinds, ids_to_text=ids_to_text)
+        if selection.config is not None:
+            entry["config"] = selection.config
         entry["seconds"] = time.perf_counter() - arm_start
         cell["arms"][arm] = entry
         selection.trained = None

@@ -16,7 +16,6 @@ included); "harmful" tokens are the wrong-number, off-domain and garbled kinds, 
     environment.device_type             "cpu" or "cuda"
     environment.threads                 torch CPU threads
     environment.load_average            (timing) 1-minute load average of the machine when the run began
-    environment.paper_preset            whether XTF's paper preset exists (then "xtf_safe" is the defaults)
     data.train_samples                  samples in the noisy training pool
     data.response_tokens                scored response tokens in it
     data.noise_fraction                 share of them that are harmful: the precision of a random drop
@@ -169,7 +168,7 @@ SCHEMA: dict = {
     "config": Leaf((dict,)),
     "environment": {"xtf_kernels": Leaf((str,)), "torch": Leaf((str,)), "transformers": Leaf((str,)),
                     "device": Leaf((str,)), "device_type": Leaf((str,)), "threads": Leaf((int,)),
-                    "load_average": Leaf(NUMBER), "paper_preset": Leaf((bool,))},
+                    "load_average": Leaf(NUMBER)},
     "data": {"train_samples": Leaf((int,)), "response_tokens": Leaf((int,)), "noise_fraction": Leaf(NUMBER),
              "kind_fraction": Each(Leaf(NUMBER), keys=(*NOISE_KINDS, "boilerplate")),
              "trusted_samples": Leaf((int,)), "heldout_problems": Leaf((int,)), "vocab_size": Leaf((int,))},

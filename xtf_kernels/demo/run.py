@@ -33,7 +33,6 @@ from .config import BASES
 from .config import DemoConfig
 from .experiment import CellArtifacts
 from .experiment import CellConfig
-from .experiment import has_paper_preset
 from .experiment import label
 from .experiment import run_cell
 from .html import build_page
@@ -66,11 +65,10 @@ def resolve_device(name: str) -> torch.device:
 def cell_config(config: DemoConfig) -> CellConfig:
     """The demo's arms: all tokens, XTF (paper preset; safe defaults where the library has them), fixed Token
     Cleaning, RHO-1, the oracle and a random drop matched to each filter; XTF's rules scored only."""
-    filters = tuple(a for a in FILTERS if a != "xtf_safe" or has_paper_preset())
     return CellConfig(pool=config.train_samples, trusted=config.trusted_samples, heldout=config.heldout_problems,
                       retention=config.retention_problems, lr=config.lr, batch_size=config.batch_size,
                       token_cleaning_k=config.token_cleaning_k, rho1_keep=config.rho1_keep,
-                      arms=("all_tokens", *filters, "oracle"), random_for=filters, score_only=RULES)
+                      arms=("all_tokens", *FILTERS, "oracle"), random_for=FILTERS, score_only=RULES)
 
 
 def _evaluation(entry: dict | None) -> dict | None:
@@ -166,7 +164,7 @@ def run_demo(config: DemoConfig, output_dir: str | os.PathLike, *, device: torch
         "environment": {"xtf_kernels": __version__, "torch": torch.__version__,
                         "transformers": transformers.__version__, "device": device_description(device),
                         "device_type": device.type, "threads": torch.get_num_threads(),
-                        "load_average": load_average, "paper_preset": has_paper_preset()},
+                        "load_average": load_average},
         "data": {"train_samples": data["pool"], "response_tokens": data["response_tokens"],
                  "noise_fraction": sum(data["kind_fraction"][k] for k in NOISE_KINDS),
                  "kind_fraction": dict(data["kind_fraction"]), "trusted_samples": data["trusted"],

@@ -50,6 +50,14 @@ class BaseConfig:
     three 0.17M-parameter blocks). Pretraining: ``documents`` generated documents (about 40 tokens each),
     ``epochs`` passes in batches of ``batch_size``, peak rate ``lr``; ``two_step_share`` of the documents are
     problems in the SFT format.
+
+    Why these defaults (measured, seed 0-2, 15% noise, 1,200-problem SFT pool, one epoch at 3e-4): with 16,000
+    documents (0.84M tokens) the base knew too little arithmetic for the SFT to teach the two-step task (held-out
+    exact match 5% before and 9-14% after fine-tuning, with or without the noise: no filter could show a
+    difference); with 48,000 documents (2.5M tokens, 4 minutes on one idle core) it solves every one-step sum
+    and fact, and ``two_step_share`` decides how much of the SFT task it already knows: 5% of two-step problems
+    gave a base that already solved 100% of them, 1% one that solves 11-14%, rising to 98-99% after one epoch
+    of clean SFT and to 57-64% when 15% of the response tokens are noise (78-84% with the noise tokens dropped).
     """
 
     seed: int = 0
@@ -60,12 +68,12 @@ class BaseConfig:
     num_heads: int = 4
     num_kv_heads: int = 2
     intermediate_size: int = 320
-    documents: int = 16000
+    documents: int = 48000
     epochs: int = 1
     batch_size: int = 32
     lr: float = 3e-3
     warmup_fraction: float = 0.05
-    two_step_share: float = 0.05
+    two_step_share: float = 0.01
 
     def __post_init__(self):
         for name in ("vocab_size", "tokenizer_documents", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
