@@ -41,6 +41,7 @@ import torch
 
 from benchmarks.methods.miniature_criteria import judge
 from benchmarks.methods.miniature_criteria import judge_ladder
+from benchmarks.methods.miniature_criteria import judge_tr_anchors
 from benchmarks.methods.miniature_report import write_results
 from xtf_kernels import __version__
 from xtf_kernels._atomic import atomic_write_text
@@ -49,7 +50,9 @@ from xtf_kernels.datasets.miniature import load_base
 from xtf_kernels.demo.aggregate import compare
 from xtf_kernels.demo.aggregate import paired
 from xtf_kernels.demo.experiment import METHOD_ARMS
+from xtf_kernels.demo.experiment import RUNG_PRESET
 from xtf_kernels.demo.experiment import SAFEGUARD_LADDER
+from xtf_kernels.demo.experiment import TR_ANCHOR_LADDER
 from xtf_kernels.demo.experiment import CellConfig
 from xtf_kernels.demo.experiment import run_cell
 
@@ -88,12 +91,22 @@ def full_plan() -> Plan:
 
 def safeguards_plan() -> Plan:
     """Every safeguard measured on its own (:data:`~xtf_kernels.demo.experiment.SAFEGUARD_LADDER`): each added
-    alone to the paper preset, and the safe defaults with one part changed, beside all tokens, both presets and
-    the oracle; at 15% noise (does it help) and 0% (does it cost); the same seeds, pools and base as the main
-    plan, so all tokens and both presets reproduce the main run's cells."""
-    arms = ("all_tokens", "xtf_paper", "xtf_safe", *SAFEGUARD_LADDER)
+    alone to the paper preset, all of them together ("guarded") and guarded with one part changed, beside all
+    tokens, the paper preset and the oracle; at 15% noise (does it help) and 0% (does it cost); the same seeds,
+    pools and base as the main plan, so all tokens and the paper preset reproduce the main run's cells."""
+    arms = ("all_tokens", "xtf_paper", *SAFEGUARD_LADDER)
     return Plan(seeds=(0, 1, 2, 3, 4), judged=False,
                 cells={0.15: CellConfig(**FULL_SIZES, arms=(*arms, "oracle"), random_for=()),
+                       0.0: CellConfig(**FULL_SIZES, arms=arms, random_for=())})
+
+
+def tr_anchors_plan() -> Plan:
+    """The second round of the ladder: guarded + rates (the defaults the first round chose, which the main run
+    found failing at 5% noise) against the same with TR anchors (0.25, 0.5) and without TR, at 15%, 5% and 0%."""
+    arms = ("all_tokens", "xtf_guarded+rates", *TR_ANCHOR_LADDER)
+    return Plan(seeds=(0, 1, 2, 3, 4), judged=False,
+                cells={0.15: CellConfig(**FULL_SIZES, arms=(*arms, "oracle"), random_for=()),
+                       0.05: CellConfig(**FULL_SIZES, arms=(*arms, "oracle"), random_for=()),
                        0.0: CellConfig(**FULL_SIZES, arms=arms, random_for=())})
 
 
@@ -151,9 +164,8 @@ def finish(plan: Plan, cells: dict[str, list[dict]], out_dir: str, *, seconds: f
     for level in cells:
         cells[level].sort(key=lambda cell: cell["seed"])
     summary = {level: compare(level_cells) for level, level_cells in sorted(cells.items(), reverse=True)}
-    for level, level_summary in summary.items():  # each rung of the safeguard ladder against its preset
-        for arm in SAFEGUARD_LADDER:
-            preset = "xtf_safe" if arm.startswith("xtf_safe") else "xtf_paper"
+    for level, level_summary in summary.items():  # each rung of the safeguard ladders against its preset
+        for arm, preset in RUNG_PRESET.items():
             if arm in level_summary and preset in level_summary:
                 level_summary[arm]["vs_preset"] = paired(cells[level], arm, preset)
     results = {
@@ -167,7 +179,8 @@ def finish(plan: Plan, cells: dict[str, list[dict]], out_dir: str, *, seconds: f
                                         "score_only": list(v.score_only)} for k, v in plan.cells.items()}},
         "summary": summary,
         "criteria": judge(summary) if plan.judged else None,
-        "ladder": None if plan.judged else judge_ladder(summary),
+        "ladder": None if plan.judged else judge_ladder(summary) if "xtf_paper" in summary.get("0.15", {})
+        else judge_tr_anchors(summary),
         "cells": cells,
     }
     os.makedirs(out_dir, exist_ok=True)
@@ -193,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--quick", action="store_true", help="2 seeds, 0%% and 15%% noise, small pool and base")
     which.add_argument("--safeguards", action="store_true",
                        help="the safeguard ladder (each safeguard alone) at 0%% and 15%% -> results/safeguards/")
+    which.add_argument("--tr-anchors", action="store_true",
+                       help="the ladder's second round (TR anchors, no TR) at 0, 5, 15%% -> results/tr_anchors/")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the plan's seeds")
     parser.add_argument("--out", default=None, help="output folder (default benchmarks/methods/results, or "
                                                     "results/quick with --quick)")
@@ -204,10 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge", nargs="+", default=None, help="partial files to combine into the results")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    plan = quick_plan() if args.quick else safeguards_plan() if args.safeguards else full_plan()
+    plan = (quick_plan() if args.quick else safeguards_plan() if args.safeguards else tr_anchors_plan()
+            if args.tr_anchors else full_plan())
     if args.seeds:
         plan = dataclasses.replace(plan, seeds=tuple(args.seeds))
-    out = args.out or os.path.join(HERE, "results", "quick" if args.quick else "safeguards" if args.safeguards else "")
+    folder = "quick" if args.quick else "safeguards" if args.safeguards else "tr_anchors" if args.tr_anchors else ""
+    out = args.out or os.path.join(HERE, "results", folder)
     if args.partial:
         run_cells(plan, args.partial, levels=tuple(args.levels) if args.levels else None, cache_dir=args.cache_dir)
         return 0

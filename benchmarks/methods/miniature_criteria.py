@@ -88,11 +88,14 @@ def judge(summary: dict) -> dict:
 #    as the paper preset: the per-seed interval of its exact match minus the paper preset's has an upper end
 #    >= 0 at 15% noise and at 0% noise (it costs nothing measurable) and its mean is > 0 at one level or it
 #    drops fewer protected tokens (answer digits, eos, template) than the paper preset (it helps or protects);
-# L2 the default configuration is, of the safe candidates (the safe defaults, with 5% rates per rule, without
-#    KN), the one with the highest mean exact match at 15% noise among those that lose at most 2 points
-#    against all tokens at 0% noise (C2); when none does, the one that loses least at 0%, and XTF is then not
-#    recommended at any setting on this evidence.
-SAFE_CANDIDATES = ("xtf_safe", "xtf_safe+rates", "xtf_safe-KN")
+# L2 the default configuration is, of the guarded candidates (every safeguard on the paper's thresholds, which
+#    were the library's defaults when this was written; the same with 5% rates per rule; the same without KN),
+#    the one with the highest mean exact match at 15% noise among those that lose at most 2 points against all
+#    tokens at 0% noise (C2); when none does, the one that loses least at 0%, and XTF is then not recommended
+#    at any setting on this evidence.
+# (The ladder's arms were named xtf_safe / xtf_safe+rates / xtf_safe-KN when these rules were written and run;
+# renamed guarded after the run changed the defaults: the same configurations, checked equal in code.)
+SAFE_CANDIDATES = ("xtf_guarded", "xtf_guarded+rates", "xtf_guarded-KN")
 
 
 def _protected_dropped(entry: dict) -> float:
@@ -132,3 +135,35 @@ def judge_ladder(summary: dict) -> dict:
                    why="; ".join(f"{a}: 15% exact match {noisy[a]['exact_match']:.3f}, 0% vs all tokens "
                                  f"{clean[a]['vs_all_tokens']['seeds']['mean']:+.3f}" for a in candidates))
     return out
+
+
+# The ladder's second round (``--tr-anchors``), written down before its run, after the main run found the
+# configuration L2 chose (guarded + 5% rates) at 0.0% exact match with 5% noise (TR dropped " The" of "The
+# answer is" at every occurrence):
+# L3 the default configuration is, of guarded + rates and its variants (TR anchors 0.25, TR anchors 0.5, no TR),
+#    the one with the highest mean exact match at 15% noise among those whose mean exact match is at most 2
+#    points below all tokens' at 0% AND at 5% noise; when none is, the one whose worst loss over 0% and 5% is
+#    smallest, and XTF is then not recommended at any setting on this evidence.
+ROUND_2_CANDIDATES = ("xtf_guarded+rates", "xtf_guarded+rates+tr_anchors", "xtf_guarded+rates+tr_anchors_half",
+                      "xtf_guarded+rates-TR")
+LOW_NOISE = 0.05
+
+
+def judge_tr_anchors(summary: dict) -> dict:
+    """``summary``: noise level -> :func:`compare` output of the second round. Returns {"default", "recommended",
+    "why"} by L3 (empty when a level is missing)."""
+    noisy, low, clean = _level(summary, NOISY), _level(summary, LOW_NOISE), _level(summary, CLEAN)
+    if noisy is None or low is None or clean is None:
+        return {}
+    candidates = [a for a in ROUND_2_CANDIDATES if a in noisy and a in low and a in clean]
+    if not candidates:
+        return {}
+
+    def worst(arm: str) -> float:
+        return min(level[arm]["vs_all_tokens"]["seeds"]["mean"] for level in (low, clean))
+
+    safe = [a for a in candidates if worst(a) >= -MAX_CLEAN_LOSS]
+    best = max(safe, key=lambda a: noisy[a]["exact_match"]) if safe else max(candidates, key=worst)
+    return {"default": best, "recommended": bool(safe),
+            "why": "; ".join(f"{a}: 15% exact match {noisy[a]['exact_match']:.3f}, worst of 5% / 0% vs all tokens "
+                             f"{worst(a):+.3f}" for a in candidates)}

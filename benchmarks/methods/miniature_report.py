@@ -65,13 +65,17 @@ def _verdicts(criteria: dict) -> list[str]:
 
 
 def _ladder_verdicts(ladder: dict) -> list[str]:
-    lines = ["L1 (a safeguard worth having: no measurable cost against the paper preset at 15% or 0%, and it helps "
-             "or protects):", "", "| safeguard | worth having | numbers |", "|---|---|---|"]
-    for arm, verdict in ladder["safeguards"].items():
-        lines.append(f"| {label(arm)} | **{verdict['worth_having']}** | {verdict['why']} |")
+    lines = []
+    if "safeguards" in ladder:  # the first round: L1 per safeguard, then L2
+        lines += ["L1 (a safeguard worth having: no measurable cost against the paper preset at 15% or 0%, and it "
+                  "helps or protects):", "", "| safeguard | worth having | numbers |", "|---|---|---|"]
+        for arm, verdict in ladder["safeguards"].items():
+            lines.append(f"| {label(arm)} | **{verdict['worth_having']}** | {verdict['why']} |")
+        lines.append("")
     if "default" in ladder:
-        lines += ["", f"L2 (the default configuration): **{label(ladder['default'])}**; satisfies C2 (at most 2 points "
-                      f"lost at 0% noise): **{ladder['recommended']}**. {ladder['why']}.", ""]
+        rule = "L2" if "safeguards" in ladder else "L3"
+        lines += [f"{rule} (the default configuration): **{label(ladder['default'])}**; within 2 points of all tokens "
+                  f"where required: **{ladder['recommended']}**. {ladder['why']}.", ""]
     return lines
 
 
@@ -85,8 +89,9 @@ def markdown(results: dict) -> str:
     criteria = results["criteria"]
     if criteria is None:
         lines[0] = "# Token filters on the miniature: the safeguards one by one"
-        lines += ["Each safeguard added alone to XTF's paper preset, and the safe defaults with one part changed; "
-                  "compared against the presets, not judged by C0-C4 (no random controls).", ""]
+        lines += ["Each safeguard added alone to XTF's paper preset, all of them together (guarded), and guarded "
+                  "with one part changed; compared against the presets, not judged by C0-C4 (no random "
+                  "controls).", ""]
         lines += _ladder_verdicts(results["ladder"])
     else:
         lines += _verdicts(criteria)
@@ -117,9 +122,9 @@ def markdown(results: dict) -> str:
                 + f" | {_f(s['whole_types'], 1) if s else '-'} |")
         ladder = [arm for arm, entry in summary.items() if "vs_preset" in entry]
         if ladder:
-            lines += ["", "Each rung against its preset (the paper preset for \"paper + ...\", the safe defaults for "
-                      "\"safe ...\"): exact match difference per seed [95%], permutation p, drop rate and precision "
-                      "against the preset's:", "",
+            lines += ["", "Each rung against its preset (the paper preset for \"paper + ...\" and \"guarded\", "
+                      "guarded for \"guarded + / without ...\"): exact match difference per seed [95%], permutation "
+                      "p, drop rate and precision against the preset's:", "",
                       "| rung | vs its preset [95%] | perm. p | drop | preset's drop | precision "
                       "| preset's precision |",
                       "|---|---|---|---|---|---|---|"]

@@ -101,22 +101,22 @@ def test_ladder_rules_on_hand_made_summaries():
     noisy = {"xtf_paper": rung(0, 0, 0.5), "xtf_paper+cap": rung(0.05, 0.1, 0.2),  # helps and protects
              "xtf_paper+special": rung(-0.01, 0.02, 0.3),  # no measurable cost, protects
              "xtf_paper+rates": rung(0.1, 0.2, 0.1),  # helps at 15% but costs at 0% (below)
-             "xtf_safe": rung(0, 0, 0.1, em=0.6), "xtf_safe+rates": rung(0, 0, 0.1, em=0.7),
-             "xtf_safe-KN": rung(0, 0, 0.1, em=0.8)}
+             "xtf_guarded": rung(0, 0, 0.1, em=0.6), "xtf_guarded+rates": rung(0, 0, 0.1, em=0.7),
+             "xtf_guarded-KN": rung(0, 0, 0.1, em=0.8)}
     clean = {"xtf_paper": rung(0, 0, 0.5, vs_all=-0.1), "xtf_paper+cap": rung(0.0, 0.05, 0.2),
              "xtf_paper+special": rung(0.0, 0.01, 0.3), "xtf_paper+rates": rung(-0.1, -0.02, 0.1),
-             "xtf_safe": rung(0, 0, 0.1, vs_all=-0.01), "xtf_safe+rates": rung(0, 0, 0.1, vs_all=-0.019),
-             "xtf_safe-KN": rung(0, 0, 0.1, vs_all=-0.05)}
+             "xtf_guarded": rung(0, 0, 0.1, vs_all=-0.01), "xtf_guarded+rates": rung(0, 0, 0.1, vs_all=-0.019),
+             "xtf_guarded-KN": rung(0, 0, 0.1, vs_all=-0.05)}
     ladder = judge_ladder({"0.15": noisy, "0.00": clean})
     worth = {arm: v["worth_having"] for arm, v in ladder["safeguards"].items()}
     assert worth == {"xtf_paper+cap": True, "xtf_paper+special": True, "xtf_paper+rates": False}
     # the best at 15% (without KN) loses 5 points at 0%: the best of those within 2 points is chosen
-    assert ladder["default"] == "xtf_safe+rates" and ladder["recommended"] is True
+    assert ladder["default"] == "xtf_guarded+rates" and ladder["recommended"] is True
     for entry in clean.values():
         entry["vs_all_tokens"]["seeds"]["mean"] = -0.3
-    clean["xtf_safe-KN"]["vs_all_tokens"]["seeds"]["mean"] = -0.25
+    clean["xtf_guarded-KN"]["vs_all_tokens"]["seeds"]["mean"] = -0.25
     ladder = judge_ladder({"0.15": noisy, "0.00": clean})
-    assert ladder["default"] == "xtf_safe-KN" and ladder["recommended"] is False
+    assert ladder["default"] == "xtf_guarded-KN" and ladder["recommended"] is False
 
 
 @pytest.mark.slow
@@ -146,11 +146,11 @@ def test_safeguards_plan_end_to_end_on_a_tiny_base(tmp_path):
     for level in ("0.15", "0.00"):
         summary = results["summary"][level]
         for arm in SAFEGUARD_LADDER:
-            preset = "xtf_safe" if arm.startswith("xtf_safe") else "xtf_paper"
+            preset = "xtf_guarded" if arm in ("xtf_guarded+rates", "xtf_guarded-KN") else "xtf_paper"
             expected = [c["arms"][arm]["evaluation"]["exact_match"] - c["arms"][preset]["evaluation"]["exact_match"]
                         for c in results["cells"][level]]
             assert summary[arm]["vs_preset"]["per_seed"] == expected and summary[arm]["vs_preset"]["against"] == preset
     assert set(results["ladder"]["safeguards"]) == {a for a in SAFEGUARD_LADDER if a.startswith("xtf_paper+")}
-    assert results["ladder"]["default"] in ("xtf_safe", "xtf_safe+rates", "xtf_safe-KN")
+    assert results["ladder"]["default"] in ("xtf_guarded", "xtf_guarded+rates", "xtf_guarded-KN")
     text = (tmp_path / "out" / "miniature.md").read_text()
     assert "the safeguards one by one" in text and "L2 (the default configuration)" in text

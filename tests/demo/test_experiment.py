@@ -96,21 +96,28 @@ def test_drops_are_what_each_arm_claims(cell):
 
 @pytest.mark.parametrize("arm", SAFEGUARD_LADDER)
 def test_each_rung_of_the_ladder_changes_one_thing(arm):
-    """A rung is its preset with exactly the fields its name says changed (rate modes: the three rules' modes
-    and rates; the safe defaults without KN: the rules)."""
-    preset = XTFConfig() if arm.startswith("xtf_safe") else XTFConfig.paper()
+    """A rung is its preset with exactly the fields its name says changed: "paper + X" the paper preset with X;
+    "guarded" the paper preset with every safeguard; "guarded + / without X" guarded with X changed."""
+    guarded = XTF_VARIANTS["xtf_guarded"][1]()
+    preset = guarded if arm in ("xtf_guarded+rates", "xtf_guarded-KN") else XTFConfig.paper()
     config = XTF_VARIANTS[arm][1]()
     changed = {f.name for f in dataclasses.fields(XTFConfig) if getattr(config, f.name) != getattr(preset, f.name)}
     expected = {"xtf_paper+special": {"safeguards"}, "xtf_paper+cap": {"safeguards"},
                 "xtf_paper+anchors": {"kn_anchor_fraction"}, "xtf_paper+offdiag": {"ri_score"},
                 "xtf_paper+occurrences": {"otsu_weights"}, "xtf_paper+response_domain": {"tr_domain"},
-                "xtf_paper+rates": set(RATE_FIELDS), "xtf_safe+rates": set(RATE_FIELDS), "xtf_safe-KN": {"rules"}}
+                "xtf_paper+rates": set(RATE_FIELDS), "xtf_guarded": {"safeguards", "kn_anchor_fraction", "ri_score"},
+                "xtf_guarded+rates": set(RATE_FIELDS), "xtf_guarded-KN": {"rules"}}
     assert changed == expected[arm]
     if arm == "xtf_paper+special":
         assert dataclasses.replace(config.safeguards, protect_special_tokens=False) == Safeguards.off()
     if arm == "xtf_paper+cap":
         assert dataclasses.replace(config.safeguards, max_sample_drop=None) == Safeguards.off()
         assert config.safeguards.max_sample_drop == 0.4
+    if arm == "xtf_guarded":  # every safeguard of the paper-preset rungs, together
+        rungs = [XTF_VARIANTS[a][1]() for a in ("xtf_paper+special", "xtf_paper+cap", "xtf_paper+anchors",
+                                                 "xtf_paper+offdiag")]
+        assert config.safeguards.protect_special_tokens and config.safeguards.max_sample_drop == 0.4
+        assert (config.kn_anchor_fraction, config.ri_score) == (rungs[2].kn_anchor_fraction, rungs[3].ri_score)
 
 
 def test_the_ladder_trains_on_what_its_rungs_keep(cell):

@@ -4,6 +4,7 @@ here from the scores with plain sorting."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -139,6 +140,28 @@ def test_kn_anchors_are_seeded_and_independent_of_batching():
     other_seed = score_samples(XTFScorer(tiny.model(), XTFConfig.paper(
         rules=("KN",), kn_pcp_max=0.0, kn_anchor_fraction=0.3, seed=8, safeguards=Safeguards(**guard))), samples)
     assert any(not torch.equal(a.dropped_by, c.dropped_by) for a, c in zip(one, other_seed))
+
+
+def test_tr_anchors_keep_a_seeded_share_of_every_type_tr_drops():
+    samples = tiny.data(40).samples
+    guard = Safeguards(protect_special_tokens=False, max_sample_drop=None, max_total_drop=None)
+    without = XTFConfig.paper(rules=("TR",), tr_threshold="rate", tr_drop_rate=0.5, safeguards=guard)
+    with_anchors = dataclasses.replace(without, tr_anchor_fraction=0.3, seed=7)
+    plain = score_samples(XTFScorer(tiny.model(), without), samples)
+    one = score_samples(XTFScorer(tiny.model(), with_anchors), samples, batch_size=1)
+    many = score_samples(XTFScorer(tiny.model(), with_anchors), samples, batch_size=16)
+    ids = torch.cat([s.input_ids[s.response_mask] for s in samples])
+    fired = torch.cat([p.dropped[s.response_mask] for p, s in zip(plain, samples)])
+    kept = torch.cat([p.dropped[s.response_mask] & ~a.dropped[s.response_mask] for p, a, s in zip(plain, one, samples)])
+    for a, b, p in zip(one, many, plain):
+        assert torch.equal(a.dropped_by, b.dropped_by)
+        assert not (a.dropped & ~p.dropped).any()  # anchors only keep back
+        assert torch.equal(a.scores["guard"] == GUARD_CODES["anchor"], p.dropped & ~a.dropped)
+    assert 0.2 < int(kept.sum()) / int(fired.sum()) < 0.4
+    # without anchors TR drops whole types; with them, every type with a few occurrences keeps some
+    frequent = [i for i in ids[fired].unique().tolist() if int((ids == i).sum()) >= 20]
+    assert frequent and all(bool(fired[ids == i].all()) for i in frequent)
+    assert all(bool(kept[ids == i].any()) for i in frequent)
 
 
 def test_token_cleaning_protects_and_caps_after_the_global_top_k():

@@ -9,9 +9,11 @@ arXiv 2602.14536) and ``token-cleaning`` (influence of a reference model over th
 2502.01968; needs ``--ref``). The results folder is resumable: run
 the same command again after an interruption. Then ``xtf filter`` writes the masked dataset.
 
-Presets: ``--preset safe`` (default; XTFConfig() / TokenCleaningConfig(): protected special tokens, XTF's
-per-sample and global drop caps, RI without the diagonal, KN anchors) or ``--preset paper`` (XTFConfig.paper()
-/ TokenCleaningConfig.paper(): the papers' rules as written, no safeguard). A flag given on the command line
+Presets: ``--preset safe`` (default; XTFConfig() / TokenCleaningConfig(): each XTF rule at a 5% target drop
+rate, protected special tokens, per-sample and global drop caps, RI without the diagonal, KN anchors) or
+``--preset paper`` (XTFConfig.paper() / TokenCleaningConfig.paper(): the papers' rules and thresholds as
+written, no safeguard). A threshold knob given alone selects its rule's mode (``--kn-pcp-max 0.9``: KN's
+absolute threshold; ``--ri-fence-c``: RI's fence; ``--otsu-bins``: TR's Multi-Otsu). A flag given on the command line
 replaces the preset's value of that knob; the defaults below name each preset's value where they differ.
 Pre-tokenised DATA needs no tokenizer: without one (no ``--tokenizer`` and none saved in the ``--model``
 folder) only the model's end-of-sequence ids are protected as special tokens.
@@ -43,6 +45,7 @@ import os
 import re
 import sys
 
+from ..methods.xtf import THRESHOLD_KNOBS
 from . import CliError
 
 METHODS = ("xtf", "token-cleaning")
@@ -50,16 +53,11 @@ PRESETS = ("safe", "paper")
 RULES = ("RI", "KN", "TR")
 # flags whose dest is a field of XTFConfig / TokenCleaningConfig / Safeguards; None = not given: the preset's value
 XTF_FIELDS = ("rules", "attn_layers", "ri_score", "ri_threshold", "ri_fence_c", "ri_drop_rate", "kn_threshold",
-              "kn_pcp_max", "kn_drop_rate", "kn_anchor_fraction", "tr_threshold", "tr_drop_rate", "tr_distance",
-              "tr_normalization", "tr_domain", "otsu_classes", "otsu_bins", "otsu_weights", "tr_noisy_classes", "seed")
+              "kn_pcp_max", "kn_drop_rate", "kn_anchor_fraction", "tr_anchor_fraction", "tr_threshold", "tr_drop_rate",
+              "tr_distance", "tr_normalization", "tr_domain", "otsu_classes", "otsu_bins", "otsu_weights",
+              "tr_noisy_classes", "seed")
 TC_FIELDS = ("k", "scope")
 GUARD_FIELDS = ("protect_special_tokens", "max_sample_drop", "max_total_drop", "on_exceed", "all_dropped")
-# a knob only read in one mode of its rule: given in the other mode it would silently do nothing
-MODE_OF = {"ri_fence_c": ("ri_threshold", "fence"), "ri_drop_rate": ("ri_threshold", "rate"),
-           "kn_pcp_max": ("kn_threshold", "absolute"), "kn_drop_rate": ("kn_threshold", "rate"),
-           "tr_drop_rate": ("tr_threshold", "rate"), "otsu_classes": ("tr_threshold", "otsu"),
-           "otsu_bins": ("tr_threshold", "otsu"), "otsu_weights": ("tr_threshold", "otsu"),
-           "tr_noisy_classes": ("tr_threshold", "otsu")}
 TEXT_PREFIX = "text:"
 
 
@@ -220,6 +218,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                      f"with the highest p(token); implies --kn-threshold rate ({_default('kn_drop_rate')})")
     xtf.add_argument("--kn-anchor-fraction", type=_fraction,
                      help=f"fraction of KN's drops kept at random as anchors ({_default('kn_anchor_fraction')})")
+    xtf.add_argument("--tr-anchor-fraction", type=_fraction,
+                     help=f"fraction of TR's drops kept at random as anchors ({_default('tr_anchor_fraction')})")
     xtf.add_argument("--tr-threshold", choices=("otsu", "rate"),
                      help=f"TR rule: Multi-Otsu classes or a target drop rate ({_default('tr_threshold')})")
     xtf.add_argument("--tr-drop-rate", type=_fraction, help="drop the lowest-S_TR token types while their response "
@@ -316,9 +316,10 @@ def build_config(args: argparse.Namespace):
             raise CliError(f"{_flag(field)} is only used with --method {used}")
     preset = _presets()[(args.method, args.preset)]
     overrides = {field: getattr(args, field) for field in fields if getattr(args, field) is not None}
-    for rule in ("ri", "kn", "tr"):  # a target drop rate given alone selects its rate mode
-        if f"{rule}_drop_rate" in overrides and f"{rule}_threshold" not in overrides:
-            overrides[f"{rule}_threshold"] = "rate"
+    given_modes = {mode for mode, _ in THRESHOLD_KNOBS.values() if mode in overrides}
+    for field, (mode, needed) in THRESHOLD_KNOBS.items():  # a mode's knob given alone selects that mode
+        if field in overrides and mode not in given_modes:
+            overrides.setdefault(mode, needed)
     guard = {field: getattr(args, field) for field in GUARD_FIELDS if getattr(args, field) is not None}
     ids = tuple(p for p in args.protect if isinstance(p, int))
     texts = tuple(p for p in args.protect if isinstance(p, str))
@@ -329,7 +330,8 @@ def build_config(args: argparse.Namespace):
         config = dataclasses.replace(preset, **overrides, safeguards=safeguards)
     except (ValueError, TypeError) as exc:
         raise CliError(_flagged(exc, fields)) from None
-    for field, (mode, needed) in MODE_OF.items():
+    # a knob only read in one mode of its rule: given in the other mode it would silently do nothing
+    for field, (mode, needed) in THRESHOLD_KNOBS.items():
         if field in overrides and getattr(config, mode) != needed:
             raise CliError(f"{_flag(field)} is only used with {_flag(mode)} {needed} (given: {getattr(config, mode)})")
     return config

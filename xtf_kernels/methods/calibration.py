@@ -44,6 +44,7 @@ from .nll import token_nll
 from .safeguards import finalize
 from .token_cleaning import TokenCleaningConfig
 from .token_cleaning import TokenCleaningScorer
+from .xtf import THRESHOLD_KNOBS
 from .xtf import XTFConfig
 from .xtf import XTFScorer
 
@@ -156,7 +157,10 @@ def sweep_threshold(
     Args:
         model: the base causal LM (scored with, and copied for fine-tuning; never modified).
         dev_samples: trusted samples; their labelled response tokens are scored and evaluated.
-        param / values: a config field and the values to try (each must pass the config's validation).
+        param / values: a config field and the values to try (each must pass the config's validation). A
+            threshold knob read in one mode of its rule (``kn_pcp_max``: "absolute", ``ri_fence_c``: "fence",
+            the Otsu knobs: "otsu", the ``*_drop_rate`` knobs: "rate"; :data:`~.xtf.THRESHOLD_KNOBS`) puts its
+            rule in that mode for the sweep.
         config: the other knobs (default ``XTFConfig()``); a :class:`TokenCleaningConfig` needs ``ref``.
         tokenizer: for the protected tokens (see :class:`~xtf_kernels.methods.Safeguards`).
         train_samples / train: fine-tune a deep copy of ``model`` on the filtered ``train_samples`` per value
@@ -186,6 +190,9 @@ def sweep_threshold(
     if evaluate is not None and train is None:
         raise ValueError("evaluate needs train and train_samples")
     dev_samples = list(dev_samples)
+    if isinstance(config, XTFConfig) and param in THRESHOLD_KNOBS:  # the swept knob's mode, or it would do nothing
+        mode, needed = THRESHOLD_KNOBS[param]
+        config = dataclasses.replace(config, **{mode: needed})
     configs = [dataclasses.replace(config, **{param: value}) for value in values]  # validates every value first
     base_metrics = _token_metrics(model, dev_samples, batch_size)
     rows = []
