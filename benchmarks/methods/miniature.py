@@ -8,7 +8,7 @@ Protocol (every number a function of the seeds; the criteria of "a method works"
   for every seed, cached;
 - per noise level (0%, 5%, 15% of the response tokens harmful: wrong numbers, off-domain sentences, garbled
   artefacts; boilerplate apart) and seed: :func:`xtf_kernels.demo.experiment.run_cell` runs every arm
-  (all tokens, each XTF rule alone, XTF's union as the paper preset and with the safe defaults, Token
+  (all tokens, each XTF rule alone, XTF's union as the paper preset and with the library's defaults, Token
   Cleaning fixed and self-evolving, RHO-1, the oracle, a random drop matched to each method's drop rate);
 - statistics per noise level (:func:`xtf_kernels.demo.aggregate.compare`): paired per-seed differences
   against all tokens and against the matched random drop with 95% intervals, per-problem differences pooled
@@ -77,14 +77,15 @@ class Plan:
 
 
 def full_plan() -> Plan:
-    """5 seeds; every arm at 15% (a random control for the unions, KN, both Token Cleanings' fixed form, RHO-1
-    and the oracle); at 5% the unions, fixed Token Cleaning, RHO-1 and the oracle; at 0% the methods only.
+    """5 seeds; every arm at 15% (a random control for the unions, KN, fixed Token Cleaning, RHO-1 and the
+    oracle); at 5% the unions, fixed Token Cleaning, RHO-1 (each with its random control) and the oracle; at 0%
+    the methods only.
     Levels run 15% first: the criteria that need the most seeds are decided there."""
     sizes = FULL_SIZES
     noisy = CellConfig(**sizes, arms=METHOD_ARMS,
                        random_for=("xtf_KN", "xtf_paper", "xtf_safe", "tc_fixed", "rho1", "oracle"))
     mid = CellConfig(**sizes, arms=("all_tokens", "xtf_paper", "xtf_safe", "tc_fixed", "rho1", "oracle"),
-                     random_for=("xtf_paper", "tc_fixed", "rho1"))
+                     random_for=("xtf_paper", "xtf_safe", "tc_fixed", "rho1"))
     clean = CellConfig(**sizes, arms=CLEAN_ARMS, random_for=())
     return Plan(seeds=(0, 1, 2, 3, 4), cells={0.15: noisy, 0.0: clean, 0.05: mid})
 

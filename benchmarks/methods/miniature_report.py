@@ -88,10 +88,16 @@ def markdown(results: dict) -> str:
              f"{results['plan']['base_info']['seconds']:.0f} s, then cached); seeds {results['plan']['seeds']}.", ""]
     criteria = results["criteria"]
     if criteria is None:
-        lines[0] = "# Token filters on the miniature: the safeguards one by one"
-        lines += ["Each safeguard added alone to XTF's paper preset, all of them together (guarded), and guarded "
-                  "with one part changed; compared against the presets, not judged by C0-C4 (no random "
-                  "controls).", ""]
+        if "safeguards" in results["ladder"]:
+            lines[0] = "# Token filters on the miniature: the safeguards one by one"
+            lines += ["Each safeguard added alone to XTF's paper preset, all of them together (guarded), and "
+                      "guarded with one part changed; compared against the presets, not judged by C0-C4 (no random "
+                      "controls).", ""]
+        else:
+            lines[0] = "# Token filters on the miniature: the safeguard ladder's second round"
+            lines += ["Guarded + 5% rates (the defaults the first round chose) against the same with TR anchors "
+                      "and without TR, at 15%, 5% and 0% noise; compared, not judged by C0-C4 (no random "
+                      "controls).", ""]
         lines += _ladder_verdicts(results["ladder"])
     else:
         lines += _verdicts(criteria)
@@ -122,9 +128,10 @@ def markdown(results: dict) -> str:
                 + f" | {_f(s['whole_types'], 1) if s else '-'} |")
         ladder = [arm for arm, entry in summary.items() if "vs_preset" in entry]
         if ladder:
-            lines += ["", "Each rung against its preset (the paper preset for \"paper + ...\" and \"guarded\", "
-                      "guarded for \"guarded + / without ...\"): exact match difference per seed [95%], permutation "
-                      "p, drop rate and precision against the preset's:", "",
+            lines += ["", "Each rung against the configuration it changes (the paper preset for \"paper + ...\" "
+                      "and \"guarded\"; guarded for \"guarded + rates\" and \"guarded without KN\"; guarded + "
+                      "rates for the second round's rungs): exact match difference per seed [95%], permutation p, "
+                      "drop rate and precision against its:", "",
                       "| rung | vs its preset [95%] | perm. p | drop | preset's drop | precision "
                       "| preset's precision |",
                       "|---|---|---|---|---|---|---|"]

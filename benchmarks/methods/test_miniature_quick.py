@@ -154,3 +154,25 @@ def test_safeguards_plan_end_to_end_on_a_tiny_base(tmp_path):
     assert results["ladder"]["default"] in ("xtf_guarded", "xtf_guarded+rates", "xtf_guarded-KN")
     text = (tmp_path / "out" / "miniature.md").read_text()
     assert "the safeguards one by one" in text and "L2 (the default configuration)" in text
+
+
+def test_second_round_rule_on_hand_made_summaries():
+    from benchmarks.methods.miniature_criteria import judge_tr_anchors
+
+    def arm(em, vs_all):
+        return {"exact_match": em, "vs_all_tokens": {"seeds": {"mean": vs_all}}}
+
+    noisy = {"xtf_guarded+rates": arm(0.65, 0.05), "xtf_guarded+rates+tr_anchors": arm(0.62, 0.02),
+             "xtf_guarded+rates+tr_anchors_half": arm(0.60, 0.0), "xtf_guarded+rates-TR": arm(0.58, -0.02)}
+    low = {"xtf_guarded+rates": arm(0.0, -0.89), "xtf_guarded+rates+tr_anchors": arm(0.85, -0.04),
+           "xtf_guarded+rates+tr_anchors_half": arm(0.88, -0.01), "xtf_guarded+rates-TR": arm(0.89, 0.0)}
+    clean = {a: arm(0.99, 0.0) for a in noisy}
+    verdict = judge_tr_anchors({"0.15": noisy, "0.05": low, "0.00": clean})
+    # the best at 15% fails at 5%; anchors 0.25 lose 4 points at 5%: anchors 0.5 are the best within 2 points
+    assert verdict["default"] == "xtf_guarded+rates+tr_anchors_half" and verdict["recommended"] is True
+    for a in low:
+        low[a]["vs_all_tokens"]["seeds"]["mean"] = -0.5
+    low["xtf_guarded+rates-TR"]["vs_all_tokens"]["seeds"]["mean"] = -0.1
+    verdict = judge_tr_anchors({"0.15": noisy, "0.05": low, "0.00": clean})
+    assert verdict["default"] == "xtf_guarded+rates-TR" and verdict["recommended"] is False
+    assert judge_tr_anchors({"0.15": noisy, "0.00": clean}) == {}  # 5% not run: no verdict

@@ -348,3 +348,20 @@ def test_protect_reads_ids_and_text_and_presets_take_overrides():
     config = build_config(parser.parse_args([*base, "--method", "token-cleaning", "--max-sample-drop", "none",
                                              "--no-protect-special", "--k", "0.7", "--scope", "sample"]))
     assert (config.k, config.scope, config.safeguards.protect_special_tokens) == (0.7, "sample", False)
+
+
+@pytest.mark.parametrize(("flags", "mode", "value"), [
+    (["--kn-pcp-max", "0.9"], "kn_threshold", "absolute"), (["--ri-fence-c", "1.5"], "ri_threshold", "fence"),
+    (["--otsu-bins", "64"], "tr_threshold", "otsu"), (["--tr-drop-rate", "0.02"], "tr_threshold", "rate"),
+])
+def test_a_threshold_knob_given_alone_selects_its_mode(flags, mode, value):
+    from xtf_kernels.cli.score import build_config
+    from xtf_kernels.methods import XTFConfig
+
+    base = ["data.jsonl", "--model", "m", "--out", "o"]
+    safe = build_config(_score_parser().parse_args([*base, *flags]))
+    assert getattr(safe, mode) == value
+    others = {f: getattr(XTFConfig(), f) for f in ("ri_threshold", "kn_threshold", "tr_threshold") if f != mode}
+    assert all(getattr(safe, f) == v for f, v in others.items())  # the other rules keep the preset's modes
+    paper = build_config(_score_parser().parse_args([*base, *flags, "--preset", "paper"]))
+    assert getattr(paper, mode) == value

@@ -11,6 +11,7 @@ import torch
 
 from tests.methods import tiny
 from xtf_kernels.datasets import collate
+from xtf_kernels.methods import Safeguards
 from xtf_kernels.methods import TokenCleaningConfig
 from xtf_kernels.methods import XTFConfig
 from xtf_kernels.methods import finetune
@@ -120,3 +121,14 @@ def test_token_correct_is_the_argmax_hit():
         labelled[1:] = sample.labels[1:] != -100
         assert torch.equal(hits[row, : len(sample)], expected & labelled)
         assert not hits[row, len(sample):].any()
+
+
+def test_a_swept_threshold_knob_puts_its_rule_in_its_mode():
+    """The defaults rank KN by rate; sweeping kn_pcp_max must sweep the absolute threshold, not do nothing."""
+    base = tiny.model("llama")
+    samples = tiny.data(12).samples
+    sweep = sweep_threshold(base, samples, param="kn_pcp_max", values=[0.0, 0.999999],
+                            config=XTFConfig(rules=("KN",), kn_anchor_fraction=0.0,
+                                             safeguards=Safeguards(protect_special_tokens=False, max_sample_drop=None,
+                                                                   max_total_drop=None)))
+    assert sweep.rows[0]["dev_drop_rate"] == 1.0 and sweep.rows[1]["dev_drop_rate"] == 0.0

@@ -63,7 +63,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def cell_config(config: DemoConfig) -> CellConfig:
-    """The demo's arms: all tokens, XTF (paper preset; safe defaults where the library has them), fixed Token
+    """The demo's arms: all tokens, XTF (paper preset and the library's defaults), fixed Token
     Cleaning, RHO-1, the oracle and a random drop matched to each filter; XTF's rules scored only."""
     return CellConfig(pool=config.train_samples, trusted=config.trusted_samples, heldout=config.heldout_problems,
                       retention=config.retention_problems, lr=config.lr, batch_size=config.batch_size,

@@ -159,7 +159,7 @@ class XTFConfig:
     kn_pcp_max: float = 0.95
     kn_drop_rate: float = 0.05
     kn_anchor_fraction: float = 0.25
-    tr_anchor_fraction: float = 0.0
+    tr_anchor_fraction: float = 0.25
     tr_threshold: str = "rate"
     tr_drop_rate: float = 0.05
     tr_distance: str = "cosine"
@@ -178,11 +178,11 @@ class XTFConfig:
     @classmethod
     def paper(cls, **overrides) -> XTFConfig:
         """The paper-faithful configuration (methods.md section 1 as written): RI the mean received attention
-        with the diagonal, the per-sample fence c = 1; KN PCP > 0.95 with no anchor; TR Multi-Otsu (3 classes,
+        with the diagonal, the per-sample fence c = 1; KN PCP > 0.95 and TR with no anchor; TR Multi-Otsu (3 classes,
         256 bins, each occurring id once) over the whole text, class 1 dropped; no protected token and no cap
         (:meth:`Safeguards.off`). ``overrides`` replace single fields."""
         values = {"ri_score": "mean", "ri_threshold": "fence", "kn_threshold": "absolute", "tr_threshold": "otsu",
-                  "kn_anchor_fraction": 0.0, "safeguards": Safeguards.off()}
+                  "kn_anchor_fraction": 0.0, "tr_anchor_fraction": 0.0, "safeguards": Safeguards.off()}
         values.update(overrides)
         return cls(**values)
 

@@ -8,8 +8,8 @@ its own ground truth (wrong numbers, off-domain sentences, garbled artefacts; ha
 ::
 
     from xtf_kernels.datasets.miniature import BaseConfig, load_base, make_sft
-    base = load_base(BaseConfig())                       # built once (about a minute on a CPU core), then cached
-    sft = make_sft(base.tokenizer, 480, noise=0.15, seed=0)
+    base = load_base(BaseConfig())                       # built once (4-6 minutes on a CPU core), then cached
+    sft = make_sft(base.tokenizer, 1200, noise=0.15, seed=0)
     sft.samples[0].noise_mask, sft.kinds[0]              # (L,) bool harmful noise, (L,) int8 kind codes
 """
 
