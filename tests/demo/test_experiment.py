@@ -17,7 +17,9 @@ from xtf_kernels.datasets.miniature import load_base
 from xtf_kernels.demo.aggregate import compare
 from xtf_kernels.demo.experiment import ARMS
 from xtf_kernels.demo.experiment import RATE_FIELDS
+from xtf_kernels.demo.experiment import RUNG_PRESET
 from xtf_kernels.demo.experiment import SAFEGUARD_LADDER
+from xtf_kernels.demo.experiment import TR_ANCHOR_LADDER
 from xtf_kernels.demo.experiment import XTF_VARIANTS
 from xtf_kernels.demo.experiment import CellArtifacts
 from xtf_kernels.demo.experiment import CellConfig
@@ -94,20 +96,28 @@ def test_drops_are_what_each_arm_claims(cell):
     assert torch.equal(union, rules)
 
 
-@pytest.mark.parametrize("arm", SAFEGUARD_LADDER)
+MODES = {"ri_threshold", "kn_threshold", "tr_threshold"}
+
+
+@pytest.mark.parametrize("arm", (*SAFEGUARD_LADDER, *TR_ANCHOR_LADDER))
 def test_each_rung_of_the_ladder_changes_one_thing(arm):
     """A rung is its preset with exactly the fields its name says changed: "paper + X" the paper preset with X;
     "guarded" the paper preset with every safeguard; "guarded + / without X" guarded with X changed."""
     guarded = XTF_VARIANTS["xtf_guarded"][1]()
-    preset = guarded if arm in ("xtf_guarded+rates", "xtf_guarded-KN") else XTFConfig.paper()
+    preset = {"xtf_guarded": guarded, "xtf_guarded+rates": XTF_VARIANTS["xtf_guarded+rates"][1](),
+              "xtf_paper": XTFConfig.paper()}[RUNG_PRESET[arm]]
     config = XTF_VARIANTS[arm][1]()
     changed = {f.name for f in dataclasses.fields(XTFConfig) if getattr(config, f.name) != getattr(preset, f.name)}
     expected = {"xtf_paper+special": {"safeguards"}, "xtf_paper+cap": {"safeguards"},
                 "xtf_paper+anchors": {"kn_anchor_fraction"}, "xtf_paper+offdiag": {"ri_score"},
                 "xtf_paper+occurrences": {"otsu_weights"}, "xtf_paper+response_domain": {"tr_domain"},
-                "xtf_paper+rates": set(RATE_FIELDS), "xtf_guarded": {"safeguards", "kn_anchor_fraction", "ri_score"},
-                "xtf_guarded+rates": set(RATE_FIELDS), "xtf_guarded-KN": {"rules"}}
+                "xtf_paper+rates": MODES, "xtf_guarded": {"safeguards", "kn_anchor_fraction", "ri_score"},
+                "xtf_guarded+rates": MODES, "xtf_guarded-KN": {"rules"},
+                "xtf_guarded+rates+tr_anchors": {"tr_anchor_fraction"},
+                "xtf_guarded+rates+tr_anchors_half": {"tr_anchor_fraction"}, "xtf_guarded+rates-TR": {"rules"}}
     assert changed == expected[arm]
+    if "rates" in arm:  # every rule in its rate mode at 5% (the class default rates, which the presets share)
+        assert all(getattr(config, f) == ("rate" if f.endswith("threshold") else 0.05) for f in RATE_FIELDS)
     if arm == "xtf_paper+special":
         assert dataclasses.replace(config.safeguards, protect_special_tokens=False) == Safeguards.off()
     if arm == "xtf_paper+cap":
@@ -118,6 +128,12 @@ def test_each_rung_of_the_ladder_changes_one_thing(arm):
                                                  "xtf_paper+offdiag")]
         assert config.safeguards.protect_special_tokens and config.safeguards.max_sample_drop == 0.4
         assert (config.kn_anchor_fraction, config.ri_score) == (rungs[2].kn_anchor_fraction, rungs[3].ri_score)
+
+
+def test_the_library_defaults_are_what_the_ladder_chose():
+    """L2 chose guarded + rates, L3 added TR anchors 0.25 (benchmarks/methods/results/tr_anchors/)."""
+    assert XTF_VARIANTS["xtf_guarded+rates+tr_anchors"][1]() == XTFConfig() == XTF_VARIANTS["xtf_safe"][1]()
+    assert XTF_VARIANTS["xtf_paper"][1]() == XTFConfig.paper()
 
 
 def test_the_ladder_trains_on_what_its_rungs_keep(cell):

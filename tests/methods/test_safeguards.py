@@ -203,10 +203,13 @@ def test_safeguards_validation():
 def test_defaults_are_safe_and_the_paper_preset_is_the_old_behaviour():
     safe, paper = XTFConfig(), XTFConfig.paper()
     assert safe.safeguards.protect_special_tokens and safe.safeguards.max_sample_drop == 0.4
-    assert (safe.ri_score, safe.kn_anchor_fraction) == ("offdiag", 0.25)
+    assert (safe.ri_score, safe.kn_anchor_fraction, safe.tr_anchor_fraction) == ("offdiag", 0.25, 0.25)
+    assert (safe.ri_threshold, safe.kn_threshold, safe.tr_threshold) == ("rate", "rate", "rate")
+    assert (safe.ri_drop_rate, safe.kn_drop_rate, safe.tr_drop_rate) == (0.05, 0.05, 0.05)
     assert paper.safeguards == Safeguards.off()
-    assert (paper.ri_score, paper.kn_anchor_fraction, paper.ri_threshold, paper.kn_threshold, paper.tr_threshold,
-            paper.tr_domain, paper.otsu_weights) == ("mean", 0.0, "fence", "absolute", "otsu", "text", "ids")
+    assert (paper.ri_score, paper.kn_anchor_fraction, paper.tr_anchor_fraction, paper.ri_threshold,
+            paper.kn_threshold, paper.tr_threshold, paper.tr_domain, paper.otsu_weights) == (
+        "mean", 0.0, 0.0, "fence", "absolute", "otsu", "text", "ids")
     assert XTFConfig.paper(kn_pcp_max=0.9).kn_pcp_max == 0.9
 
 
