@@ -5,6 +5,7 @@ embedding matrix directly, the rules from torch.quantile / scikit-image's Multi-
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -255,3 +256,16 @@ def test_dataset_statistics_of_disjoint_parts_add_up_to_the_whole_pass():
         merged.load_dataset_statistics({"token_counts": torch.zeros(3, dtype=torch.int64)})
     with pytest.raises(ValueError, match="response_counts"):
         merged.load_dataset_statistics({"token_counts": parts[0]["token_counts"]})
+
+
+@pytest.mark.parametrize(("knob", "value", "mode"), [("kn_pcp_max", 0.9, "kn_threshold"),
+                                                     ("ri_fence_c", 2.0, "ri_threshold"),
+                                                     ("otsu_bins", 64, "tr_threshold"),
+                                                     ("tr_drop_rate", 0.1, "tr_threshold")])
+def test_a_knob_of_another_mode_is_refused_not_ignored(knob, value, mode):
+    """The defaults rank every rule by rate; a paper-threshold knob set alone would silently do nothing."""
+    base = XTFConfig.paper() if knob == "tr_drop_rate" else XTFConfig()
+    with pytest.raises(ValueError, match=f"{knob} is only read with {mode}="):
+        dataclasses.replace(base, **{knob: value})
+    needed = {"kn_pcp_max": "absolute", "ri_fence_c": "fence", "otsu_bins": "otsu", "tr_drop_rate": "rate"}[knob]
+    assert getattr(dataclasses.replace(base, **{knob: value, mode: needed}), knob) == value

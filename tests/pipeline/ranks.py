@@ -51,7 +51,7 @@ def score_every_case(rank: int, world_size: int, root: str, workers: int) -> Non
 
 def refuse_mismatches(rank: int, world_size: int, root: str) -> None:
     """Ranks that disagree on the config, or that do not share the results folder, are refused on every rank."""
-    different = scorer("xtf", kn_pcp_max=0.9 if rank else 0.95)
+    different = scorer("xtf", kn_drop_rate=0.1 if rank else 0.05)
     with pytest.raises(FingerprintMismatchError, match="ranks disagree on the config"):
         score_dataset(different, data("xtf", root), os.path.join(root, "mismatch"), progress=False, num_workers=0)
     with pytest.raises(ValueError, match="filesystem every node shares"):

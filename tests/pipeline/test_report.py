@@ -17,6 +17,10 @@ from xtf_kernels.pipeline import rule_statistics
 from xtf_kernels.pipeline import score_dataset
 from xtf_kernels.pipeline import write_report
 
+# the paper's threshold modes (their knobs below), the other safeguards the defaults' (TR anchors off: every
+# occurrence of a type TR drops stays dropped, which the overlap counts below read)
+THRESHOLDS = dict(ri_threshold="fence", kn_threshold="absolute", tr_threshold="otsu", tr_anchor_fraction=0.0)
+
 pytest.importorskip("transformers")
 pytest.importorskip("matplotlib")
 
@@ -26,7 +30,7 @@ def scored(tmp_path_factory):
     folder = tmp_path_factory.mktemp("scores")
     dataset = tiny.data(12)
     # knobs that make each rule fire on a random model (PCP ~ 1 / V = 0.014)
-    scorer = XTFScorer(tiny.model("qwen2"), XTFConfig(ri_fence_c=0.0, kn_pcp_max=0.014, otsu_bins=64))
+    scorer = XTFScorer(tiny.model("qwen2"), XTFConfig(**THRESHOLDS, ri_fence_c=0.0, kn_pcp_max=0.014, otsu_bins=64))
     return score_dataset(scorer, dataset.samples, folder, shard_size=5, progress=False), dataset
 
 
@@ -118,7 +122,7 @@ def test_report_states_the_global_drop_cap(scored, tmp_path):
                                  "scored": stats["scored_tokens"], "fraction": stats["dropped_fraction"],
                                  "exceeded": stats["dropped_fraction"] > 0.4}
     assert "Global cap (max_total_drop) 40.00%" in (tmp_path / "held" / "report.html").read_text()
-    capped = XTFScorer(tiny.model("qwen2"), XTFConfig(ri_fence_c=0.0, kn_pcp_max=0.014, otsu_bins=64,
+    capped = XTFScorer(tiny.model("qwen2"), XTFConfig(**THRESHOLDS, ri_fence_c=0.0, kn_pcp_max=0.014, otsu_bins=64,
                                                       safeguards=Safeguards(max_total_drop=0.01)))
     with pytest.warns(UserWarning, match="over the whole dataset"):
         capped_result = score_dataset(capped, dataset.samples, tmp_path / "capped", shard_size=5, progress=False)

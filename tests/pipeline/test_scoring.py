@@ -21,6 +21,7 @@ from xtf_kernels.pipeline import score_dataset
 
 pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
+ABSOLUTE_KN = XTFConfig(kn_threshold="absolute", kn_pcp_max=0.9)
 
 
 def assert_same(results_a, results_b):
@@ -112,10 +113,10 @@ def test_other_data_or_config_is_refused_unless_overwritten(tmp_path):
     with pytest.raises(FingerprintMismatchError, match="different data"):
         score_dataset(XTFScorer(model), samples[:-1], tmp_path, progress=False)
     with pytest.raises(FingerprintMismatchError, match="different config"):
-        score_dataset(XTFScorer(model, XTFConfig(kn_pcp_max=0.9)), samples, tmp_path, progress=False)
+        score_dataset(XTFScorer(model, ABSOLUTE_KN), samples, tmp_path, progress=False)
     with pytest.raises(FingerprintMismatchError, match="different config"):
         score_dataset(XTFScorer(tiny.perturbed(model, seed=1)), samples, tmp_path, progress=False)
-    result = score_dataset(XTFScorer(model, XTFConfig(kn_pcp_max=0.9)), samples, tmp_path, overwrite=True,
+    result = score_dataset(XTFScorer(model, ABSOLUTE_KN), samples, tmp_path, overwrite=True,
                            progress=False)
     assert result.config["kn_pcp_max"] == 0.9
 

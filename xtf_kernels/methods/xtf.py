@@ -26,6 +26,7 @@ import math
 from dataclasses import asdict
 from dataclasses import dataclass
 from dataclasses import field
+from dataclasses import fields
 
 import torch
 
@@ -228,6 +229,14 @@ class XTFConfig:
         if self.chunk_size is not None and (isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int)
                                             or self.chunk_size < 1):
             raise ValueError(f"chunk_size must be a positive int or None, got {self.chunk_size!r}")
+        # A knob set away from its default while its rule is in another mode would silently do nothing (the
+        # defaults are the rate modes: XTFConfig(kn_pcp_max=0.9) alone would still rank KN by rate).
+        defaults = {f.name: f.default for f in fields(XTFConfig)}
+        for knob, (mode, needed) in THRESHOLD_KNOBS.items():
+            if getattr(self, mode) != needed and getattr(self, knob) != defaults[knob]:
+                raise ValueError(f"{knob} is only read with {mode}={needed!r}, but {mode} is "
+                                 f"{getattr(self, mode)!r}: pass {mode}={needed!r} too (the paper's thresholds: "
+                                 "XTFConfig.paper(), --preset paper)")
 
     def to_dict(self) -> dict:
         out = asdict(self)
