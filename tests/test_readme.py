@@ -1,7 +1,8 @@
 """The README's examples work: every python block runs, every command names real subcommands and flags.
 
-The two set-up commands run in CI (.ci/run); ``xtf demo --quick``, ``xtf score`` / ``filter``,
-``xtf fidelity`` and ``xtf bench`` run end to end in tests/cli/.
+The set-up's test command is what CI runs (.ci/run); the main job ``xtf demo`` runs end to end in its quick form
+in tests/demo/ (the full base takes minutes to build), ``xtf score`` / ``filter``, ``xtf fidelity`` and
+``xtf bench`` in tests/cli/.
 """
 
 from __future__ import annotations
