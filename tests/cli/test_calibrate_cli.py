@@ -44,6 +44,21 @@ def test_calibrate_prints_and_writes_the_sweep(workspace, capsys):
     assert saved["config"]["safeguards"]["max_sample_drop"] is None  # the paper preset
 
 
+def test_calibrate_a_paper_knob_under_the_safe_preset_sweeps_its_mode(workspace, capsys):
+    """The safe preset ranks KN by rate; --param kn_pcp_max sweeps KN's absolute threshold (and says so)."""
+    root, dataset, base = workspace
+    out = root / "safe_sweep.json"
+    status = main(["calibrate", str(root / "dev.jsonl"), "--model", str(root / "base"), "--rules", "KN",
+                   "--param", "kn_pcp_max", "--values", "0.01,0.02", "--json", str(out), "--device", "cpu"])
+    assert status == 0, capsys.readouterr().err
+    saved = json.loads(out.read_text())
+    assert saved["config"]["kn_threshold"] == "absolute" and saved["config"]["kn_anchor_fraction"] == 0.25
+    expected = sweep_threshold(base, dataset.samples, param="kn_pcp_max", values=[0.01, 0.02],
+                               config=XTFConfig(rules=("KN",), kn_threshold="absolute"))
+    assert [r["dev_dropped"] for r in saved["rows"]] == [r["dev_dropped"] for r in expected.rows]
+    assert saved["rows"][0]["dev_dropped"] != saved["rows"][1]["dev_dropped"]  # the knob is read
+
+
 def test_calibrate_token_cleaning_with_fine_tuning(workspace, capsys):
     root, _, _ = workspace
     status = main(["calibrate", str(root / "dev.jsonl"), "--model", str(root / "base"), "--method",

@@ -107,6 +107,7 @@ def _load(path: str, tokenizer, max_length):
 def run(args: argparse.Namespace) -> int:
     from .._atomic import atomic_write_text
     from ..methods import finetune
+    from ..methods.calibration import in_mode_of
     from ..methods.calibration import sweep_threshold
     from ..pipeline.loading import load_causal_lm
     from ..pipeline.loading import load_tokenizer
@@ -115,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--method token-cleaning needs --ref PATH (the reference model)")
     if args.method != "token-cleaning" and args.ref:
         raise CliError("--ref is only used with --method token-cleaning")
-    config = _config(args)
+    config = in_mode_of(_config(args), args.param)  # what the sweep runs, and what the JSON records
     _check_param(config, args.param, args.values)
     import transformers
 

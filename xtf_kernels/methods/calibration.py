@@ -138,6 +138,15 @@ def _score(model, samples, config, ref, tokenizer, batch_size) -> list[SampleSco
     return finalize(results, config.safeguards, noise="influence", largest_is_noisiest=False, what="Token Cleaning")
 
 
+def in_mode_of(config: XTFConfig | TokenCleaningConfig, param: str) -> XTFConfig | TokenCleaningConfig:
+    """``config`` with ``param``'s rule in the threshold mode that reads ``param`` (a sweep of ``kn_pcp_max``
+    under the rate defaults would otherwise sweep nothing, and the config refuses it); unchanged otherwise."""
+    if isinstance(config, XTFConfig) and param in THRESHOLD_KNOBS:
+        mode, needed = THRESHOLD_KNOBS[param]
+        return dataclasses.replace(config, **{mode: needed})
+    return config
+
+
 def sweep_threshold(
     model,
     dev_samples: Sequence[TokenizedSample],
@@ -190,9 +199,7 @@ def sweep_threshold(
     if evaluate is not None and train is None:
         raise ValueError("evaluate needs train and train_samples")
     dev_samples = list(dev_samples)
-    if isinstance(config, XTFConfig) and param in THRESHOLD_KNOBS:  # the swept knob's mode, or it would do nothing
-        mode, needed = THRESHOLD_KNOBS[param]
-        config = dataclasses.replace(config, **{mode: needed})
+    config = in_mode_of(config, param)
     configs = [dataclasses.replace(config, **{param: value}) for value in values]  # validates every value first
     base_metrics = _token_metrics(model, dev_samples, batch_size)
     rows = []
