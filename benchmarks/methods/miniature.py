@@ -52,6 +52,7 @@ from xtf_kernels.demo.aggregate import paired
 from xtf_kernels.demo.experiment import METHOD_ARMS
 from xtf_kernels.demo.experiment import RUNG_PRESET
 from xtf_kernels.demo.experiment import SAFEGUARD_LADDER
+from xtf_kernels.demo.experiment import TC_LADDER
 from xtf_kernels.demo.experiment import TR_ANCHOR_LADDER
 from xtf_kernels.demo.experiment import CellConfig
 from xtf_kernels.demo.experiment import run_cell
@@ -107,6 +108,14 @@ def tr_anchors_plan() -> Plan:
                 cells={0.15: CellConfig(**FULL_SIZES, arms=(*arms, "oracle"), random_for=()),
                        0.05: CellConfig(**FULL_SIZES, arms=(*arms, "oracle"), random_for=()),
                        0.0: CellConfig(**FULL_SIZES, arms=arms, random_for=())})
+
+
+def tc_safeguards_plan() -> Plan:
+    """Token Cleaning's rung: fixed Token Cleaning as published against the library's defaults (the special
+    tokens protected; no cap: the top k fixes the drop rate), at 15%, 5% and 0% noise."""
+    arms = ("all_tokens", "tc_fixed", *TC_LADDER)
+    return Plan(seeds=(0, 1, 2, 3, 4), judged=False,
+                cells={level: CellConfig(**FULL_SIZES, arms=arms, random_for=()) for level in (0.15, 0.05, 0.0)})
 
 
 def quick_plan() -> Plan:
@@ -179,7 +188,7 @@ def finish(plan: Plan, cells: dict[str, list[dict]], out_dir: str, *, seconds: f
         "summary": summary,
         "criteria": judge(summary) if plan.judged else None,
         "ladder": None if plan.judged else judge_ladder(summary) if "xtf_paper" in summary.get("0.15", {})
-        else judge_tr_anchors(summary),
+        else judge_tr_anchors(summary) if "xtf_guarded+rates" in summary.get("0.15", {}) else {},
         "cells": cells,
     }
     os.makedirs(out_dir, exist_ok=True)
@@ -207,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="the safeguard ladder (each safeguard alone) at 0%% and 15%% -> results/safeguards/")
     which.add_argument("--tr-anchors", action="store_true",
                        help="the ladder's second round (TR anchors, no TR) at 0, 5, 15%% -> results/tr_anchors/")
+    which.add_argument("--tc-safeguards", action="store_true",
+                       help="Token Cleaning as published vs its defaults at 0, 5, 15%% -> results/tc_safeguards/")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the plan's seeds")
     parser.add_argument("--out", default=None, help="output folder (default benchmarks/methods/results, or "
                                                     "results/quick with --quick)")
@@ -219,10 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     plan = (quick_plan() if args.quick else safeguards_plan() if args.safeguards else tr_anchors_plan()
-            if args.tr_anchors else full_plan())
+            if args.tr_anchors else tc_safeguards_plan() if args.tc_safeguards else full_plan())
     if args.seeds:
         plan = dataclasses.replace(plan, seeds=tuple(args.seeds))
-    folder = "quick" if args.quick else "safeguards" if args.safeguards else "tr_anchors" if args.tr_anchors else ""
+    folder = ("quick" if args.quick else "safeguards" if args.safeguards else "tr_anchors" if args.tr_anchors
+              else "tc_safeguards" if args.tc_safeguards else "")
     out = args.out or os.path.join(HERE, "results", folder)
     if args.partial:
         run_cells(plan, args.partial, levels=tuple(args.levels) if args.levels else None, cache_dir=args.cache_dir)

@@ -26,6 +26,7 @@ from xtf_kernels.demo.experiment import CellConfig
 from xtf_kernels.demo.experiment import random_selection
 from xtf_kernels.demo.experiment import run_cell
 from xtf_kernels.methods import Safeguards
+from xtf_kernels.methods import TokenCleaningConfig
 from xtf_kernels.methods import XTFConfig
 
 TINY = BaseConfig(documents=300, tokenizer_documents=300, vocab_size=400, hidden_size=32, num_layers=2,
@@ -128,6 +129,20 @@ def test_each_rung_of_the_ladder_changes_one_thing(arm):
                                                  "xtf_paper+offdiag")]
         assert config.safeguards.protect_special_tokens and config.safeguards.max_sample_drop == 0.4
         assert (config.kn_anchor_fraction, config.ri_score) == (rungs[2].kn_anchor_fraction, rungs[3].ri_score)
+
+
+def test_token_cleanings_rung_adds_the_library_safeguards(cell):
+    """tc_fixed_guarded is TokenCleaningConfig(k): the published form with the special tokens protected (its
+    top k fixes the drop rate, so no cap); in a trained cell it drops no eos and as many tokens as published."""
+    result, artifacts, _calls = cell
+    guarded, paper = result["arms"]["tc_fixed_guarded"]["config"], result["arms"]["tc_fixed"]["config"]
+    assert guarded["safeguards"] == TokenCleaningConfig().safeguards.to_dict()
+    assert paper["safeguards"] == Safeguards.off().to_dict() and guarded["protected_ids_resolved"]
+    same = ("safeguards", "protected_ids_resolved")
+    assert {k: v for k, v in guarded.items() if k not in same} == {k: v for k, v in paper.items() if k not in same}
+    eos = torch.cat([k == KIND_CODE["eos"] for k in artifacts.kinds])
+    assert bool((torch.cat(artifacts.dropped["tc_fixed"]) & eos).any())  # the published form drops some eos
+    assert not (torch.cat(artifacts.dropped["tc_fixed_guarded"]) & eos).any()
 
 
 def test_the_library_defaults_are_what_the_ladder_chose():

@@ -87,18 +87,22 @@ XTF_VARIANTS: dict[str, tuple[str, Callable[[], XTFConfig]]] = {
                              lambda: XTFConfig.paper(**_GUARDS, **_RATE_MODES, rules=("RI", "KN"))),
 }
 TR_ANCHOR_LADDER = ("xtf_guarded+rates+tr_anchors", "xtf_guarded+rates+tr_anchors_half", "xtf_guarded+rates-TR")
+# Token Cleaning as published ("tc_fixed") and with the library's defaults (the special tokens protected; no
+# cap, the top k fixes the drop rate): the Token Cleaning rung of the ladder.
+TC_LADDER = ("tc_fixed_guarded",)
 SAFEGUARD_LADDER = tuple(a for a in XTF_VARIANTS if a not in ("xtf_paper", "xtf_safe", *TR_ANCHOR_LADDER))
 # The configuration each rung of the ladders is compared with.
 RUNG_PRESET = {**{rung: "xtf_paper" for rung in SAFEGUARD_LADDER},
                "xtf_guarded+rates": "xtf_guarded", "xtf_guarded-KN": "xtf_guarded",
-               **{rung: "xtf_guarded+rates" for rung in TR_ANCHOR_LADDER}}
+               **{rung: "xtf_guarded+rates" for rung in TR_ANCHOR_LADDER}, "tc_fixed_guarded": "tc_fixed"}
 # Every arm the comparison knows; "random:<arm>" is the matched random drop of <arm>.
 METHOD_ARMS = ("all_tokens", "xtf_RI", "xtf_KN", "xtf_TR", "xtf_paper", "xtf_safe", "tc_fixed", "tc_self_evolving",
                "rho1", "oracle")
-ARMS = (*METHOD_ARMS, *SAFEGUARD_LADDER, *TR_ANCHOR_LADDER)
+ARMS = (*METHOD_ARMS, *SAFEGUARD_LADDER, *TR_ANCHOR_LADDER, *TC_LADDER)
 ARM_LABELS = {"all_tokens": "all tokens", "xtf_RI": "XTF RI alone", "xtf_KN": "XTF KN alone",
               "xtf_TR": "XTF TR alone", **{arm: text for arm, (text, _) in XTF_VARIANTS.items()},
-              "tc_fixed": "Token Cleaning (fixed)", "tc_self_evolving": "Token Cleaning (self-evolving)",
+              "tc_fixed": "Token Cleaning (fixed)", "tc_fixed_guarded": "Token Cleaning (fixed, library defaults)",
+              "tc_self_evolving": "Token Cleaning (self-evolving)",
               "rho1": "RHO-1", "oracle": "oracle"}
 # An id counts as "dropped as a whole type" when every one of its (at least this many) response occurrences is.
 WHOLE_TYPE_MIN_OCCURRENCES = 3
@@ -396,11 +400,13 @@ def run_cell(base, tokenizer, *, noise: float, seed: int, config: CellConfig,
     xtf_arms = [a for a in (*config.arms, *config.score_only) if a.startswith("xtf_")]
     if xtf_arms:
         selections.update(xtf_selections(base, samples, tokenizer, xtf_arms))
-    if "tc_fixed" in config.arms:
-        scorer = TokenCleaningScorer(base, reference, _token_cleaning_config(config.token_cleaning_k))
-        results = score_samples(scorer, samples, batch_size=32)
-        selections["tc_fixed"] = Selection([r.dropped for r in results], [-r.scores["influence"] for r in results],
-                                           config=scorer.config_dict())
+    for arm, tc_config in (("tc_fixed", _token_cleaning_config(config.token_cleaning_k)),
+                           ("tc_fixed_guarded", TokenCleaningConfig(k=config.token_cleaning_k))):
+        if arm in config.arms:
+            scorer = TokenCleaningScorer(base, reference, tc_config)
+            results = score_samples(scorer, samples, batch_size=32)
+            selections[arm] = Selection([r.dropped for r in results], [-r.scores["influence"] for r in results],
+                                        config=scorer.config_dict())
     if "oracle" in config.arms:
         selections["oracle"] = Selection([s.noise_mask & s.response_mask for s in samples],
                                          [(s.noise_mask & s.response_mask).float() for s in samples])
