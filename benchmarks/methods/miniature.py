@@ -34,6 +34,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
 
@@ -68,13 +69,16 @@ CLEAN_ARMS = ("all_tokens", "xtf_paper", "xtf_safe", "tc_fixed", "tc_self_evolvi
 
 @dataclass(frozen=True)
 class Plan:
-    """seeds x noise levels (``cells``) on one base; ``judged``: whether the criteria are applied (the safeguard
-    ladder has no random controls, so it is compared, not judged)."""
+    """seeds x noise levels (``cells``) on one base. ``decide``: None for the main comparison (judged by the
+    criteria C0-C4), else the ladder's rule applied to the summary (a ladder has no random controls, so it is
+    compared, not judged); ``title`` / ``intro``: the heading and first paragraph of its Markdown."""
 
     seeds: tuple[int, ...]
     cells: dict[float, CellConfig]
     base: BaseConfig = field(default_factory=BaseConfig)
-    judged: bool = True
+    decide: Callable[[dict], dict] | None = None
+    title: str = "Token filters on the miniature"
+    intro: str = ""
 
 
 def full_plan() -> Plan:
@@ -95,27 +99,38 @@ def safeguards_plan() -> Plan:
     tokens, the paper preset and the oracle; at 15% noise (does it help) and 0% (does it cost); the same seeds,
     pools and base as the main plan, so all tokens and the paper preset reproduce the main run's cells."""
     arms = ("all_tokens", "xtf_paper", *SAFEGUARD_LADDER)
-    return Plan(seeds=(0, 1, 2, 3, 4), judged=False,
+    return Plan(seeds=(0, 1, 2, 3, 4), decide=judge_ladder,
                 cells={0.15: CellConfig(**FULL_SIZES, arms=(*arms, "oracle"), random_for=()),
-                       0.0: CellConfig(**FULL_SIZES, arms=arms, random_for=())})
+                       0.0: CellConfig(**FULL_SIZES, arms=arms, random_for=())},
+                title="Token filters on the miniature: the safeguards one by one",
+                intro="Each safeguard added alone to XTF's paper preset, all of them together (guarded), and guarded "
+                      "with one part changed; compared against the presets, not judged by C0-C4 (no random "
+                      "controls).")
 
 
 def tr_anchors_plan() -> Plan:
     """The second round of the ladder: guarded + rates (the defaults the first round chose, which the main run
     found failing at 5% noise) against the same with TR anchors (0.25, 0.5) and without TR, at 15%, 5% and 0%."""
     arms = ("all_tokens", "xtf_guarded+rates", *TR_ANCHOR_LADDER)
-    return Plan(seeds=(0, 1, 2, 3, 4), judged=False,
+    return Plan(seeds=(0, 1, 2, 3, 4), decide=judge_tr_anchors,
                 cells={0.15: CellConfig(**FULL_SIZES, arms=(*arms, "oracle"), random_for=()),
                        0.05: CellConfig(**FULL_SIZES, arms=(*arms, "oracle"), random_for=()),
-                       0.0: CellConfig(**FULL_SIZES, arms=arms, random_for=())})
+                       0.0: CellConfig(**FULL_SIZES, arms=arms, random_for=())},
+                title="Token filters on the miniature: the safeguard ladder's second round",
+                intro="Guarded + 5% rates (the defaults the first round chose) against the same with TR anchors and "
+                      "without TR, at 15%, 5% and 0% noise; compared, not judged by C0-C4 (no random controls).")
 
 
 def tc_safeguards_plan() -> Plan:
     """Token Cleaning's rung: fixed Token Cleaning as published against the library's defaults (the special
     tokens protected; no cap: the top k fixes the drop rate), at 15%, 5% and 0% noise."""
     arms = ("all_tokens", "tc_fixed", *TC_LADDER)
-    return Plan(seeds=(0, 1, 2, 3, 4), judged=False,
-                cells={level: CellConfig(**FULL_SIZES, arms=arms, random_for=()) for level in (0.15, 0.05, 0.0)})
+    return Plan(seeds=(0, 1, 2, 3, 4), decide=lambda summary: {},
+                cells={level: CellConfig(**FULL_SIZES, arms=arms, random_for=()) for level in (0.15, 0.05, 0.0)},
+                title="Token filters on the miniature: Token Cleaning's safeguards",
+                intro="Fixed Token Cleaning as published against the library's defaults (the special tokens "
+                      "protected; no cap, the top k fixes the drop rate), at 15%, 5% and 0% noise; compared, not "
+                      "judged by C0-C4 (no random controls).")
 
 
 def quick_plan() -> Plan:
@@ -126,6 +141,15 @@ def quick_plan() -> Plan:
     clean = CellConfig(**small, arms=("all_tokens", "xtf_paper", "tc_fixed"), random_for=())
     return Plan(seeds=(0, 1), cells={0.0: clean, 0.15: noisy},
                 base=BaseConfig(documents=2500, tokenizer_documents=2500, vocab_size=1200))
+
+
+# The plans besides the main one, by command-line name (--quick, --safeguards, ...; also their results folder).
+OTHER_PLANS = {
+    "quick": (quick_plan, "2 seeds, 0%% and 15%% noise, small pool and base"),
+    "safeguards": (safeguards_plan, "the safeguard ladder (each safeguard alone) at 0%% and 15%%"),
+    "tr_anchors": (tr_anchors_plan, "the ladder's second round (TR anchors, no TR) at 0, 5, 15%%"),
+    "tc_safeguards": (tc_safeguards_plan, "Token Cleaning as published vs its defaults at 0, 5, 15%%"),
+}
 
 
 def machine() -> str:
@@ -161,13 +185,13 @@ def run_cells(plan: Plan, partial: str, *, levels: tuple[float, ...] | None = No
                 continue
             cell = run_cell(base.model, base.tokenizer, noise=noise, seed=seed, config=plan.cells[noise], log=log)
             cells.setdefault(f"{noise:.2f}", []).append(cell)
-            state["finished"] = time.time()
+            state["finished"], state["load_average_end"] = time.time(), list(os.getloadavg())
             atomic_write_text(partial, json.dumps(state))
     return state
 
 
 def finish(plan: Plan, cells: dict[str, list[dict]], out_dir: str, *, seconds: float, load_start: list[float],
-           base_info: dict) -> dict:
+           load_end: list[float], base_info: dict) -> dict:
     """Comparisons, the criteria's verdicts and every output file from the cells (levels with cells only)."""
     for level in cells:
         cells[level].sort(key=lambda cell: cell["seed"])
@@ -179,16 +203,16 @@ def finish(plan: Plan, cells: dict[str, list[dict]], out_dir: str, *, seconds: f
     results = {
         "format": "xtf-miniature-benchmark", "version": 1,
         "environment": {"machine": machine(), "python": platform.python_version(), "xtf_kernels": __version__,
-                        "load_average_start": list(load_start), "load_average_end": list(os.getloadavg()),
+                        "load_average_start": list(load_start), "load_average_end": list(load_end),
                         "seconds": seconds, "cell_seconds": sum(c["seconds"] for cs in cells.values() for c in cs)},
         "plan": {"seeds": sorted({c["seed"] for cs in cells.values() for c in cs}), "base": plan.base.to_dict(),
                  "base_info": base_info,
                  "cells": {f"{k:.2f}": {**v.__dict__, "arms": list(v.arms), "random_for": list(v.random_for),
                                         "score_only": list(v.score_only)} for k, v in plan.cells.items()}},
+        "title": plan.title, "intro": plan.intro,
         "summary": summary,
-        "criteria": judge(summary) if plan.judged else None,
-        "ladder": None if plan.judged else judge_ladder(summary) if "xtf_paper" in summary.get("0.15", {})
-        else judge_tr_anchors(summary) if "xtf_guarded+rates" in summary.get("0.15", {}) else {},
+        "criteria": judge(summary) if plan.decide is None else None,
+        "ladder": None if plan.decide is None else plan.decide(summary),
         "cells": cells,
     }
     os.makedirs(out_dir, exist_ok=True)
@@ -203,7 +227,7 @@ def run(plan: Plan, out_dir: str, *, cache_dir: str | None = None, log=_log) -> 
     partial = os.path.join(out_dir, "cells.partial.json")
     state = run_cells(plan, partial, cache_dir=cache_dir, log=log)
     results = finish(plan, state["cells"], out_dir, seconds=time.perf_counter() - start,
-                     load_start=list(load_start), base_info=state["base_info"])
+                     load_start=list(load_start), load_end=list(os.getloadavg()), base_info=state["base_info"])
     os.remove(partial)
     return results
 
@@ -211,16 +235,12 @@ def run(plan: Plan, out_dir: str, *, cache_dir: str | None = None, log=_log) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--quick", action="store_true", help="2 seeds, 0%% and 15%% noise, small pool and base")
-    which.add_argument("--safeguards", action="store_true",
-                       help="the safeguard ladder (each safeguard alone) at 0%% and 15%% -> results/safeguards/")
-    which.add_argument("--tr-anchors", action="store_true",
-                       help="the ladder's second round (TR anchors, no TR) at 0, 5, 15%% -> results/tr_anchors/")
-    which.add_argument("--tc-safeguards", action="store_true",
-                       help="Token Cleaning as published vs its defaults at 0, 5, 15%% -> results/tc_safeguards/")
+    for name, (_, text) in OTHER_PLANS.items():
+        which.add_argument(f"--{name.replace('_', '-')}", dest="plan", action="store_const", const=name,
+                           help=f"{text} -> results/{name}/")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the plan's seeds")
     parser.add_argument("--out", default=None, help="output folder (default benchmarks/methods/results, or "
-                                                    "results/quick with --quick)")
+                                                    "results/<plan> with a plan flag such as --quick)")
     parser.add_argument("--cache-dir", default=None, help="where the pretrained base is cached")
     parser.add_argument("--partial", default=None,
                         help="only run cells into this JSON file (resumable; split seeds across processes with "
@@ -229,13 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge", nargs="+", default=None, help="partial files to combine into the results")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    plan = (quick_plan() if args.quick else safeguards_plan() if args.safeguards else tr_anchors_plan()
-            if args.tr_anchors else tc_safeguards_plan() if args.tc_safeguards else full_plan())
+    plan = OTHER_PLANS[args.plan][0]() if args.plan else full_plan()
     if args.seeds:
         plan = dataclasses.replace(plan, seeds=tuple(args.seeds))
-    folder = ("quick" if args.quick else "safeguards" if args.safeguards else "tr_anchors" if args.tr_anchors
-              else "tc_safeguards" if args.tc_safeguards else "")
-    out = args.out or os.path.join(HERE, "results", folder)
+    out = args.out or os.path.join(HERE, "results", args.plan or "")
     if args.partial:
         run_cells(plan, args.partial, levels=tuple(args.levels) if args.levels else None, cache_dir=args.cache_dir)
         return 0
@@ -249,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
                 cells.setdefault(level, []).extend(level_cells)
         seconds = max(s.get("finished", s["started"]) for s in states) - min(s["started"] for s in states)
         load_start = max((s["load_average_start"] for s in states), key=lambda load: load[0])
-        results = finish(plan, cells, out, seconds=seconds, load_start=load_start, base_info=states[0]["base_info"])
+        load_end = max((s["load_average_end"] for s in states), key=lambda load: load[0])  # when the cells ended
+        results = finish(plan, cells, out, seconds=seconds, load_start=load_start, load_end=load_end,
+                         base_info=states[0]["base_info"])
     else:
         results = run(plan, out, cache_dir=args.cache_dir)
     with open(os.path.join(out, "miniature.md"), encoding="utf-8") as handle:

@@ -81,28 +81,15 @@ def _ladder_verdicts(ladder: dict) -> list[str]:
 
 def markdown(results: dict) -> str:
     env = results["environment"]
-    lines = ["# Token filters on the miniature", "",
+    lines = [f"# {results['title']}", "",
              f"Machine: {env['machine']}; load average {env['load_average_start'][0]:.1f} at the start, "
              f"{env['load_average_end'][0]:.1f} at the end; {env['seconds'] / 60:.1f} minutes of wall time, "
              f"{env['cell_seconds'] / 60:.1f} minutes in the cells (base pretrained in "
              f"{results['plan']['base_info']['seconds']:.0f} s, then cached); seeds {results['plan']['seeds']}.", ""]
     criteria = results["criteria"]
+    if results["intro"]:
+        lines += [results["intro"], ""]
     if criteria is None:
-        if "safeguards" in results["ladder"]:
-            lines[0] = "# Token filters on the miniature: the safeguards one by one"
-            lines += ["Each safeguard added alone to XTF's paper preset, all of them together (guarded), and "
-                      "guarded with one part changed; compared against the presets, not judged by C0-C4 (no random "
-                      "controls).", ""]
-        elif "default" not in results["ladder"]:
-            lines[0] = "# Token filters on the miniature: Token Cleaning's safeguards"
-            lines += ["Fixed Token Cleaning as published against the library's defaults (the special tokens "
-                      "protected; no cap, the top k fixes the drop rate), at 15%, 5% and 0% noise; compared, not "
-                      "judged by C0-C4 (no random controls).", ""]
-        else:
-            lines[0] = "# Token filters on the miniature: the safeguard ladder's second round"
-            lines += ["Guarded + 5% rates (the defaults the first round chose) against the same with TR anchors "
-                      "and without TR, at 15%, 5% and 0% noise; compared, not judged by C0-C4 (no random "
-                      "controls).", ""]
         lines += _ladder_verdicts(results["ladder"])
     else:
         lines += _verdicts(criteria)

@@ -141,7 +141,7 @@ def test_safeguards_plan_end_to_end_on_a_tiny_base(tmp_path):
     cells = {f"{level:.2f}": [run_cell(base.model, base.tokenizer, noise=level, seed=seed, config=config)
                               for seed in plan.seeds] for level, config in plan.cells.items()}
     results = finish(plan, cells, str(tmp_path / "out"), seconds=1.0, load_start=[0.0, 0.0, 0.0],
-                     base_info=base.info)
+                     load_end=[0.0, 0.0, 0.0], base_info=base.info)
     assert results["criteria"] is None
     for level in ("0.15", "0.00"):
         summary = results["summary"][level]

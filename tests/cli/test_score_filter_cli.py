@@ -32,6 +32,16 @@ def workspace(tmp_path_factory):
     return root, dataset
 
 
+def _score_in_one_thread(argv: list[str]) -> None:
+    """``xtf`` ``argv`` in this process with one torch thread, as each launched rank runs (equal results)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_score_then_filter_xtf(workspace, capsys):
     root, dataset = workspace
     out = root / "xtf"
@@ -141,12 +151,7 @@ def test_score_under_torchrun_matches_one_process(workspace, tmp_path):
     argv = ["score", str(root / "data.jsonl"), "--model", str(root / "base"), "--method", "token-cleaning",
             "--ref", str(root / "ref"), "--k", "0.4", "--shard-size", "3", "--batch-size", "2", "--no-progress",
             "--no-report", "--num-workers", "0", "--device", "cpu"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each rank below
-    try:
-        assert main([*argv, "--out", str(tmp_path / "one")]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    _score_in_one_thread([*argv, "--out", str(tmp_path / "one")])  # as each rank / process below
     port = subprocess.run([sys.executable, "-c", "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); "
                            "print(s.getsockname()[1])"], capture_output=True, text=True).stdout.strip()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
@@ -304,12 +309,7 @@ def test_score_under_accelerate_launch_on_cpus_matches_one_process(workspace, tm
     root, _ = workspace
     argv = ["score", str(root / "data.jsonl"), "--model", str(root / "base"), "--shard-size", "3", "--batch-size",
             "2", "--no-progress", "--no-report", "--num-workers", "0", "--device", "cpu"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each process below
-    try:
-        assert main([*argv, "--out", str(tmp_path / "one")]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    _score_in_one_thread([*argv, "--out", str(tmp_path / "one")])  # as each rank / process below
     two = _accelerate(["--multi_gpu", "--num_processes", "2"], [*argv, "--out", str(tmp_path / "two")], tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "on 2 rank(s)" in two.stdout and two.stdout.count("response tokens scored") == 1  # rank 0 prints

@@ -207,13 +207,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     xtf.add_argument("--ri-threshold", choices=("fence", "rate"),
                      help=f"RI rule: per-sample fence or a target drop rate ({_default('ri_threshold')})")
     xtf.add_argument("--ri-fence-c", type=_non_negative,
-                     help=f"RI fence q1 - c (q3 - q1), fence mode ({_default('ri_fence_c')})")
+                     help=f"RI fence q1 - c (q3 - q1); implies --ri-threshold fence ({_default('ri_fence_c')})")
     xtf.add_argument("--ri-drop-rate", type=_fraction, help="drop this fraction of each sample's response tokens "
                      f"with the lowest RI; implies --ri-threshold rate ({_default('ri_drop_rate')})")
     xtf.add_argument("--kn-threshold", choices=("absolute", "rate"),
                      help=f"KN rule: PCP above --kn-pcp-max or a target drop rate ({_default('kn_threshold')})")
     xtf.add_argument("--kn-pcp-max", type=_fraction,
-                     help=f"KN drops tokens with p(token) above this, absolute mode ({_default('kn_pcp_max')})")
+                     help="KN drops tokens with p(token) above this; implies --kn-threshold absolute "
+                     f"({_default('kn_pcp_max')})")
     xtf.add_argument("--kn-drop-rate", type=_fraction, help="drop this fraction of each sample's response tokens "
                      f"with the highest p(token); implies --kn-threshold rate ({_default('kn_drop_rate')})")
     xtf.add_argument("--kn-anchor-fraction", type=_fraction,
@@ -237,7 +238,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                      help=f"Multi-Otsu counts each id once or by occurrences ({_default('otsu_weights')})")
     xtf.add_argument("--tr-noisy-classes", type=_ints, help="Otsu classes TR drops, 0 = lowest S_TR "
                      f"({_default('tr_noisy_classes')}: the second-lowest)")
-    xtf.add_argument("--seed", type=_int_at_least(0), help=f"seed of the KN anchors ({_default('seed')})")
+    xtf.add_argument("--seed", type=_int_at_least(0), help=f"seed of the KN and TR anchors ({_default('seed')})")
 
     tc = parser.add_argument_group("Token Cleaning (--method token-cleaning)")
     tc.add_argument("--ref", metavar="PATH", help="reference model folder (the base fine-tuned on trusted data; "

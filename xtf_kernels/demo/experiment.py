@@ -170,12 +170,6 @@ class Selection:
     config: dict | None = None
 
 
-def _token_cleaning_config(k: float) -> TokenCleaningConfig:
-    """Token Cleaning as published (every response token ranked, no safeguard) where the library has the
-    paper preset."""
-    return TokenCleaningConfig.paper(k=k)
-
-
 def _xtf_scorer(model, config: XTFConfig, tokenizer):
     return XTFScorer(model, config, tokenizer=tokenizer.to_transformers())
 
@@ -219,13 +213,13 @@ def self_evolving_selection(base, samples, config: CellConfig, seed: int) -> Sel
 
     result = self_evolving_cleaning(base, samples, train, n_parts=config.self_evolving_parts,
                                     k=config.token_cleaning_k, batch_size=32,
-                                    safeguards=_token_cleaning_config(config.token_cleaning_k).safeguards)
+                                    safeguards=TokenCleaningConfig.paper().safeguards)
     dropped = [torch.zeros(len(s), dtype=torch.bool) for s in result.parts[0]]
     scores = [torch.full((len(s),), float("nan")) for s in result.parts[0]]
     for part in result.scores:
         dropped += [r.dropped for r in part]
         scores += [-r.scores["influence"] for r in part]
-    method = {**_token_cleaning_config(config.token_cleaning_k).to_dict(), "n_parts": config.self_evolving_parts}
+    method = {**TokenCleaningConfig.paper(k=config.token_cleaning_k).to_dict(), "n_parts": config.self_evolving_parts}
     return Selection(dropped, scores, result.model, method)
 
 
@@ -400,7 +394,7 @@ def run_cell(base, tokenizer, *, noise: float, seed: int, config: CellConfig,
     xtf_arms = [a for a in (*config.arms, *config.score_only) if a.startswith("xtf_")]
     if xtf_arms:
         selections.update(xtf_selections(base, samples, tokenizer, xtf_arms))
-    for arm, tc_config in (("tc_fixed", _token_cleaning_config(config.token_cleaning_k)),
+    for arm, tc_config in (("tc_fixed", TokenCleaningConfig.paper(k=config.token_cleaning_k)),
                            ("tc_fixed_guarded", TokenCleaningConfig(k=config.token_cleaning_k))):
         if arm in config.arms:
             scorer = TokenCleaningScorer(base, reference, tc_config)
