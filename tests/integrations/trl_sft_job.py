@@ -44,7 +44,13 @@ def main(out_dir: str, batch_per_process: int) -> None:
     rank = int(os.environ.get("RANK", "0"))
     result = dict(logs=run.logs, steps=[dict(c) for c in run.ops.steps], params=run.params)
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()  # both ranks' results are on disk before either leaves
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
     main(sys.argv[1], int(sys.argv[2]))
+    from tests.integrations.distributed import exit_without_static_destructors
+
+    exit_without_static_destructors()
