@@ -19,6 +19,7 @@ Run (one torch thread; nice it on a shared machine)::
     python -m benchmarks.methods.miniature             # 5 seeds x 3 noise levels -> benchmarks/methods/results/
     python -m benchmarks.methods.miniature --quick     # 2 seeds x 2 levels, small pool and base: under 3 minutes
     python -m benchmarks.methods.miniature --safeguards  # each safeguard alone: 5 seeds, 0% and 15%
+    python -m benchmarks.methods.miniature --remaining-safeguards  # RI scores, self-evolving Token Cleaning
 
 Writes ``miniature.json`` (every cell, the comparisons, the criteria's verdicts, machine and load),
 ``miniature.csv`` (one row per noise level, seed and arm), ``miniature.md`` (the tables) and
@@ -42,6 +43,7 @@ import torch
 
 from benchmarks.methods.miniature_criteria import judge
 from benchmarks.methods.miniature_criteria import judge_ladder
+from benchmarks.methods.miniature_criteria import judge_remaining
 from benchmarks.methods.miniature_criteria import judge_tr_anchors
 from benchmarks.methods.miniature_report import write_results
 from xtf_kernels import __version__
@@ -51,8 +53,10 @@ from xtf_kernels.datasets.miniature import load_base
 from xtf_kernels.demo.aggregate import compare
 from xtf_kernels.demo.aggregate import paired
 from xtf_kernels.demo.experiment import METHOD_ARMS
+from xtf_kernels.demo.experiment import RI_SCORE_LADDER
 from xtf_kernels.demo.experiment import RUNG_PRESET
 from xtf_kernels.demo.experiment import SAFEGUARD_LADDER
+from xtf_kernels.demo.experiment import SELF_EVOLVING_LADDER
 from xtf_kernels.demo.experiment import TC_LADDER
 from xtf_kernels.demo.experiment import TR_ANCHOR_LADDER
 from xtf_kernels.demo.experiment import CellConfig
@@ -133,6 +137,23 @@ def tc_safeguards_plan() -> Plan:
                       "judged by C0-C4 (no random controls).")
 
 
+def remaining_safeguards_plan() -> Plan:
+    """The third round: what the first two left unmeasured that changes which tokens go. RI's other scores on
+    the library's defaults; self-evolving Token Cleaning with the trusted set as its first part against the
+    same schedule with nothing dropped, and as published, each checking its reference before every round; at
+    15%, 5% and 0% noise."""
+    arms = ("all_tokens", "xtf_safe", *RI_SCORE_LADDER, "tc_self_evolving", *SELF_EVOLVING_LADDER)
+    return Plan(seeds=(0, 1, 2, 3, 4), decide=judge_remaining,
+                cells={0.15: CellConfig(**FULL_SIZES, arms=(*arms, "oracle"), random_for=()),
+                       0.05: CellConfig(**FULL_SIZES, arms=(*arms, "oracle"), random_for=()),
+                       0.0: CellConfig(**FULL_SIZES, arms=arms, random_for=())},
+                title="Token filters on the miniature: the safeguards' third round",
+                intro="RI's other scores on XTF's library defaults; self-evolving Token Cleaning with a trusted first "
+                      "part against the same schedule with nothing dropped, and as published, with the per-round "
+                      "reference check recorded; at 15%, 5% and 0% noise; compared by rules L4-L6, not judged by "
+                      "C0-C4 (no random controls).")
+
+
 def quick_plan() -> Plan:
     small = dict(pool=96, trusted=48, heldout=60, retention=20, self_evolving_parts=3)  # lr 3e-4 as the full run
     noisy = CellConfig(**small, arms=("all_tokens", "xtf_KN", "xtf_paper", "xtf_safe", "tc_fixed",
@@ -149,6 +170,8 @@ OTHER_PLANS = {
     "safeguards": (safeguards_plan, "the safeguard ladder (each safeguard alone) at 0%% and 15%%"),
     "tr_anchors": (tr_anchors_plan, "the ladder's second round (TR anchors, no TR) at 0, 5, 15%%"),
     "tc_safeguards": (tc_safeguards_plan, "Token Cleaning as published vs its defaults at 0, 5, 15%%"),
+    "remaining_safeguards": (remaining_safeguards_plan, "the third round (RI scores, self-evolving Token Cleaning's "
+                                                        "trusted part and reference check)"),
 }
 
 

@@ -167,3 +167,74 @@ def judge_tr_anchors(summary: dict) -> dict:
     return {"default": best, "recommended": bool(safe),
             "why": "; ".join(f"{a}: 15% exact match {noisy[a]['exact_match']:.3f}, worst of 5% / 0% vs all tokens "
                              f"{worst(a):+.3f}" for a in candidates)}
+
+
+# The third round (``--remaining-safeguards``), written down before its run: the options the first two rounds
+# left unmeasured that change which tokens are dropped, each against the configuration it changes.
+# L4 RI's score in the library's defaults changes from "offdiag" to another ("mean": the paper's, the diagonal
+#    included; "relative"; "sum") only when that rung's per-seed interval of exact match minus the defaults'
+#    lies above 0 at 15% noise, its mean against the defaults is >= 0 at 5%, and its mean is at most 2 points
+#    below all tokens' at 0% and at 5%; of several such, the highest mean at 15%. Otherwise "offdiag" stays.
+# L5 self-evolving Token Cleaning with a trusted first part (the trusted set as round 0, every part of the pool
+#    cleaned) is recommended when, against the same schedule with nothing dropped (the trusted set, then the
+#    pool with every token: the control matched in data and steps), its per-seed interval at 15% noise lies
+#    above 0 and its mean is at most 2 points below the control's at 5% and at 0%. Otherwise self-evolving
+#    cleaning is not recommended on this evidence, with a trusted part or without.
+# L6 the per-round reference check (does the current reference beat the base on trusted held-out data?) is
+#    informative when, pooled over seeds at 15% and 5% noise and over both self-evolving arms, the rounds it
+#    flags drop harmful tokens with a lower mean precision than the rounds it passes. When it flags no round or
+#    every round, it is not informative on this evidence.
+# (RHO-1 over a rolling window of earlier batches was planned as L7 and dropped before the run: on a tiny cell
+# it dropped 62% of the tokens at keep ratio 0.6, against per-batch RHO-1's 40%, because the model's losses
+# fall during the epoch, so no control matched in what it drops.)
+RI_SCORE_RUNGS = ("xtf_safe+ri_mean", "xtf_safe+ri_relative", "xtf_safe+ri_sum")
+SELF_EVOLVING_ARMS = ("tc_self_evolving", "tc_self_evolving_trusted")
+
+
+def _average(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _vs(level: dict, arm: str, key: str = "vs_preset") -> dict:
+    return level[arm][key]["seeds"]
+
+
+def judge_remaining(summary: dict) -> dict:
+    """``summary``: noise level -> :func:`compare` output of the third round, each rung with its ``vs_preset``.
+    Returns {"ri_score", "trusted_part", "reference_check"}, each {"verdict", "why"} (a rule whose
+    arms or levels are missing is left out). The per-round checks come from ``summary[level][arm]["rounds"]``."""
+    noisy, low, clean = _level(summary, NOISY), _level(summary, LOW_NOISE), _level(summary, CLEAN)
+    out: dict = {}
+    if noisy and low and clean:
+        rungs = [a for a in RI_SCORE_RUNGS if all(a in level for level in (noisy, low, clean))]
+        if rungs:
+            def passes(arm: str) -> bool:
+                return (_vs(noisy, arm)["low"] > 0 and _vs(low, arm)["mean"] >= 0
+                        and min(_vs(level, arm, "vs_all_tokens")["mean"] for level in (low, clean)) >= -MAX_CLEAN_LOSS)
+
+            winners = [a for a in rungs if passes(a)]
+            out["ri_score"] = {
+                "verdict": max(winners, key=lambda a: noisy[a]["exact_match"]) if winners else "xtf_safe",
+                "why": "; ".join(f"{a}: 15% vs defaults {_vs(noisy, a)['mean']:+.3f} [{_vs(noisy, a)['low']:+.3f}, "
+                                 f"{_vs(noisy, a)['high']:+.3f}], 5% {_vs(low, a)['mean']:+.3f}" for a in rungs)}
+        arm = "tc_self_evolving_trusted"
+        if all(arm in level and "vs_preset" in level[arm] for level in (noisy, low, clean)):
+            verdict = (_vs(noisy, arm)["low"] > 0
+                       and min(_vs(level, arm)["mean"] for level in (low, clean)) >= -MAX_CLEAN_LOSS)
+            out["trusted_part"] = {
+                "verdict": verdict,
+                "why": "vs the trusted set then every token: " + "; ".join(
+                    f"{name} {_vs(level, arm)['mean']:+.3f} [{_vs(level, arm)['low']:+.3f}, "
+                    f"{_vs(level, arm)['high']:+.3f}]" for name, level in (("15%", noisy), ("5%", low), ("0%", clean)))}
+    rounds = [r for level in (noisy, low) if level for arm in SELF_EVOLVING_ARMS if arm in level
+              for r in level[arm].get("rounds", []) if r.get("precision") is not None and "beats_base" in r]
+    if rounds:
+        flagged = [r["precision"] for r in rounds if not r["beats_base"]]
+        passed = [r["precision"] for r in rounds if r["beats_base"]]
+        verdict = bool(flagged and passed) and _average(flagged) < _average(passed)
+        out["reference_check"] = {
+            "verdict": verdict,
+            "why": f"{len(flagged)} of {len(rounds)} rounds flagged; precision of their drops "
+                   f"{_average(flagged):.3f} vs {_average(passed):.3f}"
+                   " in the rounds passed"}
+    return out

@@ -64,6 +64,11 @@ def _verdicts(criteria: dict) -> list[str]:
     return lines
 
 
+REMAINING_RULES = {"ri_score": "L4 (RI's score in the defaults)",
+                   "trusted_part": "L5 (self-evolving Token Cleaning with a trusted first part recommended)",
+                   "reference_check": "L6 (the per-round reference check informative)"}
+
+
 def _ladder_verdicts(ladder: dict) -> list[str]:
     lines = []
     if "safeguards" in ladder:  # the first round: L1 per safeguard, then L2
@@ -76,6 +81,34 @@ def _ladder_verdicts(ladder: dict) -> list[str]:
         rule = "L2" if "safeguards" in ladder else "L3"
         lines += [f"{rule} (the default configuration): **{label(ladder['default'])}**; within 2 points of all tokens "
                   f"where required: **{ladder['recommended']}**. {ladder['why']}.", ""]
+    for key, text in REMAINING_RULES.items():  # the third round
+        if key in ladder:
+            verdict = ladder[key]["verdict"]
+            lines += [f"{text}: **{label(verdict) if isinstance(verdict, str) else verdict}**. "
+                      f"{ladder[key]['why']}.", ""]
+    return lines
+
+
+def _rounds(summary: dict) -> list[str]:
+    """Self-evolving cleaning round by round: the reference check and what the round dropped, mean over seeds."""
+    lines = []
+    for arm, entry in summary.items():
+        rows = entry.get("rounds")
+        if not rows or not any(r.get("dropped") for r in rows):
+            continue
+        lines += ["", f"{label(arm)}, round by round (mean over seeds; reference and base NLL on clean samples no "
+                  "arm trains on):", "", "| round | reference NLL | base NLL | rounds flagged | dropped | precision "
+                  "| recall |", "|---|---|---|---|---|---|---|"]
+        for index in sorted({r["round"] for r in rows}):
+            group = [r for r in rows if r["round"] == index]
+
+            def mean(key, group=group):
+                values = [r[key] for r in group if r.get(key) is not None]
+                return sum(values) / len(values) if values else None
+
+            flagged = sum(1 for r in group if "beats_base" in r and not r["beats_base"])
+            lines.append(f"| {index} | {_f(mean('reference_nll'))} | {_f(mean('base_nll'))} | {flagged} of "
+                         f"{len(group)} | {_f(mean('dropped'), 0)} | {_f(mean('precision'))} | {_f(mean('recall'))} |")
     return lines
 
 
@@ -122,8 +155,10 @@ def markdown(results: dict) -> str:
         if ladder:
             lines += ["", "Each rung against the configuration it changes (the paper preset for \"paper + ...\" "
                       "and \"guarded\"; guarded for \"guarded + rates\" and \"guarded without KN\"; guarded + "
-                      "rates for the second round's rungs; Token Cleaning as published for its defaults): exact "
-                      "match difference per seed [95%], permutation p, drop rate and precision against its:", "",
+                      "rates for the second round's rungs; Token Cleaning as published for its defaults; the "
+                      "library's defaults for RI's scores; the trusted set then all tokens for self-evolving "
+                      "cleaning with a trusted part): exact match difference per seed [95%], permutation p, drop "
+                      "rate and precision against its:", "",
                       "| rung | vs its preset [95%] | perm. p | drop | preset's drop | precision "
                       "| preset's precision |",
                       "|---|---|---|---|---|---|---|"]
@@ -133,6 +168,7 @@ def markdown(results: dict) -> str:
                 lines.append(f"| {label(arm)} | {_interval(versus)} | {_f(versus['permutation_p'])} | "
                              f"{_f(s['drop_rate'])} | {_f(preset['drop_rate'])} | {_f(s['harmful']['precision'])} | "
                              f"{_f(preset['harmful']['precision'])} |")
+        lines += _rounds(summary)
         kinds = [arm for arm, entry in summary.items() if entry.get("selection")]
         if kinds:
             names = list(summary[kinds[0]]["selection"]["by_kind"])

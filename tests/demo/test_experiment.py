@@ -17,6 +17,7 @@ from xtf_kernels.datasets.miniature import load_base
 from xtf_kernels.demo.aggregate import compare
 from xtf_kernels.demo.experiment import ARMS
 from xtf_kernels.demo.experiment import RATE_FIELDS
+from xtf_kernels.demo.experiment import RI_SCORE_LADDER
 from xtf_kernels.demo.experiment import RUNG_PRESET
 from xtf_kernels.demo.experiment import SAFEGUARD_LADDER
 from xtf_kernels.demo.experiment import TR_ANCHOR_LADDER
@@ -28,6 +29,7 @@ from xtf_kernels.demo.experiment import run_cell
 from xtf_kernels.methods import Safeguards
 from xtf_kernels.methods import TokenCleaningConfig
 from xtf_kernels.methods import XTFConfig
+from xtf_kernels.methods.token_cleaning import split_parts
 
 TINY = BaseConfig(documents=300, tokenizer_documents=300, vocab_size=400, hidden_size=32, num_layers=2,
                   num_heads=2, num_kv_heads=1, intermediate_size=64)
@@ -100,13 +102,13 @@ def test_drops_are_what_each_arm_claims(cell):
 MODES = {"ri_threshold", "kn_threshold", "tr_threshold"}
 
 
-@pytest.mark.parametrize("arm", (*SAFEGUARD_LADDER, *TR_ANCHOR_LADDER))
+@pytest.mark.parametrize("arm", (*SAFEGUARD_LADDER, *TR_ANCHOR_LADDER, *RI_SCORE_LADDER))
 def test_each_rung_of_the_ladder_changes_one_thing(arm):
     """A rung is its preset with exactly the fields its name says changed: "paper + X" the paper preset with X;
     "guarded" the paper preset with every safeguard; "guarded + / without X" guarded with X changed."""
     guarded = XTF_VARIANTS["xtf_guarded"][1]()
     preset = {"xtf_guarded": guarded, "xtf_guarded+rates": XTF_VARIANTS["xtf_guarded+rates"][1](),
-              "xtf_paper": XTFConfig.paper()}[RUNG_PRESET[arm]]
+              "xtf_paper": XTFConfig.paper(), "xtf_safe": XTFConfig()}[RUNG_PRESET[arm]]
     config = XTF_VARIANTS[arm][1]()
     changed = {f.name for f in dataclasses.fields(XTFConfig) if getattr(config, f.name) != getattr(preset, f.name)}
     expected = {"xtf_paper+special": {"safeguards"}, "xtf_paper+cap": {"safeguards"},
@@ -115,7 +117,8 @@ def test_each_rung_of_the_ladder_changes_one_thing(arm):
                 "xtf_paper+rates": MODES, "xtf_guarded": {"safeguards", "kn_anchor_fraction", "ri_score"},
                 "xtf_guarded+rates": MODES, "xtf_guarded-KN": {"rules"},
                 "xtf_guarded+rates+tr_anchors": {"tr_anchor_fraction"},
-                "xtf_guarded+rates+tr_anchors_half": {"tr_anchor_fraction"}, "xtf_guarded+rates-TR": {"rules"}}
+                "xtf_guarded+rates+tr_anchors_half": {"tr_anchor_fraction"}, "xtf_guarded+rates-TR": {"rules"},
+                **{rung: {"ri_score"} for rung in RI_SCORE_LADDER}}
     assert changed == expected[arm]
     if "rates" in arm:  # every rule in its rate mode at 5% (the class default rates, which the presets share)
         assert all(getattr(config, f) == ("rate" if f.endswith("threshold") else 0.05) for f in RATE_FIELDS)
@@ -143,6 +146,43 @@ def test_token_cleanings_rung_adds_the_library_safeguards(cell):
     eos = torch.cat([k == KIND_CODE["eos"] for k in artifacts.kinds])
     assert bool((torch.cat(artifacts.dropped["tc_fixed"]) & eos).any())  # the published form drops some eos
     assert not (torch.cat(artifacts.dropped["tc_fixed_guarded"]) & eos).any()
+
+
+def _round_rows(harmful, dropped, parts) -> list[tuple[int, float | None]]:
+    """(dropped, precision) of each part's drop, from the masks."""
+    rows, start = [], 0
+    for part in parts:
+        d, h = torch.cat(dropped[start:start + len(part)]), torch.cat(harmful[start:start + len(part)])
+        start += len(part)
+        rows.append((int(d.sum()), int((d & h).sum()) / int(d.sum()) if int(d.sum()) else None))
+    return rows
+
+
+def test_self_evolving_cleaning_with_a_trusted_first_part_and_its_control(cell):
+    """As published, part 0 of the pool is trained on as is and parts 1..n-1 cleaned; with the trusted set as
+    round 0 every part is cleaned; its control (k = 1) runs that schedule and drops nothing. Each round records
+    the reference check (against the base, on clean samples) and the precision of its own drop."""
+    result, artifacts, _calls = cell
+    harmful = [s.noise_mask & s.response_mask for s in artifacts.samples]
+    parts = split_parts(artifacts.samples, CELL.self_evolving_parts)
+    published, trusted = result["arms"]["tc_self_evolving"], result["arms"]["tc_self_evolving_trusted"]
+    assert not torch.cat(artifacts.dropped["tc_self_evolving"][:len(parts[0])]).any()
+    assert torch.cat(artifacts.dropped["tc_self_evolving_trusted"][:len(parts[0])]).any()
+    assert not torch.cat(artifacts.dropped["tc_trusted_then_all_tokens"]).any()
+    assert (published["config"]["first_part"], trusted["config"]["first_part"]) == ("pool part 0", "trusted set")
+    assert result["arms"]["tc_trusted_then_all_tokens"]["config"]["k"] == 1.0
+    for arm, arm_parts in (("tc_self_evolving", parts[1:]), ("tc_self_evolving_trusted", parts)):
+        rounds = result["arms"][arm]["rounds"]
+        assert [r["round"] for r in rounds] == list(range(1, len(arm_parts) + 1))
+        offset = 0 if arm == "tc_self_evolving_trusted" else len(parts[0])
+        expected = _round_rows(harmful[offset:], artifacts.dropped[arm][offset:], arm_parts)
+        assert [(r["dropped"], r["precision"]) for r in rounds] == pytest.approx(expected)
+        for row in rounds:
+            assert row["reference_nll"] > 0 and row["base_nll"] > 0
+            assert row["beats_base"] == (row["reference_nll"] < row["base_nll"])
+    base_nlls = {r["base_nll"] for arm in ("tc_self_evolving", "tc_self_evolving_trusted")
+                 for r in result["arms"][arm]["rounds"]}
+    assert len(base_nlls) == 1  # one check set for both arms
 
 
 def test_the_library_defaults_are_what_the_ladder_chose():

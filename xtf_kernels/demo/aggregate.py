@@ -35,7 +35,8 @@ def paired(cells: list[dict], arm: str, against: str, *, seed: int = 0) -> dict:
 
 
 def summarise_arm(cells: list[dict], arm: str) -> dict:
-    """Means over seeds of the arm's evaluation and selection metrics."""
+    """Means over seeds of the arm's evaluation and selection metrics (and self-evolving cleaning's rounds, each
+    with its seed)."""
     evaluations = [cell["arms"][arm]["evaluation"] for cell in cells]
     out = {
         "exact_match": _mean([e["exact_match"] for e in evaluations]),
@@ -46,6 +47,8 @@ def summarise_arm(cells: list[dict], arm: str) -> dict:
         "noise_reappears": {kind: _mean([e["noise_reappears"][kind] for e in evaluations])
                             for kind in evaluations[0]["noise_reappears"]},
     }
+    if "rounds" in cells[0]["arms"][arm]:  # self-evolving cleaning: every round of every seed
+        out["rounds"] = [{**row, "seed": cell["seed"]} for cell in cells for row in cell["arms"][arm]["rounds"]]
     selections = [cell["arms"][arm].get("selection") for cell in cells]
     if selections[0] is not None:
         out["selection"] = {

@@ -85,24 +85,38 @@ XTF_VARIANTS: dict[str, tuple[str, Callable[[], XTFConfig]]] = {
                                           lambda: XTFConfig.paper(**_GUARDS, **_RATE_MODES, tr_anchor_fraction=0.5)),
     "xtf_guarded+rates-TR": ("XTF guarded + rates without TR",
                              lambda: XTFConfig.paper(**_GUARDS, **_RATE_MODES, rules=("RI", "KN"))),
+    # third round: RI's other scores on the library's defaults (which use "offdiag")
+    "xtf_safe+ri_mean": ("XTF defaults + RI mean (diagonal included)", lambda: XTFConfig(ri_score="mean")),
+    "xtf_safe+ri_relative": ("XTF defaults + RI relative", lambda: XTFConfig(ri_score="relative")),
+    "xtf_safe+ri_sum": ("XTF defaults + RI summed", lambda: XTFConfig(ri_score="sum")),
 }
 TR_ANCHOR_LADDER = ("xtf_guarded+rates+tr_anchors", "xtf_guarded+rates+tr_anchors_half", "xtf_guarded+rates-TR")
+RI_SCORE_LADDER = ("xtf_safe+ri_mean", "xtf_safe+ri_relative", "xtf_safe+ri_sum")
 # Token Cleaning as published ("tc_fixed") and with the library's defaults (the special tokens protected; no
 # cap, the top k fixes the drop rate): the Token Cleaning rung of the ladder.
 TC_LADDER = ("tc_fixed_guarded",)
-SAFEGUARD_LADDER = tuple(a for a in XTF_VARIANTS if a not in ("xtf_paper", "xtf_safe", *TR_ANCHOR_LADDER))
+# Third round, beside the RI scores: self-evolving Token Cleaning with the trusted set as its first part, against
+# the same schedule with nothing dropped (the control matched in data and steps: the trusted set adds 160
+# clean problems to the 1,200 of the pool).
+SELF_EVOLVING_LADDER = ("tc_self_evolving_trusted", "tc_trusted_then_all_tokens")
+SAFEGUARD_LADDER = tuple(a for a in XTF_VARIANTS
+                         if a not in ("xtf_paper", "xtf_safe", *TR_ANCHOR_LADDER, *RI_SCORE_LADDER))
 # The configuration each rung of the ladders is compared with.
 RUNG_PRESET = {**{rung: "xtf_paper" for rung in SAFEGUARD_LADDER},
                "xtf_guarded+rates": "xtf_guarded", "xtf_guarded-KN": "xtf_guarded",
-               **{rung: "xtf_guarded+rates" for rung in TR_ANCHOR_LADDER}, "tc_fixed_guarded": "tc_fixed"}
+               **{rung: "xtf_guarded+rates" for rung in TR_ANCHOR_LADDER}, "tc_fixed_guarded": "tc_fixed",
+               **{rung: "xtf_safe" for rung in RI_SCORE_LADDER},
+               "tc_self_evolving_trusted": "tc_trusted_then_all_tokens"}
 # Every arm the comparison knows; "random:<arm>" is the matched random drop of <arm>.
 METHOD_ARMS = ("all_tokens", "xtf_RI", "xtf_KN", "xtf_TR", "xtf_paper", "xtf_safe", "tc_fixed", "tc_self_evolving",
                "rho1", "oracle")
-ARMS = (*METHOD_ARMS, *SAFEGUARD_LADDER, *TR_ANCHOR_LADDER, *TC_LADDER)
+ARMS = (*METHOD_ARMS, *SAFEGUARD_LADDER, *TR_ANCHOR_LADDER, *TC_LADDER, *RI_SCORE_LADDER, *SELF_EVOLVING_LADDER)
 ARM_LABELS = {"all_tokens": "all tokens", "xtf_RI": "XTF RI alone", "xtf_KN": "XTF KN alone",
               "xtf_TR": "XTF TR alone", **{arm: text for arm, (text, _) in XTF_VARIANTS.items()},
               "tc_fixed": "Token Cleaning (fixed)", "tc_fixed_guarded": "Token Cleaning (fixed, library defaults)",
               "tc_self_evolving": "Token Cleaning (self-evolving)",
+              "tc_self_evolving_trusted": "Token Cleaning (self-evolving, trusted first part)",
+              "tc_trusted_then_all_tokens": "trusted set, then all tokens",
               "rho1": "RHO-1", "oracle": "oracle"}
 # An id counts as "dropped as a whole type" when every one of its (at least this many) response occurrences is.
 WHOLE_TYPE_MIN_OCCURRENCES = 3
@@ -123,7 +137,9 @@ class CellConfig:
     the base's final pretraining rate: at 1e-3 fine-tuning on every token lost most of the base's one-step
     arithmetic and facts, 0.60 -> 0.18 retention, in a trial cell);
     reference_epochs: passes of the reference over the trusted set. token_cleaning_k / rho1_keep: kept
-    fractions (methods.md defaults 0.6); self_evolving_parts: n. arms: the arms run; random_for: the arms that
+    fractions (methods.md defaults 0.6); self_evolving_parts: n; check_samples: clean samples (trained on by no
+    arm) on which self-evolving cleaning checks its reference before every round. arms: the arms run;
+    random_for: the arms that
     get a matched random drop; score_only: arms whose selection is measured but not trained on (e.g. XTF's
     single rules in the demo, which trains on the union only).
     """
@@ -138,13 +154,14 @@ class CellConfig:
     token_cleaning_k: float = 0.6
     rho1_keep: float = 0.6
     self_evolving_parts: int = 5
+    check_samples: int = 80
     arms: tuple[str, ...] = METHOD_ARMS
     random_for: tuple[str, ...] = tuple(a for a in METHOD_ARMS if a != "all_tokens")
     score_only: tuple[str, ...] = ()
 
     def __post_init__(self):
         for name in ("pool", "trusted", "heldout", "retention", "batch_size", "reference_epochs",
-                     "self_evolving_parts"):
+                     "self_evolving_parts", "check_samples"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -162,12 +179,15 @@ class CellConfig:
 class Selection:
     """dropped: per sample (L,) bool, the response tokens the arm trained without; score: per sample (L,) fp32
     noise score (higher = more likely dropped; NaN where the method gave none) or None (binary drop only);
-    config: the method's configuration as JSON (recorded with the arm's results), None for the controls."""
+    config: the method's configuration as JSON (recorded with the arm's results), None for the controls;
+    rounds: self-evolving cleaning's rounds (:meth:`~xtf_kernels.methods.SelfEvolvingResult.report` rows with
+    the precision and recall of each round's drop), None for the other arms."""
 
     dropped: list[torch.Tensor]
     score: list[torch.Tensor] | None = None
     trained: torch.nn.Module | None = field(default=None, repr=False)
     config: dict | None = None
+    rounds: list[dict] | None = None
 
 
 def _xtf_scorer(model, config: XTFConfig, tokenizer):
@@ -201,8 +221,13 @@ def _finetune(model, samples, config: CellConfig, seed: int, optimizer=None):
                     optimizer=optimizer)
 
 
-def self_evolving_selection(base, samples, config: CellConfig, seed: int) -> Selection:
-    """Self-evolving Token Cleaning; its trained model is theta_n (part 0 trained on every token)."""
+def self_evolving_selection(base, samples, config: CellConfig, seed: int, *, check, trusted=None,
+                            k: float | None = None) -> Selection:
+    """Self-evolving Token Cleaning as published (part 0 of the pool trained on every token) or, with
+    ``trusted``, the trusted set as round 0 and every part of the pool cleaned; its trained model is theta_n.
+    Before every round the reference is checked against the base on ``check`` (clean samples no arm trains
+    on; recorded, never acted on). ``k``: the kept fraction (default the cell's; 1.0 drops nothing: the
+    schedule's control)."""
     state = {}
 
     def train(model, part, index):
@@ -211,16 +236,27 @@ def self_evolving_selection(base, samples, config: CellConfig, seed: int) -> Sel
                                                    weight_decay=0.0)
         _finetune(model, part, config, seed + index, state["optimizer"])
 
-    result = self_evolving_cleaning(base, samples, train, n_parts=config.self_evolving_parts,
-                                    k=config.token_cleaning_k, batch_size=32,
+    k = config.token_cleaning_k if k is None else k
+    result = self_evolving_cleaning(base, samples, train, n_parts=config.self_evolving_parts, k=k, batch_size=32,
+                                    trusted=trusted, held_out=check, on_no_gain="ignore",
                                     safeguards=TokenCleaningConfig.paper().safeguards)
-    dropped = [torch.zeros(len(s), dtype=torch.bool) for s in result.parts[0]]
-    scores = [torch.full((len(s),), float("nan")) for s in result.parts[0]]
-    for part in result.scores:
+    uncleaned = 0 if trusted is not None else len(result.parts[0])  # the published form trains part 0 as is
+    dropped = [torch.zeros(len(s), dtype=torch.bool) for s in samples[:uncleaned]]
+    scores = [torch.full((len(s),), float("nan")) for s in samples[:uncleaned]]
+    rounds, start = result.report(), uncleaned
+    for row, part in zip(rounds, result.scores):
         dropped += [r.dropped for r in part]
         scores += [-r.scores["influence"] for r in part]
-    method = {**TokenCleaningConfig.paper(k=config.token_cleaning_k).to_dict(), "n_parts": config.self_evolving_parts}
-    return Selection(dropped, scores, result.model, method)
+        part_samples, part_dropped = samples[start:start + len(part)], dropped[start:]
+        start += len(part)
+        hits = sum(int((d & s.noise_mask & s.response_mask).sum()) for d, s in zip(part_dropped, part_samples))
+        harmful = sum(int((s.noise_mask & s.response_mask).sum()) for s in part_samples)
+        count = sum(int(d.sum()) for d in part_dropped)
+        row.update(dropped=count, precision=hits / count if count else None,
+                   recall=hits / harmful if harmful else None)
+    method = {**TokenCleaningConfig.paper(k=k).to_dict(), "n_parts": config.self_evolving_parts,
+              "first_part": "trusted set" if trusted is not None else "pool part 0"}
+    return Selection(dropped, scores, result.model, method, rounds)
 
 
 @torch.no_grad()
@@ -404,8 +440,14 @@ def run_cell(base, tokenizer, *, noise: float, seed: int, config: CellConfig,
     if "oracle" in config.arms:
         selections["oracle"] = Selection([s.noise_mask & s.response_mask for s in samples],
                                          [(s.noise_mask & s.response_mask).float() for s in samples])
-    if "tc_self_evolving" in config.arms:
-        selections["tc_self_evolving"] = self_evolving_selection(base, samples, config, seed)
+    if any(a in config.arms for a in ("tc_self_evolving", *SELF_EVOLVING_LADDER)):
+        check = make_sft(tokenizer, config.check_samples, noise=0.0, seed=2_000_000 + seed,
+                         exclude=pool_prompts | trusted_prompts).samples
+        for arm, first, k in (("tc_self_evolving", None, None), ("tc_self_evolving_trusted", trusted.samples, None),
+                              ("tc_trusted_then_all_tokens", trusted.samples, 1.0)):
+            if arm in config.arms:
+                selections[arm] = self_evolving_selection(base, samples, config, seed, check=check, trusted=first,
+                                                          k=k)
     if "rho1" in config.arms:
         selections["rho1"] = rho1_selection(base, reference, samples, config, seed)
     del reference
@@ -435,6 +477,8 @@ def run_cell(base, tokenizer, *, noise: float, seed: int, config: CellConfig,
             entry["selection"] = selection_metrics(selection, samples, sft.kinds, ids_to_text=ids_to_text)
         if selection.config is not None:
             entry["config"] = selection.config
+        if selection.rounds is not None:
+            entry["rounds"] = selection.rounds
         entry["seconds"] = time.perf_counter() - arm_start
         cell["arms"][arm] = entry
         selection.trained = None

@@ -14,7 +14,10 @@ tokens seen; each micro-batch is then ranked against that window plus itself (th
 tokens that fall within the top ``keep_ratio`` of the pool), and joins the window. Within one optimizer step
 the model does not change, so the excess losses of the step's earlier micro-batches are exactly comparable:
 ``capacity`` = the tokens of one accumulation window with :meth:`ExcessLossWindow.reset` at every optimizer
-step ranks each micro-batch against its step; without the reset the window rolls over steps.
+step ranks each micro-batch against its step; without the reset the window rolls over steps, and then the
+kept share drifts: the model's losses fall as it learns, so later batches rank below the values the window
+kept from earlier steps (a 16,384-token window rolled over one epoch of a tiny miniature cell, 24 problems,
+batch 8, dropped 62% of the tokens at ``keep_ratio=0.6``, against 40% ranked per batch).
 """
 
 from __future__ import annotations
