@@ -338,7 +338,11 @@ def self_evolving_cleaning(
     ``on_no_gain``; :meth:`SelfEvolvingResult.report` lists the rounds. On the toy benchmark (seed 0, the
     clean warm-up set as the trusted part, 150 clean held-out samples) the precision of the dropped tokens
     fell 0.60 -> 0.30 -> 0.16 -> 0.10 -> 0.08 over the 5 rounds while the reference's held-out NLL rose
-    0.21 -> 0.27 -> 0.73 -> 1.55 -> 2.12 against the base's 0.47: the check flags rounds 3-5.
+    0.21 -> 0.27 -> 0.73 -> 1.55 -> 2.12 against the base's 0.47: the check flags rounds 3-5. On the miniature
+    (benchmarks/methods/results/remaining_safeguards/, 5 seeds, 15% noise, k 0.6) the trusted part lifts the
+    first round's precision from 0.06 to 0.21, yet the model scores 0.1% exact match against 72.9% for the
+    same schedule with nothing dropped, and the check flags rounds 3-5 in every seed (2-4 without a trusted
+    part): use ``on_no_gain="error"`` to stop there.
 
     Args:
         base: the fixed base model (never trained here).
