@@ -176,3 +176,83 @@ def test_second_round_rule_on_hand_made_summaries():
     verdict = judge_tr_anchors({"0.15": noisy, "0.05": low, "0.00": clean})
     assert verdict["default"] == "xtf_guarded+rates-TR" and verdict["recommended"] is False
     assert judge_tr_anchors({"0.15": noisy, "0.00": clean}) == {}  # 5% not run: no verdict
+
+
+def _rung(em: float, vs_preset: tuple[float, float, float], vs_all: float = 0.0) -> dict:
+    mean, low, high = vs_preset
+    return {"exact_match": em, "vs_preset": {"seeds": {"mean": mean, "low": low, "high": high}},
+            "vs_all_tokens": {"seeds": {"mean": vs_all}}}
+
+
+def test_third_round_rules_on_hand_made_summaries():
+    from benchmarks.methods.miniature_criteria import judge_remaining
+
+    def level(relative, trusted, rounds=()):
+        return {"xtf_safe+ri_mean": _rung(0.60, (-0.01, -0.03, 0.01)), "xtf_safe+ri_relative": _rung(*relative),
+                "xtf_safe+ri_sum": _rung(0.61, (0.01, -0.01, 0.03)),
+                "tc_self_evolving": {"rounds": list(rounds)}, "tc_self_evolving_trusted": _rung(*trusted)}
+
+    rounds = [{"precision": 0.2, "beats_base": True}, {"precision": 0.05, "beats_base": False},
+              {"precision": None, "beats_base": False}]  # a round that dropped nothing has no precision
+    noisy = level((0.66, (0.03, 0.01, 0.05)), (0.70, (0.05, 0.01, 0.09)), rounds)
+    low = level((0.90, (0.0, -0.01, 0.01), -0.01), (0.90, (-0.01, -0.03, 0.01)), rounds)
+    clean = level((0.98, (0.0, -0.01, 0.01), -0.015), (0.97, (-0.019, -0.03, 0.0)))
+    verdict = judge_remaining({"0.15": noisy, "0.05": low, "0.00": clean})
+    # relative: interval above 0 at 15%, level at 5%, within 2 points of all tokens at 5% and 0%
+    assert verdict["ri_score"]["verdict"] == "xtf_safe+ri_relative"
+    assert verdict["trusted_part"]["verdict"] is True
+    check = verdict["reference_check"]
+    assert check["verdict"] is True and "2 of 4 rounds flagged" in check["why"]
+
+    clean["xtf_safe+ri_relative"]["vs_all_tokens"]["seeds"]["mean"] = -0.03  # costs 3 points without noise
+    clean["tc_self_evolving_trusted"]["vs_preset"]["seeds"]["mean"] = -0.021
+    noisy["tc_self_evolving"]["rounds"] = [{"precision": 0.05, "beats_base": True},
+                                          {"precision": 0.2, "beats_base": False}]
+    low["tc_self_evolving"]["rounds"] = []
+    verdict = judge_remaining({"0.15": noisy, "0.05": low, "0.00": clean})
+    assert verdict["ri_score"]["verdict"] == "xtf_safe"  # no rung passes: the defaults keep offdiag
+    assert verdict["trusted_part"]["verdict"] is False
+    assert verdict["reference_check"]["verdict"] is False  # the flagged round was the more precise
+    noisy["tc_self_evolving"]["rounds"] = [{"precision": 0.05, "beats_base": True}]
+    assert judge_remaining({"0.15": noisy, "0.05": low, "0.00": clean})["reference_check"]["verdict"] is False
+    assert set(judge_remaining({"0.15": noisy, "0.00": clean})) == {"reference_check"}  # 5% not run
+
+
+@pytest.mark.slow
+def test_third_round_plan_end_to_end_on_a_tiny_base(tmp_path):
+    """The third round's cells through finish(): each rung against its preset, the rounds pooled over seeds
+    with their seed, L4-L6 applied, the round tables written."""
+    import dataclasses
+
+    from benchmarks.methods.miniature import finish
+    from benchmarks.methods.miniature import remaining_safeguards_plan
+    from benchmarks.methods.miniature_criteria import judge_remaining
+    from xtf_kernels.datasets.miniature import BaseConfig
+    from xtf_kernels.datasets.miniature import load_base
+    from xtf_kernels.demo.experiment import RUNG_PRESET
+    from xtf_kernels.demo.experiment import run_cell
+
+    tiny = BaseConfig(documents=300, tokenizer_documents=300, vocab_size=400, hidden_size=32, num_layers=2,
+                      num_heads=2, num_kv_heads=1, intermediate_size=64)
+    base = load_base(tiny, cache_dir=tmp_path / "cache")
+    plan = remaining_safeguards_plan()
+    plan = dataclasses.replace(plan, seeds=(0, 1), base=tiny, cells={
+        level: dataclasses.replace(config, pool=24, trusted=8, heldout=10, retention=3, batch_size=8,
+                                   self_evolving_parts=2, check_samples=6)
+        for level, config in plan.cells.items()})
+    cells = {f"{level:.2f}": [run_cell(base.model, base.tokenizer, noise=level, seed=seed, config=config)
+                              for seed in plan.seeds] for level, config in plan.cells.items()}
+    results = finish(plan, cells, str(tmp_path / "out"), seconds=1.0, load_start=[0.0, 0.0, 0.0],
+                     load_end=[0.0, 0.0, 0.0], base_info=base.info)
+    for level in ("0.15", "0.05", "0.00"):
+        summary = results["summary"][level]
+        for arm in ("xtf_safe+ri_mean", "xtf_safe+ri_relative", "xtf_safe+ri_sum", "tc_self_evolving_trusted"):
+            assert summary[arm]["vs_preset"]["against"] == RUNG_PRESET[arm]
+        rounds = summary["tc_self_evolving_trusted"]["rounds"]
+        assert [(r["seed"], r["round"]) for r in rounds] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+        assert [(r["seed"], r["round"]) for r in summary["tc_self_evolving"]["rounds"]] == [(0, 1), (1, 1)]
+    assert results["criteria"] is None and results["ladder"] == judge_remaining(results["summary"])
+    assert set(results["ladder"]) == {"ri_score", "trusted_part", "reference_check"}
+    text = (tmp_path / "out" / "miniature.md").read_text()
+    assert "L6 (the per-round reference check informative)" in text
+    assert "Token Cleaning (self-evolving, trusted first part), round by round" in text
