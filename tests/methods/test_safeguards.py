@@ -12,12 +12,14 @@ import pytest
 import torch
 
 from tests.methods import tiny
+from xtf_kernels.datasets import collate
 from xtf_kernels.methods import DropCapExceededError
 from xtf_kernels.methods import Safeguards
 from xtf_kernels.methods import TokenCleaningConfig
 from xtf_kernels.methods import TokenCleaningScorer
 from xtf_kernels.methods import XTFConfig
 from xtf_kernels.methods import XTFScorer
+from xtf_kernels.methods import safeguards as safeguards_module
 from xtf_kernels.methods import score_samples
 from xtf_kernels.methods import token_cleaning
 from xtf_kernels.methods.safeguards import GUARD_CODES
@@ -107,19 +109,46 @@ def test_whole_response_option():
     assert remove_empty(samples) == list(samples)
 
 
-def test_global_cap_warns_or_raises_as_scores_come_in():
-    samples = tiny.data(120).samples  # 2374 response tokens: past the 2048-token start of the in-flight check
+def test_global_cap_warns_or_raises_on_the_totals():
+    samples = tiny.data(12).samples  # 242 response tokens: checked although far below the running check's 2048
     base = dict(protect_special_tokens=False, max_sample_drop=None, max_total_drop=0.5)
-    with pytest.warns(UserWarning, match="above max_total_drop"):
+    with pytest.warns(UserWarning, match="xtf over 12 samples drops 100.0% of 242 response tokens"):
         score_samples(XTFScorer(tiny.model(), every_token_fires(**base)), samples, batch_size=32)
     with pytest.raises(DropCapExceededError, match="max_total_drop"):
         score_samples(XTFScorer(tiny.model(), every_token_fires(on_exceed="error", **base)), samples, batch_size=32)
+    guarded = TokenCleaningConfig(k=0.3, scope="sample", safeguards=Safeguards(max_sample_drop=None, max_total_drop=0.5,
+                                                                               on_exceed="error"))
+    scorer = TokenCleaningScorer(tiny.model(), tiny.perturbed(tiny.model(), 1), guarded, tokenizer=TOKENIZER)
+    with pytest.raises(DropCapExceededError, match="token_cleaning over 12 samples"):  # per-sample top k too
+        score_samples(scorer, samples)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not check_total_drop(50, 100, Safeguards(max_total_drop=0.5))  # at the cap is allowed
         assert not check_total_drop(99, 100, Safeguards(max_total_drop=None))
     with pytest.raises(DropCapExceededError):
         check_total_drop(51, 100, Safeguards(max_total_drop=0.5, on_exceed="error"))
+
+
+def test_score_samples_checks_the_total_not_the_running_fraction(monkeypatch):
+    """The longest samples first: with eos protected they drop the largest share, so the first batch is over a
+    cap the whole stays under. score_samples says nothing; the scorer called batch by batch (its running
+    check, here from the first token on) warns at the first batch."""
+    monkeypatch.setattr(safeguards_module, "GLOBAL_CHECK_MIN_TOKENS", 1)
+    samples = sorted(tiny.data(24).samples, key=lambda s: -int(s.response_mask.sum()))
+    config = every_token_fires(protect_special_tokens=True, max_sample_drop=None, max_total_drop=None)
+    results = score_samples(XTFScorer(tiny.model(), config, tokenizer=TOKENIZER), samples)
+    counts = [(int((r.dropped & s.response_mask).sum()), int(s.response_mask.sum())) for s, r in zip(samples, results)]
+    first = sum(c[0] for c in counts[:4]) / sum(c[1] for c in counts[:4])
+    total = sum(c[0] for c in counts) / sum(c[1] for c in counts)
+    assert first > total
+    cap = dataclasses.replace(config.safeguards, max_total_drop=(first + total) / 2)
+    scorer = XTFScorer(tiny.model(), dataclasses.replace(config, safeguards=cap), tokenizer=TOKENIZER)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        score_samples(scorer, samples, batch_size=4)
+    scorer = XTFScorer(tiny.model(), dataclasses.replace(config, safeguards=cap), tokenizer=TOKENIZER)
+    with pytest.warns(UserWarning, match="XTF drops"):
+        scorer.score_batch(collate(samples[:4], scorer.pad_token_id))
 
 
 def test_kn_anchors_are_seeded_and_independent_of_batching():

@@ -90,6 +90,12 @@ class TokenScorer(abc.ABC):
         """A pool-wide selection to apply after every batch is scored, or None."""
         return None
 
+    @property
+    def safeguards(self):
+        """The :class:`~xtf_kernels.methods.Safeguards` whose global cap :func:`score_samples` checks on the
+        totals, or None (nothing to check)."""
+        return None
+
     @abc.abstractmethod
     def config_dict(self) -> dict:
         """Every knob, JSON-serialisable (part of the result's config fingerprint)."""
@@ -184,9 +190,21 @@ def score_samples(scorer: TokenScorer, samples: Iterable[TokenizedSample], *, ba
     For data that does not fit in memory, or to keep and resume results, use
     :func:`xtf_kernels.pipeline.score_dataset`.
 
+    The scorer's global cap (``safeguards.max_total_drop``) is checked once, on the totals over every sample,
+    as the pipeline does: a running fraction is not the dataset's (noisier samples first would trip it while
+    the whole stays under the cap). With a pool-wide top k the check is :func:`~.safeguards.finalize`'s, after
+    the per-sample safeguards it applies.
+
     Returns:
         one :class:`SampleScores` per sample, in order.
+
+    Raises:
+        DropCapExceededError: the global cap is exceeded and ``on_exceed == "error"`` (with "warn": a warning).
     """
+    from .safeguards import check_total_drop  # safeguards imports this module
+    from .safeguards import deferred_total_check
+    from .safeguards import drop_counts
+
     samples = list(samples)
     if scorer.needs_dataset_pass:
         scorer.begin_dataset_pass()
@@ -200,11 +218,18 @@ def score_samples(scorer: TokenScorer, samples: Iterable[TokenizedSample], *, ba
         groups = tqdm(groups, desc=f"{scorer.name} scoring", unit="batch")
     device = scorer.device
     results: list[SampleScores] = []
-    for group in groups:
-        batch = collate(group, scorer.pad_token_id).to(device)
-        results.extend(split_batch(scorer.score_batch(batch), batch.lengths, scorer.rule_names))
+    with deferred_total_check():
+        for group in groups:
+            batch = collate(group, scorer.pad_token_id).to(device)
+            results.extend(split_batch(scorer.score_batch(batch), batch.lengths, scorer.rule_names))
     spec = scorer.global_topk
-    return apply_global_topk(results, spec, scorer.rule_names) if spec is not None else results
+    if spec is not None:
+        return apply_global_topk(results, spec, scorer.rule_names)
+    if scorer.safeguards is not None:
+        counts = [drop_counts(r.scores, r.dropped_by) for r in results]
+        check_total_drop(sum(c[0] for c in counts), sum(c[1] for c in counts), scorer.safeguards,
+                         what=f"{scorer.name} over {len(samples)} samples")
+    return results
 
 
 def filter_samples(samples: Iterable[TokenizedSample], results: Iterable[SampleScores]) -> list[TokenizedSample]:

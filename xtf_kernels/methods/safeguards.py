@@ -77,8 +77,9 @@ class Safeguards:
             Default 0.4: the largest drop budget the methods this package implements found useful (Token
             Cleaning keeps 60%, RHO-1 60-70%); an XTF union that drops more than that from one sample, as
             on the toy benchmark (62%), removes the answer's template with the noise.
-        max_total_drop: cap on the fraction dropped over the whole dataset (None = no cap); checked as
-            scores come in (after 2048 scored tokens) and by :func:`check_total_drop`.
+        max_total_drop: cap on the fraction dropped over the whole dataset (None = no cap); checked once on
+            the totals by :func:`~xtf_kernels.methods.score_samples`, the pipeline and :func:`finalize`, and
+            as scores come in (after 2048 scored tokens) when a scorer is called batch by batch.
         on_exceed: "warn" (a ``UserWarning``, once) or "error" (:class:`DropCapExceededError`) when the global
             cap is exceeded.
         all_dropped: a sample whose whole response would be dropped: "keep" (train on it whole) or "remove"
@@ -248,6 +249,19 @@ def deferred_total_check() -> Iterator[None]:
         _deferred.depth -= 1
 
 
+def drop_counts(scores: dict[str, torch.Tensor], dropped_by: torch.Tensor) -> tuple[int, int]:
+    """(dropped, scored) response tokens of results of any shape: scored = not NaN in ``guard`` (every response
+    token, protected ones included; without a guard score: not NaN in any score), dropped = scored with a
+    rule bit set."""
+    if "guard" in scores:
+        scored = ~torch.isnan(scores["guard"])
+    else:
+        scored = torch.zeros(dropped_by.shape, dtype=torch.bool)
+        for value in scores.values():
+            scored |= ~torch.isnan(value)
+    return int(((dropped_by != 0) & scored).sum()), int(scored.sum())
+
+
 def total_check_deferred() -> bool:
     """Whether this thread is inside :func:`deferred_total_check`."""
     return getattr(_deferred, "depth", 0) > 0
@@ -255,7 +269,9 @@ def total_check_deferred() -> bool:
 
 class DropCounter:
     """Running totals of dropped / scored response tokens, checked against the global cap as they grow, once
-    2048 tokens are in (in-memory scoring; inside :func:`deferred_total_check` only counted)."""
+    2048 tokens are in (a scorer called batch by batch, e.g. in a training loop; inside
+    :func:`deferred_total_check`, as :func:`~xtf_kernels.methods.score_samples` and the pipeline run it, only
+    counted)."""
 
     def __init__(self, guard: Safeguards, what: str):
         self.guard, self.what = guard, what

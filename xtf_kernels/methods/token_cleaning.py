@@ -141,6 +141,10 @@ class TokenCleaningScorer(TokenScorer):
         self.protected_ids = resolve_protected_ids(self.config.safeguards, model=base, tokenizer=tokenizer,
                                                    vocab_size=int(base_head.weight.shape[0]))
 
+    @property
+    def safeguards(self) -> Safeguards:
+        return self.config.safeguards
+
     def config_dict(self) -> dict:
         return {"method": self.name, **self.config.to_dict(), "protected_ids_resolved": self.protected_ids.tolist()}
 

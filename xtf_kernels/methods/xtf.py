@@ -338,7 +338,7 @@ class XTFScorer(TokenScorer):
                                  ) + ("guard",)
         guard = self.config.safeguards
         self.protected_ids = resolve_protected_ids(guard, model=model, tokenizer=tokenizer, vocab_size=self.vocab_size)
-        self.drop_counter = DropCounter(guard, "XTF")
+        self.drop_counter = DropCounter(guard, "XTF")  # batch by batch; score_samples checks the totals once
         self._counts: torch.Tensor | None = None
         self._response_counts: torch.Tensor | None = None
         self.s_tr: torch.Tensor | None = None
@@ -349,6 +349,10 @@ class XTFScorer(TokenScorer):
     @property
     def needs_dataset_pass(self) -> bool:
         return "TR" in self.config.rules
+
+    @property
+    def safeguards(self) -> Safeguards:
+        return self.config.safeguards
 
     def config_dict(self) -> dict:
         return {"method": self.name, **self.config.to_dict(), "protected_ids_resolved": self.protected_ids.tolist()}

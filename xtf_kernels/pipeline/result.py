@@ -113,19 +113,6 @@ def final_flags(manifest: dict, index: int, lengths: torch.Tensor, scores: dict[
     return dropped_by, scores
 
 
-def drop_counts(scores: dict[str, torch.Tensor], dropped_by: torch.Tensor) -> tuple[int, int]:
-    """(dropped, scored) response tokens of flat (T,) results: scored = not NaN in ``guard`` (every response
-    token, protected ones included; without a guard score: not NaN in any score), dropped = scored with a
-    rule bit set."""
-    if "guard" in scores:
-        scored = ~torch.isnan(scores["guard"])
-    else:
-        scored = torch.zeros(dropped_by.shape, dtype=torch.bool)
-        for value in scores.values():
-            scored |= ~torch.isnan(value)
-    return int(((dropped_by != 0) & scored).sum()), int(scored.sum())
-
-
 class ScoreResult:
     """The scoring results in ``out_dir``.
 

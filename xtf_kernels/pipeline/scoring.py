@@ -47,6 +47,7 @@ from ..methods.base import TokenScorer
 from ..methods.base import split_batch
 from ..methods.safeguards import check_total_drop
 from ..methods.safeguards import deferred_total_check
+from ..methods.safeguards import drop_counts
 from . import store
 from . import topk
 from .distributed import Group
@@ -65,7 +66,6 @@ from .lock import lock_run_id
 from .progress import Meter
 from .progress import summary
 from .result import ScoreResult
-from .result import drop_counts
 from .result import final_flags
 from .result import safeguards_of
 
