@@ -214,21 +214,39 @@ def test_class_weights_mean_equals_torch_cross_entropy(impl, label_smoothing):
     assert_close(loss, expected)
 
 
-def test_shift_equals_slicing_and_leaves_the_last_position_without_gradient(impl):
+@pytest.mark.parametrize("shift", [True, 2, 5])
+def test_shift_equals_slicing_and_leaves_the_last_positions_without_gradient(impl, shift):
+    """shift=n (True = 1; an int as Cut Cross-Entropy's) is hidden[..., :-n] against targets[..., n:]."""
+    n = int(shift)
     case = make_case((3, 17), 31, 123, device=impl.device, token_weights=True)
     for reduction in ("mean", "none"):
         shifted = xk.linear_cross_entropy(case.hidden, case.weight, case.targets, token_weights=case.token_weights,
-                                          shift=True, reduction=reduction, backend=impl.backend)
-        hidden = case.hidden.detach()[:, :-1].requires_grad_()
-        sliced = xk.linear_cross_entropy(hidden, case.weight, case.targets[:, 1:],
-                                         token_weights=case.token_weights[:, 1:], reduction=reduction,
+                                          shift=shift, reduction=reduction, backend=impl.backend)
+        hidden = case.hidden.detach()[:, :-n].requires_grad_()
+        sliced = xk.linear_cross_entropy(hidden, case.weight, case.targets[:, n:],
+                                         token_weights=case.token_weights[:, n:], reduction=reduction,
                                          backend=impl.backend)
-        assert shifted.shape == sliced.shape == ((3, 16) if reduction == "none" else ())
+        assert shifted.shape == sliced.shape == ((3, 17 - n) if reduction == "none" else ())
         torch.testing.assert_close(shifted, sliced, atol=1e-6, rtol=1e-6)
         (grad_shifted,) = torch.autograd.grad(shifted.sum(), case.hidden)
         (grad_sliced,) = torch.autograd.grad(sliced.sum(), hidden)
-        assert torch.all(grad_shifted[:, -1] == 0)
-        torch.testing.assert_close(grad_shifted[:, :-1], grad_sliced, atol=1e-6, rtol=1e-5)
+        assert torch.all(grad_shifted[:, -n:] == 0)
+        torch.testing.assert_close(grad_shifted[:, :-n], grad_sliced, atol=1e-6, rtol=1e-5)
+    logprobs = xk.token_logprobs(case.hidden.detach(), case.weight.detach(), case.targets, shift=shift,
+                                 backend=impl.backend)
+    unshifted = xk.token_logprobs(case.hidden.detach()[:, :-n], case.weight.detach(), case.targets[:, n:],
+                                  backend=impl.backend)
+    assert logprobs.shape == (3, 17 - n)
+    torch.testing.assert_close(logprobs, unshifted, atol=1e-6, rtol=1e-6)
+
+
+def test_shift_zero_is_no_shift():
+    case = make_case((3, 17), 31, 123, device="cpu")
+    for shift in (0, False):
+        torch.testing.assert_close(xk.linear_cross_entropy(case.hidden, case.weight, case.targets, shift=shift,
+                                                           reduction="none", backend="torch"),
+                                   xk.linear_cross_entropy(case.hidden, case.weight, case.targets, reduction="none",
+                                                           backend="torch"), atol=0, rtol=0)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -59,7 +59,11 @@ CASES = [
      ValueError, "shift=True needs targets (..., T) with a sequence length T >= 2"),
     ("shift scalar target", dict(hidden=torch.randn(8), targets=torch.tensor(3), shift=True), ValueError,
      "shift=True needs"),
-    ("shift not bool", dict(shift=1), TypeError, "shift must be a bool"),
+    ("shift not an int", dict(shift=1.5), TypeError, "shift must be a bool or a non-negative int, got 1.5"),
+    ("shift negative", dict(shift=-1), ValueError, "shift must be a bool or a non-negative int, got -1"),
+    ("shift as long as the sequence", dict(hidden=torch.randn(4, 3, 8), targets=torch.randint(0, 11, (4, 3)),
+                                           shift=3), ValueError,
+     "shift=3 needs targets (..., T) with a sequence length T >= 4 (position i predicts i + 3)"),
 ]
 
 
@@ -119,8 +123,11 @@ def test_module_rejects_bad_options():
         xk.LinearCrossEntropyLoss(logit_scale=0.0)
     with pytest.raises(TypeError, match="class_weights must be a floating-point"):
         xk.LinearCrossEntropyLoss(class_weights=torch.ones(5, dtype=torch.long))
-    with pytest.raises(TypeError, match="shift must be a bool"):
+    with pytest.raises(TypeError, match="shift must be a bool or a non-negative int"):
         xk.LinearCrossEntropyLoss(shift="yes")
+    with pytest.raises(ValueError, match="shift must be a bool or a non-negative int, got -2"):
+        xk.LinearCrossEntropyLoss(shift=-2)
+    assert "shift=2" in repr(xk.LinearCrossEntropyLoss(shift=2))
 
 
 def test_float64_is_accepted():

@@ -102,15 +102,20 @@ def check_class_weights(class_weights, weight) -> None:
         raise ValueError(f"class_weights is on {class_weights.device} but weight is on {weight.device}")
 
 
-def check_shift(shift, targets) -> None:
-    """shift=True needs a sequence dimension of length >= 2 (targets (..., T))."""
-    if not isinstance(shift, bool):
-        raise TypeError(f"shift must be a bool, got {shift!r}")
-    if shift and (targets.dim() == 0 or targets.shape[-1] < 2):
+def check_shift(shift, targets: torch.Tensor | None = None) -> int:
+    """The offset n of ``shift`` (True = 1, False = 0, or an int n >= 0, as Cut Cross-Entropy's): position i
+    predicts ``targets[..., i + n]``, which needs a sequence dimension longer than n (targets (..., T))."""
+    if not isinstance(shift, (bool, int)):
+        raise TypeError(f"shift must be a bool or a non-negative int, got {shift!r}")
+    offset = int(shift)
+    if offset < 0:
+        raise ValueError(f"shift must be a bool or a non-negative int, got {shift!r}")
+    if offset and targets is not None and (targets.dim() == 0 or targets.shape[-1] <= offset):
         raise ValueError(
-            f"shift=True needs targets (..., T) with a sequence length T >= 2 (position i predicts i + 1), "
-            f"got targets of shape {tuple(targets.shape)}"
+            f"shift={shift!r} needs targets (..., T) with a sequence length T >= {offset + 1} (position i predicts "
+            f"i + {offset}), got targets of shape {tuple(targets.shape)}"
         )
+    return offset
 
 
 def check_logit_scale(logit_scale) -> float:

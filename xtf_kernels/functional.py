@@ -84,12 +84,12 @@ def _features(hidden: torch.Tensor, *, logit_scale: float = 1.0, class_weights=N
     return frozenset(needs)
 
 
-def _shifted(x: torch.Tensor | None, fill) -> torch.Tensor | None:
-    """x[..., 1:] padded at the end with ``fill`` (the last position predicts nothing)."""
-    if x is None:
-        return None
-    pad = torch.full((*x.shape[:-1], 1), fill, dtype=x.dtype, device=x.device)
-    return torch.cat([x[..., 1:], pad], dim=-1)
+def _shifted(x: torch.Tensor | None, fill, offset: int) -> torch.Tensor | None:
+    """x[..., offset:] padded at the end with ``offset`` ``fill`` values (the last positions predict nothing)."""
+    if x is None or offset == 0:
+        return x
+    pad = torch.full((*x.shape[:-1], offset), fill, dtype=x.dtype, device=x.device)
+    return torch.cat([x[..., offset:], pad], dim=-1)
 
 
 def _accuracy(predicted, targets, token_weights, ignore_index: int, reduction: str, dtype: torch.dtype):
@@ -121,7 +121,7 @@ def linear_cross_entropy(
     logit_scale: float = 1.0,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
-    shift: bool = False,
+    shift: bool | int = False,
     return_z_loss: bool = False,
     return_token_accuracy: bool = False,
     return_predicted_tokens: bool = False,
@@ -165,10 +165,11 @@ def linear_cross_entropy(
         logit_scale: a > 0 multiplies the logits before the softcap (Cohere, Granite).
         label_smoothing: eps in [0, 1], as in ``F.cross_entropy``.
         z_loss: c >= 0 adds c * lse^2 per kept token (PaLM).
-        shift: causal-LM shift: position i's hidden state predicts ``targets[..., i + 1]`` (and is weighted
-            by ``token_weights[..., i + 1]``); the last position predicts nothing. Needs a sequence
-            dimension (``targets`` (..., T), T >= 2); per-token outputs are (..., T - 1). The hidden states
-            are not copied for it (the last position is dropped like an ignored token).
+        shift: causal-LM shift: True (or 1): position i's hidden state predicts ``targets[..., i + 1]``
+            (and is weighted by ``token_weights[..., i + 1]``); an int n >= 0 (Cut Cross-Entropy's form,
+            e.g. multi-token prediction heads): ``targets[..., i + n]``. The last n positions predict nothing.
+            Needs a sequence dimension (``targets`` (..., T), T > n); per-token outputs are (..., T - n).
+            The hidden states are not copied for it (the last n positions are dropped like ignored tokens).
         return_z_loss / return_token_accuracy / return_predicted_tokens: return a
             :class:`LinearCrossEntropyOutput`; the argmax is formed in the same pass (no second matmul).
         backend: "auto", "torch", "triton" or "cuda" (see :mod:`xtf_kernels.ops.registry`).
@@ -191,7 +192,7 @@ def linear_cross_entropy(
     logit_scale = v.check_logit_scale(logit_scale)
     label_smoothing = v.check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
     z_loss = v.check_number("z_loss", z_loss, low=0.0)
-    v.check_shift(shift, targets)
+    offset = v.check_shift(shift, targets)
     want_argmax = bool(return_token_accuracy or return_predicted_tokens)
     chunk = v.check_chunk_size(chunk_size)
     max_kept = v.check_max_kept_tokens(max_kept_tokens)
@@ -202,9 +203,8 @@ def linear_cross_entropy(
 
     if token_weights is not None:
         token_weights = token_weights.detach().to(acc_dtype)
-    if shift:
-        targets = _shifted(targets, ignore_index)
-        token_weights = _shifted(token_weights, 0.0)
+    targets = _shifted(targets, ignore_index, offset)
+    token_weights = _shifted(token_weights, 0.0, offset)
     hidden_2d = hidden.reshape(-1, hidden.shape[-1])
     targets_1d = targets.reshape(-1).long()
     weights_1d = None if token_weights is None else token_weights.reshape(-1)
@@ -217,7 +217,7 @@ def linear_cross_entropy(
 
     def per_token(x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(targets.shape)
-        return x[..., :-1] if shift else x
+        return x[..., :-offset] if offset else x
 
     if reduction == "none":
         loss, z_term = per_token(loss), per_token(z_term) if return_z_loss else None
@@ -243,7 +243,7 @@ def token_logprobs(
     softcap: float | None = None,
     logit_scale: float = 1.0,
     ignore_index: int = -100,
-    shift: bool = False,
+    shift: bool | int = False,
     return_entropy: bool = False,
     return_lse: bool = False,
     return_predicted_tokens: bool = False,
@@ -264,8 +264,8 @@ def token_logprobs(
         targets: (...) integer in [0, V) or ``ignore_index``.
         temperature: T > 0.
         logit_scale: a > 0 multiplies the logits before the softcap.
-        shift: position i predicts ``targets[..., i + 1]``; outputs are (..., T - 1) (see
-            :func:`linear_cross_entropy`).
+        shift: True (or an int n): position i predicts ``targets[..., i + 1]`` (``i + n``); outputs are
+            (..., T - n) (see :func:`linear_cross_entropy`).
         return_entropy / return_lse / return_predicted_tokens / return_mean_logit: return a
             :class:`TokenLogprobs` named tuple. predicted_tokens: ``torch.argmax`` of z (first maximal index
             on ties), ``ignore_index`` at ignored positions; mean_logit: (1 / V) sum_j z_j (after the
@@ -284,14 +284,13 @@ def token_logprobs(
     cap = v.check_softcap(softcap)
     logit_scale = v.check_logit_scale(logit_scale)
     temperature = v.check_number("temperature", temperature, low=0.0, low_open=True)
-    v.check_shift(shift, targets)
+    offset = v.check_shift(shift, targets)
     chunk = v.check_chunk_size(chunk_size)
     max_kept = v.check_max_kept_tokens(max_kept_tokens)
     name = resolve_backend(backend, hidden.device,
                            _features(hidden, logit_scale=logit_scale, argmax=bool(return_predicted_tokens)))
 
-    if shift:
-        targets = _shifted(targets, ignore_index)
+    targets = _shifted(targets, ignore_index, offset)
     logprobs, entropy, lse, argmax, mean_logit = custom_ops.token_logprobs_op(
         hidden.reshape(-1, hidden.shape[-1]), weight, bias, targets.reshape(-1).long(), ignore_index, cap,
         logit_scale, 1.0 / temperature, bool(return_entropy), bool(return_predicted_tokens),
@@ -300,7 +299,7 @@ def token_logprobs(
 
     def per_token(x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(targets.shape)
-        return x[..., :-1] if shift else x
+        return x[..., :-offset] if offset else x
 
     if not (return_entropy or return_lse or return_predicted_tokens or return_mean_logit):
         return per_token(logprobs)

@@ -34,7 +34,7 @@ class LinearCrossEntropyLoss(nn.Module):
         label_smoothing: float = 0.0,
         z_loss: float = 0.0,
         class_weights: torch.Tensor | None = None,
-        shift: bool = False,
+        shift: bool | int = False,
         return_z_loss: bool = False,
         return_token_accuracy: bool = False,
         return_predicted_tokens: bool = False,
@@ -53,8 +53,7 @@ class LinearCrossEntropyLoss(nn.Module):
             v.check_tensor("class_weights", class_weights, dims=1)
             if not class_weights.is_floating_point():
                 raise TypeError(f"class_weights must be a floating-point tensor, got {class_weights.dtype}")
-        if not isinstance(shift, bool):
-            raise TypeError(f"shift must be a bool, got {shift!r}")
+        v.check_shift(shift)
         check_backend_name(backend)
         v.check_chunk_size(chunk_size)
         v.check_max_kept_tokens(max_kept_tokens)
@@ -103,7 +102,7 @@ class LinearCrossEntropyLoss(nn.Module):
         if self.class_weights is not None:
             parts.append(f"class_weights=({self.class_weights.shape[0]},)")
         if self.shift:
-            parts.append("shift=True")
+            parts.append(f"shift={self.shift!r}")
         if self.max_kept_tokens is not None:
             parts.append(f"max_kept_tokens={self.max_kept_tokens}")
         return ", ".join(parts)

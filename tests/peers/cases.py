@@ -10,7 +10,7 @@ Sources (read at the commits the project mirrors; re-expressed, no code copied):
 - Cut Cross-Entropy, ``tests/test_cce_loss_forward.py`` / ``tests/test_cce_loss_backward.py``: (N, V, D) in
   {(256, 512, 128), (252, 507, 128), (252, 507, 123)}, ``e = randn(N, D) / sqrt(D)``, ``c = randn(V, D)``
   whose first min(N, V) // 2 rows are copies of rows of ``e`` (peaked, near-one-hot softmaxes), bias
-  ``randn(V) * 0.01`` (forward) / ``0.02`` (backward), 20% ignored targets, softcap None / 20, shift, z-loss
+  ``randn(V) * 0.01`` (forward) / ``0.02`` (backward), 20% ignored targets, softcap None / 20, shift 0 / 2, z-loss
   (mean of lse^2 over kept tokens), reductions none / mean / sum. Their tolerance: the error against an
   fp32 ground truth may exceed that of the plain materialised computation in the input dtype by at most
   1e-5 (fp32), 1e-3 (fp16), 1e-2 (bf16).
@@ -61,7 +61,7 @@ CCE_REDUCTIONS = ("none", "mean", "sum")
 
 
 def cce_cases():
-    """(shape, dtype, reduction, softcap, bias, shift, invalids, z_loss): every shape x dtype x reduction,
+    """(shape, dtype, reduction, softcap, bias, shift (0 or 2), invalids, z_loss): every shape x dtype x reduction,
     the four binary options and softcap cycled so each value meets every dtype and reduction."""
     cases = []
     combos = list(itertools.product(CCE_SHAPES, CCE_ERROR_TOL, CCE_REDUCTIONS))
@@ -69,6 +69,6 @@ def cce_cases():
         bits = [(index >> k) & 1 for k in range(5)]
         softcap = 20.0 if bits[0] else None
         z_loss = bool(bits[4]) and reduction != "none"  # CCE adds z-loss outside a "none" loss; see the test
-        cases.append((shape, dtype, reduction, softcap, bool(bits[1]), bool(bits[2]), not bits[3] or index % 3 == 0,
+        cases.append((shape, dtype, reduction, softcap, bool(bits[1]), 2 * bits[2], not bits[3] or index % 3 == 0,
                        z_loss))
     return cases

@@ -2,10 +2,10 @@
 tolerance rule: elementwise, our error against a high-precision ground truth (float64 here, CCE uses fp32)
 may exceed the error of the plain materialised computation in the input dtype by at most CCE's error_tol.
 
-Differences on purpose: CCE's ``shift`` is an integer offset, ours a bool (offset 1, the causal-LM case);
-CCE adds its z-loss outside the op (mean of lse^2 over kept tokens), which is our ``z_loss=1`` for "mean",
-and for "sum" after CCE's division by the kept count; with "none" CCE's z-loss has no per-token form, so
-those cases run without it.
+``shift`` takes CCE's own values (0 and 2: position i predicts target i + 2). Differences on purpose: CCE
+adds its z-loss outside the op (mean of lse^2 over kept tokens), which is our ``z_loss=1`` for "mean", and for
+"sum" after CCE's division by the kept count; with "none" CCE's z-loss has no per-token form, so those cases
+run without it.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _materialised(leaves, targets, softcap, shift, reduction, z_loss, dtype):
     returning the scalar CCE back-propagates and its per-token (or reduced) loss."""
     e, c, *bias = (t.to(dtype) for t in leaves)
     if shift:
-        e, targets = e[:, :-1], targets[:, 1:]
+        e, targets = e[:, :-shift], targets[:, shift:]
     logits = e.flatten(0, -2) @ c.T
     if bias:
         logits = logits + bias[0]
@@ -78,7 +78,7 @@ def test_cce_loss_case(impl, index):
                                    softcap=softcap, shift=shift, reduction=reduction, z_loss=1.0 if z_loss else 0.0,
                                    backend=impl.backend)
     if reduction == "sum":
-        loss = loss / (targets[:, 1:] if shift else targets).ne(IGNORE).sum().to(impl.device)
+        loss = loss / targets[:, shift:].ne(IGNORE).sum().to(impl.device)
     scalar = loss.mean()
 
     def run(dtype_):
