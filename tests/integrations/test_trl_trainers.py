@@ -1,6 +1,6 @@
-"""SFTTrainer, GRPOTrainer and DPOTrainer with and without ``apply_xtf_kernels`` on the same seed (tiny random Llama,
-CPU, two optimizer steps): xtf's custom ops run on every training step, and the losses, TRL's logged metrics,
-first-step gradients and final parameters equal the plain TRL run's."""
+"""SFTTrainer, GRPOTrainer, RLOOTrainer, DPOTrainer and KTOTrainer with and without ``apply_xtf_kernels`` on the
+same seed (tiny random Llama, CPU, two optimizer steps): xtf's custom ops run on every training step, and the
+losses, TRL's logged metrics, first-step gradients and final parameters equal the plain TRL run's."""
 
 from __future__ import annotations
 
@@ -282,3 +282,56 @@ def test_sft_with_a_lora_peft_config_matches_plain_trl(tmp_path):
     _assert_xtf_ran_every_step(actual, 2)
     assert any("lora" in name for name in actual.grads) and not any("lm_head" in name for name in actual.grads)
     assert_same_run(actual, expected, ("entropy", "mean_token_accuracy", "num_tokens"))
+
+
+def test_rloo_matches_plain_trl_and_runs_xtf_every_step(tmp_path):
+    prompts = ["Tom has 3 apples .", "Anna buys 12 pens .", "How many books does Ben have ?", "Mia has 7 coins ."]
+    dataset = datasets.Dataset.from_dict({"prompt": prompts})
+
+    def reward(completions, **kwargs):
+        return [float(len(c)) for c in completions]
+
+    def factory(model, folder):
+        def build(callbacks):
+            args = trl.RLOOConfig(
+                output_dir=str(tmp_path / folder), max_steps=2, per_device_train_batch_size=4, num_generations=2,
+                max_completion_length=6, temperature=0.8, beta=0.0, **COMMON_ARGS,
+            )
+            return trl.RLOOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=dataset,
+                                   processing_class=tokenizer(), callbacks=callbacks)
+
+        return build
+
+    reference, patched = _pair()
+    expected = train(factory(reference, "reference"))
+    actual = train(factory(patched, "patched"))
+    assert expected.ops.total == 0
+    _assert_xtf_ran_every_step(actual, 2)
+    assert_same_run(actual, expected, ("entropy", "num_tokens", "reward"))
+
+
+def test_kto_matches_plain_trl_and_runs_xtf_every_step(tmp_path):
+    dataset = datasets.Dataset.from_dict({
+        "prompt": ["Tom has 3 apples .", "Anna buys 12 pens .", "How many books does Ben have ?", "Mia has 7 ."],
+        "completion": ["Tom has 3 apples now .", "pens pens 5", "Ben has 4 books .", "7 7 7 7 7"],
+        "label": [True, False, True, False],
+    })
+
+    def factory(model, ref_model, folder):
+        def build(callbacks):
+            args = trl.KTOConfig(output_dir=str(tmp_path / folder), max_steps=2, per_device_train_batch_size=4,
+                                 gradient_accumulation_steps=1, max_length=24, **COMMON_ARGS)
+            return trl.KTOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
+                                  processing_class=tokenizer(), callbacks=callbacks)
+
+        return build
+
+    reference, patched = _pair()
+    expected = train(factory(reference, twin(reference), "reference"))
+    actual = train(factory(patched, twin(patched), "patched"))
+    assert expected.ops.total == 0
+    _assert_xtf_ran_every_step(actual, 2)
+    for calls in actual.ops.steps:  # policy and reference model, on the batch and on KTO's mismatched KL pairs
+        assert calls["token_logprobs"] >= 4
+    assert_same_run(actual, expected, ("entropy", "kl", "num_tokens", "rewards/chosen", "rewards/margins",
+                                       "logps/chosen", "logps/rejected", "logits/chosen"))
