@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from tests.cli.model_folders import save_base_and_ref
 from tests.methods import tiny
 from xtf_kernels.cli import main
 from xtf_kernels.methods import XTFConfig
@@ -20,10 +21,7 @@ pytest.importorskip("safetensors")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("calibrate")
     dataset = tiny.data(8)
-    base = tiny.model("llama", num_layers=2)
-    base.save_pretrained(root / "base")
-    dataset.tokenizer.to_transformers().save_pretrained(root / "base")
-    tiny.perturbed(base, seed=1).save_pretrained(root / "ref")
+    base = save_base_and_ref(root, dataset)
     dataset.to_jsonl(root / "dev.jsonl", tokenised=True)
     return root, dataset, base
 

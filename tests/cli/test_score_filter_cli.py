@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from tests.cli.model_folders import save_base_and_ref
 from tests.methods import tiny
 from xtf_kernels.cli import main
 from xtf_kernels.pipeline import ScoreResult
@@ -23,11 +24,7 @@ pytest.importorskip("matplotlib")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     dataset = tiny.data(10)
-    base = tiny.model("llama", num_layers=2)
-    base.save_pretrained(root / "base")
-    dataset.tokenizer.to_transformers().save_pretrained(root / "base")
-    ref = tiny.perturbed(base, seed=1)
-    ref.save_pretrained(root / "ref")
+    save_base_and_ref(root, dataset)
     dataset.to_jsonl(root / "data.jsonl", tokenised=False)
     return root, dataset
 
