@@ -24,9 +24,10 @@ def reference_logits(hidden, weight, bias=None, softcap=None, temperature=1.0, l
     return logits / temperature
 
 
-def shift_inputs(hidden, targets, token_weights=None):
-    """The causal-LM slice: hidden[..., :-1, :], targets[..., 1:], token_weights[..., 1:]."""
-    return hidden[..., :-1, :], targets[..., 1:], None if token_weights is None else token_weights[..., 1:]
+def shift_inputs(hidden, targets, token_weights=None, offset: int = 1):
+    """The causal-LM slice by ``offset`` n: hidden[..., :-n, :], targets[..., n:], token_weights[..., n:]."""
+    n = offset
+    return hidden[..., :-n, :], targets[..., n:], None if token_weights is None else token_weights[..., n:]
 
 
 class ReferenceLoss(NamedTuple):
@@ -48,8 +49,8 @@ def reference_linear_cross_entropy_outputs(
     shift=False,
 ) -> ReferenceLoss:
     """Every output of ``linear_cross_entropy`` in float64; differentiable with respect to float64 leaves."""
-    if shift:
-        hidden, targets, token_weights = shift_inputs(hidden, targets, token_weights)
+    if shift:  # True or an offset n
+        hidden, targets, token_weights = shift_inputs(hidden, targets, token_weights, int(shift))
     logits = reference_logits(hidden, weight, bias, softcap, logit_scale=logit_scale)
     vocab = logits.shape[-1]
     keep = targets != ignore_index
@@ -101,8 +102,8 @@ def reference_token_logprobs_outputs(hidden, weight, targets, *, bias=None, temp
                                      ignore_index=-100, logit_scale=1.0, shift=False):
     """(logprobs, entropy, lse, predicted_tokens, mean_logit): float64 (int64 for the argmax), shaped like
     the (shifted) targets, 0 (ignore_index for the argmax) at ignored positions."""
-    if shift:
-        hidden, targets, _ = shift_inputs(hidden, targets)
+    if shift:  # True or an offset n
+        hidden, targets, _ = shift_inputs(hidden, targets, offset=int(shift))
     logits = reference_logits(hidden, weight, bias, softcap, temperature, logit_scale)
     log_p = torch.log_softmax(logits, -1)
     keep = targets != ignore_index

@@ -13,6 +13,7 @@ from tests.cases import make_case
 from tests.helpers import assert_close
 from tests.helpers import backend_features
 from tests.reference import reference_linear_cross_entropy
+from tests.reference import reference_linear_cross_entropy_outputs
 from tests.reference import reference_logits
 from tests.reference import reference_token_logprobs_outputs
 from xtf_kernels.errors import BackendUnavailableError
@@ -238,6 +239,35 @@ def test_shift_equals_slicing_and_leaves_the_last_positions_without_gradient(imp
                                   backend=impl.backend)
     assert logprobs.shape == (3, 17 - n)
     torch.testing.assert_close(logprobs, unshifted, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_shift_offset_every_output_against_float64(impl, reduction):
+    """shift=3 with token weights, z-loss, accuracy and predicted tokens; token_logprobs' entropy, lse, argmax
+    and mean logit: each against the float64 reference on the sliced inputs."""
+    case = make_case((3, 17), 31, 123, device=impl.device, token_weights=True)
+    out = xk.linear_cross_entropy(case.hidden, case.weight, case.targets, token_weights=case.token_weights,
+                                  shift=3, z_loss=1e-3, reduction=reduction, return_z_loss=True,
+                                  return_token_accuracy=True, return_predicted_tokens=True, backend=impl.backend)
+    hidden64, weight64 = (t.detach().cpu().double() for t in (case.hidden, case.weight))
+    expected = reference_linear_cross_entropy_outputs(hidden64, weight64, case.targets.cpu(),
+                                                      token_weights=case.token_weights.cpu(), shift=3, z_loss=1e-3,
+                                                      reduction=reduction)
+    assert out.predicted_tokens.shape == (3, 14)
+    assert_close(out.loss, expected.loss)
+    assert_close(out.z_loss, expected.z_loss)
+    assert_close(out.token_accuracy, expected.token_accuracy)
+    assert torch.equal(out.predicted_tokens.cpu(), expected.predicted_tokens)
+    logprobs = xk.token_logprobs(case.hidden.detach(), case.weight.detach(), case.targets, shift=3,
+                                 return_entropy=True, return_lse=True, return_predicted_tokens=True,
+                                 return_mean_logit=True, backend=impl.backend)
+    for ours, reference in zip(logprobs, reference_token_logprobs_outputs(hidden64, weight64, case.targets.cpu(),
+                                                                          shift=3)):
+        assert ours.shape == (3, 14)
+        if ours.is_floating_point():
+            assert_close(ours, reference)
+        else:
+            assert torch.equal(ours.cpu(), reference)
 
 
 def test_shift_zero_is_no_shift():

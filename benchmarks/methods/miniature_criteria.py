@@ -17,6 +17,8 @@ C0 the benchmark is sensitive: at 15% noise the oracle's per-seed interval again
 
 from __future__ import annotations
 
+from xtf_kernels.demo.experiment import RI_SCORE_LADDER
+
 NOISY, CLEAN = 0.15, 0.0
 MAX_CLEAN_LOSS = 0.02
 MIN_AUROC = 0.6
@@ -187,7 +189,6 @@ def judge_tr_anchors(summary: dict) -> dict:
 # (RHO-1 over a rolling window of earlier batches was planned as L7 and dropped before the run: on a tiny cell
 # it dropped 62% of the tokens at keep ratio 0.6, against per-batch RHO-1's 40%, because the model's losses
 # fall during the epoch, so no control matched in what it drops.)
-RI_SCORE_RUNGS = ("xtf_safe+ri_mean", "xtf_safe+ri_relative", "xtf_safe+ri_sum")
 SELF_EVOLVING_ARMS = ("tc_self_evolving", "tc_self_evolving_trusted")
 
 
@@ -206,7 +207,8 @@ def judge_remaining(summary: dict) -> dict:
     noisy, low, clean = _level(summary, NOISY), _level(summary, LOW_NOISE), _level(summary, CLEAN)
     out: dict = {}
     if noisy and low and clean:
-        rungs = [a for a in RI_SCORE_RUNGS if all(a in level for level in (noisy, low, clean))]
+        rungs = [a for a in RI_SCORE_LADDER
+                 if all(a in level and "vs_preset" in level[a] for level in (noisy, low, clean))]
         if rungs:
             def passes(arm: str) -> bool:
                 return (_vs(noisy, arm)["low"] > 0 and _vs(low, arm)["mean"] >= 0

@@ -180,7 +180,6 @@ def test_self_evolving_cleaning_with_a_trusted_first_part_and_its_control(cell):
         assert [r["precision"] for r in rounds] == pytest.approx([precision for _, precision in expected])
         for row in rounds:
             assert row["reference_nll"] > 0 and row["base_nll"] > 0
-            assert row["beats_base"] == (row["reference_nll"] < row["base_nll"])
     base_nlls = {r["base_nll"] for arm in ("tc_self_evolving", "tc_self_evolving_trusted")
                  for r in result["arms"][arm]["rounds"]}
     assert len(base_nlls) == 1  # one check set for both arms

@@ -4,7 +4,9 @@ tuned model's dev metrics from the model the training callback returned."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 
 import pytest
 import torch
@@ -132,3 +134,20 @@ def test_a_swept_threshold_knob_puts_its_rule_in_its_mode():
                                              safeguards=Safeguards(protect_special_tokens=False, max_sample_drop=None,
                                                                    max_total_drop=None)))
     assert sweep.rows[0]["dev_drop_rate"] == 1.0 and sweep.rows[1]["dev_drop_rate"] == 0.0
+
+
+@pytest.mark.parametrize("scope", ["global", "sample"])
+def test_a_sweep_shows_drop_rates_over_the_global_cap_without_stopping(scope):
+    """The global cap is a check, not a selection: values past it are swept and reported, not refused."""
+    base = tiny.model("llama")
+    samples = tiny.data(12).samples
+    capped = XTFConfig(rules=("KN",), kn_anchor_fraction=0.0,
+                       safeguards=Safeguards(protect_special_tokens=False, max_sample_drop=None, max_total_drop=0.1,
+                                             on_exceed="error"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sweep = sweep_threshold(base, samples, param="kn_pcp_max", values=[0.0], config=capped)
+        tc = TokenCleaningConfig(k=0.5, scope=scope, safeguards=dataclasses.replace(capped.safeguards))
+        tc_sweep = sweep_threshold(base, samples, param="k", values=[0.5], config=tc,
+                                   ref=tiny.perturbed(base, seed=1))
+    assert sweep.rows[0]["dev_drop_rate"] == 1.0 and tc_sweep.rows[0]["dev_drop_rate"] > 0.4

@@ -121,6 +121,12 @@ def test_global_cap_warns_or_raises_on_the_totals():
     scorer = TokenCleaningScorer(tiny.model(), tiny.perturbed(tiny.model(), 1), guarded, tokenizer=TOKENIZER)
     with pytest.raises(DropCapExceededError, match="token_cleaning over 12 samples"):  # per-sample top k too
         score_samples(scorer, samples)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        token_cleaning(tiny.model(), tiny.perturbed(tiny.model(), 1), samples, k=0.3, scope="sample",
+                       safeguards=dataclasses.replace(guarded.safeguards, on_exceed="warn"))
+    assert [str(w.message)[:28] for w in caught if "max_total_drop" in str(w.message)] == [
+        "token_cleaning over 12 sampl"]  # checked once, by score_samples
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not check_total_drop(50, 100, Safeguards(max_total_drop=0.5))  # at the cap is allowed

@@ -139,9 +139,8 @@ class CellConfig:
     reference_epochs: passes of the reference over the trusted set. token_cleaning_k / rho1_keep: kept
     fractions (methods.md defaults 0.6); self_evolving_parts: n; check_samples: clean samples (trained on by no
     arm) on which self-evolving cleaning checks its reference before every round. arms: the arms run;
-    random_for: the arms that
-    get a matched random drop; score_only: arms whose selection is measured but not trained on (e.g. XTF's
-    single rules in the demo, which trains on the union only).
+    random_for: the arms that get a matched random drop; score_only: arms whose selection is measured but not
+    trained on (e.g. XTF's single rules in the demo, which trains on the union only).
     """
 
     pool: int = 480

@@ -131,10 +131,15 @@ class CalibrationSweep:
 
 
 def _score(model, samples, config, ref, tokenizer, batch_size) -> list[SampleScores]:
+    # The global cap is a check, not a selection: it would warn about (or stop the sweep at) the very values
+    # whose drop rates the sweep exists to show, so the sweep scores without it.
+    config = dataclasses.replace(config, safeguards=dataclasses.replace(config.safeguards, max_total_drop=None))
     if isinstance(config, XTFConfig):
         return score_samples(XTFScorer(model, config, tokenizer=tokenizer), samples, batch_size=batch_size)
-    results = score_samples(TokenCleaningScorer(model, ref, config, tokenizer=tokenizer), samples,
-                            batch_size=batch_size)
+    scorer = TokenCleaningScorer(model, ref, config, tokenizer=tokenizer)
+    results = score_samples(scorer, samples, batch_size=batch_size)
+    if scorer.global_topk is None:  # scope "sample": its safeguards were applied while scoring
+        return results
     return finalize(results, config.safeguards, noise="influence", largest_is_noisiest=False, what="Token Cleaning")
 
 

@@ -236,19 +236,6 @@ def check_total_drop(dropped: int, scored: int, guard: Safeguards, *, what: str 
     return True
 
 
-@contextlib.contextmanager
-def deferred_total_check() -> Iterator[None]:
-    """Within this block (in this thread) a :class:`DropCounter` counts but does not check the global cap:
-    the caller checks the total once with :func:`check_total_drop`. The scoring pipeline does so, because a
-    rank's running fraction is not the dataset's (a rank holding the noisier shards would stop the run while
-    the whole stays under the cap) and one process and N ranks must reach the same verdict."""
-    _deferred.depth = getattr(_deferred, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _deferred.depth -= 1
-
-
 def drop_counts(scores: dict[str, torch.Tensor], dropped_by: torch.Tensor) -> tuple[int, int]:
     """(dropped, scored) response tokens of results of any shape: scored = not NaN in ``guard`` (every response
     token, protected ones included; without a guard score: not NaN in any score), dropped = scored with a
@@ -260,6 +247,19 @@ def drop_counts(scores: dict[str, torch.Tensor], dropped_by: torch.Tensor) -> tu
         for value in scores.values():
             scored |= ~torch.isnan(value)
     return int(((dropped_by != 0) & scored).sum()), int(scored.sum())
+
+
+@contextlib.contextmanager
+def deferred_total_check() -> Iterator[None]:
+    """Within this block (in this thread) a :class:`DropCounter` counts but does not check the global cap:
+    the caller checks the total once with :func:`check_total_drop`. The scoring pipeline does so, because a
+    rank's running fraction is not the dataset's (a rank holding the noisier shards would stop the run while
+    the whole stays under the cap) and one process and N ranks must reach the same verdict."""
+    _deferred.depth = getattr(_deferred, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _deferred.depth -= 1
 
 
 def total_check_deferred() -> bool:

@@ -210,8 +210,9 @@ def token_cleaning(base, ref, samples: Sequence[TokenizedSample], *, k: float = 
         check_reference(base, ref, held_out, on_no_gain=on_no_gain, batch_size=batch_size)
     scorer = TokenCleaningScorer(base, ref, config, tokenizer=tokenizer)
     results = score_samples(scorer, samples, batch_size=batch_size, progress=progress)
-    results = finalize(results, config.safeguards, noise="influence", largest_is_noisiest=False,
-                       what="Token Cleaning")
+    if scorer.global_topk is not None:  # scope "sample": score_samples applied and checked the safeguards
+        results = finalize(results, config.safeguards, noise="influence", largest_is_noisiest=False,
+                           what="Token Cleaning")
     return filter_samples(samples, results), results
 
 
