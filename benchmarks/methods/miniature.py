@@ -20,6 +20,7 @@ Run (one torch thread; nice it on a shared machine)::
     python -m benchmarks.methods.miniature --quick     # 2 seeds x 2 levels, small pool and base: under 3 minutes
     python -m benchmarks.methods.miniature --safeguards  # each safeguard alone: 5 seeds, 0% and 15%
     python -m benchmarks.methods.miniature --remaining-safeguards  # RI scores, self-evolving Token Cleaning
+    python -m benchmarks.methods.miniature --replication  # the defaults on a new base and fresh seeds
 
 Writes ``miniature.json`` (every cell, the comparisons, the criteria's verdicts, machine and load),
 ``miniature.csv`` (one row per noise level, seed and arm), ``miniature.md`` (the tables) and
@@ -44,6 +45,7 @@ import torch
 from benchmarks.methods.miniature_criteria import judge
 from benchmarks.methods.miniature_criteria import judge_ladder
 from benchmarks.methods.miniature_criteria import judge_remaining
+from benchmarks.methods.miniature_criteria import judge_replication
 from benchmarks.methods.miniature_criteria import judge_tr_anchors
 from benchmarks.methods.miniature_report import write_results
 from xtf_kernels import __version__
@@ -154,6 +156,20 @@ def remaining_safeguards_plan() -> Plan:
                       "C0-C4 (no random controls).")
 
 
+def replication_plan() -> Plan:
+    """The library's defaults on a base pretrained from seed 1 and fresh SFT seeds 5-9 (they were chosen on
+    base seed 0 and seeds 0-4): all tokens, the defaults with their random drop, the paper preset and the
+    oracle at 15%, 5% and 0% noise."""
+    noisy = CellConfig(**FULL_SIZES, arms=("all_tokens", "xtf_paper", "xtf_safe", "oracle"),
+                       random_for=("xtf_safe",))
+    return Plan(seeds=(5, 6, 7, 8, 9), base=BaseConfig(seed=1), decide=judge_replication,
+                cells={0.15: noisy, 0.05: noisy,
+                       0.0: CellConfig(**FULL_SIZES, arms=("all_tokens", "xtf_paper", "xtf_safe"), random_for=())},
+                title="Token filters on the miniature: the defaults replicated on a new base",
+                intro="XTF's library defaults, chosen on base seed 0 and SFT seeds 0-4, run on a base pretrained from "
+                      "seed 1 with SFT seeds 5-9; judged by R0-R1 (miniature_criteria.py), with C0-C3 reported.")
+
+
 def quick_plan() -> Plan:
     small = dict(pool=96, trusted=48, heldout=60, retention=20, self_evolving_parts=3)  # lr 3e-4 as the full run
     noisy = CellConfig(**small, arms=("all_tokens", "xtf_KN", "xtf_paper", "xtf_safe", "tc_fixed",
@@ -170,6 +186,7 @@ OTHER_PLANS = {
     "safeguards": (safeguards_plan, "the safeguard ladder (each safeguard alone) at 0%% and 15%%"),
     "tr_anchors": (tr_anchors_plan, "the ladder's second round (TR anchors, no TR) at 0, 5, 15%%"),
     "tc_safeguards": (tc_safeguards_plan, "Token Cleaning as published vs its defaults at 0, 5, 15%%"),
+    "replication": (replication_plan, "the defaults on a base from seed 1 and SFT seeds 5-9"),
     "remaining_safeguards": (remaining_safeguards_plan, "the third round (RI scores, self-evolving Token Cleaning's "
                                                         "trusted part and reference check)"),
 }

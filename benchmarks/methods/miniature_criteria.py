@@ -240,3 +240,34 @@ def judge_remaining(summary: dict) -> dict:
                    f"{_average(flagged):.3f} vs {_average(passed):.3f}"
                    " in the rounds passed"}
     return out
+
+
+# A replication (``--replication``), written down before its run: the library's defaults were chosen on base
+# seed 0 and SFT seeds 0-4 (three ladder rounds). Do their findings hold on a base pretrained from seed 1 and
+# fresh SFT draws (seeds 5-9), nothing tuned on them?
+# R0 the new base can see a perfect filter: at 15% noise the oracle's per-seed interval against all tokens lies
+#    above 0; without it no verdict.
+# R1 the defaults' direction replicates: at 15% noise their mean exact match minus all tokens' is > 0 and
+#    minus their matched random drop's is > 0, and at 5% and 0% noise their mean is at most 2 points below all
+#    tokens'. (C1-C3 are reported as for the main run.)
+REPLICATION_ARM = "xtf_safe"
+
+
+def judge_replication(summary: dict) -> dict:
+    """``summary``: noise level -> :func:`compare` output of the replication. Returns {"sensitive": R0,
+    "replicates": R1 (None without R0 or a level), "why"} and the main criteria's verdicts ("criteria")."""
+    noisy, low, clean = _level(summary, NOISY), _level(summary, LOW_NOISE), _level(summary, CLEAN)
+    out: dict = {"criteria": judge(summary)}
+    sensitive = out["criteria"]["sensitive"]
+    out["sensitive"] = sensitive
+    arm = REPLICATION_ARM
+    if not (noisy and low and clean and arm in noisy and "vs_random" in noisy[arm]):
+        out.update(replicates=None, why="a level or the random control is missing")
+        return out
+    versus_all, versus_random = (noisy[arm][key]["seeds"]["mean"] for key in ("vs_all_tokens", "vs_random"))
+    worst = min(level[arm]["vs_all_tokens"]["seeds"]["mean"] for level in (low, clean))
+    holds = versus_all > 0 and versus_random > 0 and worst >= -MAX_CLEAN_LOSS
+    out.update(replicates=holds if sensitive else None,
+               why=f"15%: {versus_all:+.3f} vs all tokens, {versus_random:+.3f} vs random; worst of 5% / 0% "
+                   f"{worst:+.3f}")
+    return out

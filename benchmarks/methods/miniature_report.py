@@ -81,6 +81,10 @@ def _ladder_verdicts(ladder: dict) -> list[str]:
         rule = "L2" if "safeguards" in ladder else "L3"
         lines += [f"{rule} (the default configuration): **{label(ladder['default'])}**; within 2 points of all tokens "
                   f"where required: **{ladder['recommended']}**. {ladder['why']}.", ""]
+    if "replicates" in ladder:  # the replication: R0 / R1, then the main criteria
+        lines += [f"R0 (the new base sees a perfect filter): **{ladder['sensitive']}**; R1 (the defaults' direction "
+                  f"replicates): **{ladder['replicates']}**. {ladder['why']}.", ""]
+        lines += _verdicts(ladder["criteria"]) + [""]
     for key, text in REMAINING_RULES.items():  # the third round
         if key in ladder:
             verdict = ladder[key]["verdict"]

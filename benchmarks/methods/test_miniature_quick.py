@@ -256,3 +256,33 @@ def test_third_round_plan_end_to_end_on_a_tiny_base(tmp_path):
     text = (tmp_path / "out" / "miniature.md").read_text()
     assert "L6 (the per-round reference check informative)" in text
     assert "Token Cleaning (self-evolving, trusted first part), round by round" in text
+
+
+def test_replication_rule_on_hand_made_summaries():
+    from benchmarks.methods.miniature_criteria import judge_replication
+
+    def versus(mean, low=-1.0, high=1.0):
+        return {"seeds": {"mean": mean, "low": low, "high": high}}
+
+    def arm(vs_all, vs_random=None, auroc=0.6, em=0.6):
+        entry = {"exact_match": em, "vs_all_tokens": versus(vs_all), "selection": {"harmful": {"auroc": auroc}}}
+        if vs_random is not None:
+            entry["vs_random"] = versus(vs_random)
+        return entry
+
+    def summary(noisy_all, noisy_random, low_all, clean_all, oracle_low=0.05):
+        noisy = {"all_tokens": {}, "xtf_safe": arm(noisy_all, noisy_random),
+                 "oracle": {**arm(0.2, 0.2), "vs_all_tokens": versus(0.2, oracle_low, 0.3)}}
+        return {"0.15": noisy, "0.05": {"all_tokens": {}, "xtf_safe": arm(low_all, 0.01)},
+                "0.00": {"all_tokens": {}, "xtf_safe": arm(clean_all)}}
+
+    verdict = judge_replication(summary(0.02, 0.03, -0.01, -0.02))
+    assert verdict["sensitive"] is True and verdict["replicates"] is True
+    assert "xtf_safe" in verdict["criteria"]["methods"]
+    assert judge_replication(summary(0.02, -0.01, 0.0, 0.0))["replicates"] is False  # not above its random drop
+    assert judge_replication(summary(0.02, 0.03, -0.021, 0.0))["replicates"] is False  # costs 2.1 points at 5%
+    insensitive = judge_replication(summary(0.02, 0.03, 0.0, 0.0, oracle_low=-0.01))
+    assert insensitive["sensitive"] is False and insensitive["replicates"] is None
+    partial = summary(0.02, 0.03, 0.0, 0.0)
+    del partial["0.05"]
+    assert judge_replication(partial)["replicates"] is None
