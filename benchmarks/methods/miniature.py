@@ -167,7 +167,8 @@ def replication_plan() -> Plan:
                        0.0: CellConfig(**FULL_SIZES, arms=("all_tokens", "xtf_paper", "xtf_safe"), random_for=())},
                 title="Token filters on the miniature: the defaults replicated on a new base",
                 intro="XTF's library defaults, chosen on base seed 0 and SFT seeds 0-4, run on a base pretrained from "
-                      "seed 1 with SFT seeds 5-9; judged by R0-R1 (miniature_criteria.py), with C0-C3 reported.")
+                      "another seed (in the line above; 1 unless --base-seed) with SFT seeds 5-9; judged by R0-R1 "
+                      "(miniature_criteria.py), with C0-C3 reported.")
 
 
 def quick_plan() -> Plan:
@@ -279,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         which.add_argument(f"--{name.replace('_', '-')}", dest="plan", action="store_const", const=name,
                            help=f"{text} -> results/{name}/")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the plan's seeds")
+    parser.add_argument("--base-seed", type=int, default=None,
+                        help="override the seed of the plan's base (a different pretrained base, cached apart)")
     parser.add_argument("--out", default=None, help="output folder (default benchmarks/methods/results, or "
                                                     "results/<plan> with a plan flag such as --quick)")
     parser.add_argument("--cache-dir", default=None, help="where the pretrained base is cached")
@@ -292,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = OTHER_PLANS[args.plan][0]() if args.plan else full_plan()
     if args.seeds:
         plan = dataclasses.replace(plan, seeds=tuple(args.seeds))
+    if args.base_seed is not None:
+        plan = dataclasses.replace(plan, base=dataclasses.replace(plan.base, seed=args.base_seed))
     out = args.out or os.path.join(HERE, "results", args.plan or "")
     if args.partial:
         run_cells(plan, args.partial, levels=tuple(args.levels) if args.levels else None, cache_dir=args.cache_dir)

@@ -250,6 +250,9 @@ def judge_remaining(summary: dict) -> dict:
 # R1 the defaults' direction replicates: at 15% noise their mean exact match minus all tokens' is > 0 and
 #    minus their matched random drop's is > 0, and at 5% and 0% noise their mean is at most 2 points below all
 #    tokens'. (C1-C3 are reported as for the main run.)
+# After the run on base seed 1 failed R0 (fine-tuning on every token reached 10% exact match, against 60% on
+# base seed 0), the same plan and rules were applied to base seed 2 (``--base-seed 2``), before its run, to
+# tell an unlucky base from a lucky one.
 REPLICATION_ARM = "xtf_safe"
 
 

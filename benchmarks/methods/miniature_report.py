@@ -122,7 +122,8 @@ def markdown(results: dict) -> str:
              f"Machine: {env['machine']}; load average {env['load_average_start'][0]:.1f} at the start, "
              f"{env['load_average_end'][0]:.1f} at the end; {env['seconds'] / 60:.1f} minutes of wall time, "
              f"{env['cell_seconds'] / 60:.1f} minutes in the cells (base pretrained in "
-             f"{results['plan']['base_info']['seconds']:.0f} s, then cached); seeds {results['plan']['seeds']}.", ""]
+             f"{results['plan']['base_info']['seconds']:.0f} s, then cached); seeds {results['plan']['seeds']} on base "
+             f"seed {results['plan']['base'].get('seed', 0)}.", ""]
     criteria = results["criteria"]
     if results["intro"]:
         lines += [results["intro"], ""]
