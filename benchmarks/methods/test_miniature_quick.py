@@ -286,3 +286,25 @@ def test_replication_rule_on_hand_made_summaries():
     partial = summary(0.02, 0.03, 0.0, 0.0)
     del partial["0.05"]
     assert judge_replication(partial)["replicates"] is None
+
+
+def test_command_line_overrides_the_plans_seeds_and_base(monkeypatch, tmp_path):
+    """--seeds, --base-seed and --levels reach the cells a --partial run computes (the plan is otherwise the
+    flag's: the replication's arms and its base configuration but for the seed)."""
+    import dataclasses
+
+    from benchmarks.methods import miniature
+
+    seen = {}
+
+    def record(plan, partial, *, levels=None, cache_dir=None):
+        seen.update(plan=plan, partial=partial, levels=levels, cache_dir=cache_dir)
+
+    monkeypatch.setattr(miniature, "run_cells", record)
+    status = miniature.main(["--replication", "--base-seed", "2", "--seeds", "7", "--levels", "0.05", "0.0",
+                             "--partial", str(tmp_path / "part.json"), "--cache-dir", str(tmp_path)])
+    plan = seen["plan"]
+    assert status == 0 and plan.seeds == (7,) and seen["levels"] == (0.05, 0.0)
+    default = miniature.replication_plan()
+    assert plan.base == dataclasses.replace(default.base, seed=2) and default.base.seed == 1
+    assert plan.cells == default.cells and seen["cache_dir"] == str(tmp_path)
