@@ -33,7 +33,10 @@ def _assert_xtf_ran_every_step(run, steps: int) -> None:
         assert calls["token_logprobs"] > 0 and calls["head_backward"] > 0, f"step {step}: {dict(calls)}"
 
 
-def test_grpo_matches_plain_trl_and_runs_xtf_every_step(tmp_path):
+@pytest.mark.parametrize("trainer", ["GRPO", "RLOO"])
+def test_online_rl_matches_plain_trl_and_runs_xtf_every_step(tmp_path, trainer):
+    """GRPOTrainer and RLOOTrainer (the same generate-then-score loop, different advantages)."""
+    config_class, trainer_class = getattr(trl, f"{trainer}Config"), getattr(trl, f"{trainer}Trainer")
     prompts = ["Tom has 3 apples .", "Anna buys 12 pens .", "How many books does Ben have ?", "Mia has 7 coins ."]
     dataset = datasets.Dataset.from_dict({"prompt": prompts})
 
@@ -43,12 +46,12 @@ def test_grpo_matches_plain_trl_and_runs_xtf_every_step(tmp_path):
 
     def factory(model, folder):
         def build(callbacks):
-            args = trl.GRPOConfig(
+            args = config_class(
                 output_dir=str(tmp_path / folder), max_steps=2, per_device_train_batch_size=4, num_generations=2,
                 max_completion_length=6, temperature=0.8, beta=0.0, **COMMON_ARGS,
             )
-            return trl.GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=dataset,
-                                   processing_class=tokenizer(), callbacks=callbacks)
+            return trainer_class(model=model, reward_funcs=reward, args=args, train_dataset=dataset,
+                                 processing_class=tokenizer(), callbacks=callbacks)
 
         return build
 
@@ -282,32 +285,6 @@ def test_sft_with_a_lora_peft_config_matches_plain_trl(tmp_path):
     _assert_xtf_ran_every_step(actual, 2)
     assert any("lora" in name for name in actual.grads) and not any("lm_head" in name for name in actual.grads)
     assert_same_run(actual, expected, ("entropy", "mean_token_accuracy", "num_tokens"))
-
-
-def test_rloo_matches_plain_trl_and_runs_xtf_every_step(tmp_path):
-    prompts = ["Tom has 3 apples .", "Anna buys 12 pens .", "How many books does Ben have ?", "Mia has 7 coins ."]
-    dataset = datasets.Dataset.from_dict({"prompt": prompts})
-
-    def reward(completions, **kwargs):
-        return [float(len(c)) for c in completions]
-
-    def factory(model, folder):
-        def build(callbacks):
-            args = trl.RLOOConfig(
-                output_dir=str(tmp_path / folder), max_steps=2, per_device_train_batch_size=4, num_generations=2,
-                max_completion_length=6, temperature=0.8, beta=0.0, **COMMON_ARGS,
-            )
-            return trl.RLOOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=dataset,
-                                   processing_class=tokenizer(), callbacks=callbacks)
-
-        return build
-
-    reference, patched = _pair()
-    expected = train(factory(reference, "reference"))
-    actual = train(factory(patched, "patched"))
-    assert expected.ops.total == 0
-    _assert_xtf_ran_every_step(actual, 2)
-    assert_same_run(actual, expected, ("entropy", "num_tokens", "reward"))
 
 
 def test_kto_matches_plain_trl_and_runs_xtf_every_step(tmp_path):
