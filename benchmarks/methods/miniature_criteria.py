@@ -253,12 +253,32 @@ def judge_remaining(summary: dict) -> dict:
 # After the run on base seed 1 failed R0 (fine-tuning on every token reached 10% exact match, against 60% on
 # base seed 0), the same plan and rules were applied to base seed 2 (``--base-seed 2``), before its run, to
 # tell an unlucky base from a lucky one.
+#
+# The clean held-out NLL (the mean NLL of the 200 clean held-out responses), written down after an exploratory
+# look at the three runs above and before the confirmation run on a base from seed 3 with SFT seeds 10-14
+# (``--replication --base-seed 3 --seeds 10 11 12 13 14``), nothing of which had been run. On every one of
+# the three bases the oracle lowered it at 15% noise (-0.067, -0.057, -0.080 nats per token, intervals below 0)
+# even where exact match could not see the oracle, and the defaults lowered it against all tokens (-0.013,
+# -0.010, -0.012) and against their random drop (-0.014, -0.007, -0.013): a smooth measure of how well the
+# model fits clean answers, where exact match waits for the two-step task to be learnt at all. Applied to those
+# runs, N1 below holds on bases 0 and 2 and fails on base 1 (its interval against the random drop reaches
+# +0.0001); the rule was not tuned to pass them.
+# N0 the base can see a perfect filter on the clean NLL: at 15% noise the oracle's per-seed interval of clean
+#    NLL minus all tokens' lies below 0; without it no N1 verdict.
+# N1 the defaults lower the clean NLL: at 15% noise their per-seed interval of clean NLL minus all tokens' lies
+#    below 0, and so does the interval against their matched random drop; at 5% and 0% noise their mean is at
+#    most MAX_CLEAN_NLL_RISE above all tokens'.
+# (Exact match stays the main criteria's measure: N0-N1 say whether the defaults move the model the right way,
+# not whether it then answers more problems.)
 REPLICATION_ARM = "xtf_safe"
+MAX_CLEAN_NLL_RISE = 0.005  # nats per token: a tenth of the smallest oracle gain above, 0.5% of a token's odds
 
 
 def judge_replication(summary: dict) -> dict:
     """``summary``: noise level -> :func:`compare` output of the replication. Returns {"sensitive": R0,
-    "replicates": R1 (None without R0 or a level), "why"} and the main criteria's verdicts ("criteria")."""
+    "replicates": R1 (None without R0 or a level), "why", "nll_sensitive": N0, "nll_lowered": N1 (None without
+    N0), "nll_why"} and the main criteria's verdicts ("criteria"); without a level or the random control only
+    "replicates" (None) and "why"."""
     noisy, low, clean = _level(summary, NOISY), _level(summary, LOW_NOISE), _level(summary, CLEAN)
     out: dict = {"criteria": judge(summary)}
     sensitive = out["criteria"]["sensitive"]
@@ -273,4 +293,20 @@ def judge_replication(summary: dict) -> dict:
     out.update(replicates=holds if sensitive else None,
                why=f"15%: {versus_all:+.3f} vs all tokens, {versus_random:+.3f} vs random; worst of 5% / 0% "
                    f"{worst:+.3f}")
+    out.update(_judge_clean_nll(noisy, low, clean, arm))
     return out
+
+
+def _judge_clean_nll(noisy: dict, low: dict, clean: dict, arm: str) -> dict:
+    """N0-N1 on the per-seed clean-NLL intervals (``["clean_nll"]`` of each paired comparison)."""
+    oracle = noisy.get("oracle", {}).get("vs_all_tokens", {}).get("clean_nll")
+    sensitive = None if oracle is None else oracle["high"] < 0
+    versus_all, versus_random = (noisy[arm][key]["clean_nll"] for key in ("vs_all_tokens", "vs_random"))
+    worst = max(level[arm]["vs_all_tokens"]["clean_nll"]["mean"] for level in (low, clean))
+    holds = versus_all["high"] < 0 and versus_random["high"] < 0 and worst <= MAX_CLEAN_NLL_RISE
+    oracle_text = "n/a" if oracle is None else f"{oracle['mean']:+.4f} [{oracle['low']:+.4f}, {oracle['high']:+.4f}]"
+    return {"nll_sensitive": sensitive, "nll_lowered": holds if sensitive else None,
+            "nll_why": f"15%: oracle {oracle_text}; defaults {versus_all['mean']:+.4f} [{versus_all['low']:+.4f}, "
+                       f"{versus_all['high']:+.4f}] vs all tokens, {versus_random['mean']:+.4f} "
+                       f"[{versus_random['low']:+.4f}, {versus_random['high']:+.4f}] vs random; highest of 5% / 0% "
+                       f"{worst:+.4f}"}

@@ -84,12 +84,37 @@ def _ladder_verdicts(ladder: dict) -> list[str]:
     if "replicates" in ladder:  # the replication: R0 / R1, then the main criteria
         lines += [f"R0 (the new base sees a perfect filter): **{ladder['sensitive']}**; R1 (the defaults' direction "
                   f"replicates): **{ladder['replicates']}**. {ladder['why']}.", ""]
+        if "nll_lowered" in ladder:
+            lines += [f"N0 (the base sees a perfect filter on the clean NLL): **{ladder['nll_sensitive']}**; N1 (the "
+                      f"defaults lower the clean NLL): **{ladder['nll_lowered']}**. {ladder['nll_why']}.", ""]
         lines += _verdicts(ladder["criteria"]) + [""]
     for key, text in REMAINING_RULES.items():  # the third round
         if key in ladder:
             verdict = ladder[key]["verdict"]
             lines += [f"{text}: **{label(verdict) if isinstance(verdict, str) else verdict}**. "
                       f"{ladder[key]['why']}.", ""]
+    return lines
+
+
+def _nll_interval(versus: dict | None) -> str:
+    if versus is None or "clean_nll" not in versus:  # results written before the clean NLL was compared
+        return "n/a"
+    d = versus["clean_nll"]
+    return f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+
+
+def _clean_nll(summary: dict) -> list[str]:
+    """Per arm: the clean held-out NLL and its per-seed differences against all tokens and the random drop."""
+    arms = [arm for arm in summary if arm != "all_tokens"]
+    if not arms:
+        return []
+    lines = ["", "NLL of the clean held-out responses (nats per token; lower is better), per-seed differences "
+             "[95%]:", "", "| arm | clean NLL | vs all tokens | vs matched random |", "|---|---|---|---|",
+             f"| {label('all_tokens')} | {_f(summary['all_tokens']['clean_nll'], 4)} | n/a | n/a |"]
+    for arm in arms:
+        entry = summary[arm]
+        lines.append(f"| {label(arm)} | {_f(entry['clean_nll'], 4)} | {_nll_interval(entry.get('vs_all_tokens'))} | "
+                     f"{_nll_interval(entry.get('vs_random'))} |")
     return lines
 
 
@@ -174,6 +199,7 @@ def markdown(results: dict) -> str:
                              f"{_f(s['drop_rate'])} | {_f(preset['drop_rate'])} | {_f(s['harmful']['precision'])} | "
                              f"{_f(preset['harmful']['precision'])} |")
         lines += _rounds(summary)
+        lines += _clean_nll(summary)
         kinds = [arm for arm, entry in summary.items() if entry.get("selection")]
         if kinds:
             names = list(summary[kinds[0]]["selection"]["by_kind"])

@@ -262,7 +262,8 @@ def test_replication_rule_on_hand_made_summaries():
     from benchmarks.methods.miniature_criteria import judge_replication
 
     def versus(mean, low=-1.0, high=1.0):
-        return {"seeds": {"mean": mean, "low": low, "high": high}}
+        return {"seeds": {"mean": mean, "low": low, "high": high},
+                "clean_nll": {"mean": 0.0, "low": -1.0, "high": 1.0}}
 
     def arm(vs_all, vs_random=None, auroc=0.6, em=0.6):
         entry = {"exact_match": em, "vs_all_tokens": versus(vs_all), "selection": {"harmful": {"auroc": auroc}}}
@@ -286,6 +287,36 @@ def test_replication_rule_on_hand_made_summaries():
     partial = summary(0.02, 0.03, 0.0, 0.0)
     del partial["0.05"]
     assert judge_replication(partial)["replicates"] is None
+
+
+def test_clean_nll_rule_on_hand_made_summaries():
+    """N0-N1: the oracle's clean-NLL interval below 0 makes the base sensitive; the defaults pass when both
+    15% intervals lie below 0 and 5% / 0% rise at most MAX_CLEAN_NLL_RISE."""
+    from benchmarks.methods.miniature_criteria import MAX_CLEAN_NLL_RISE
+    from benchmarks.methods.miniature_criteria import judge_replication
+
+    def versus(nll_mean, nll_high):
+        return {"seeds": {"mean": 0.0, "low": -0.01, "high": 0.01},
+                "clean_nll": {"mean": nll_mean, "low": nll_mean - 0.01, "high": nll_high}}
+
+    def summary(all_high=-0.001, random_high=-0.002, low_mean=0.0, clean_mean=0.0, oracle_high=-0.03):
+        arm = {"exact_match": 0.5, "selection": {"harmful": {"auroc": 0.6}}}
+        return {"0.15": {"all_tokens": {}, "oracle": {**arm, "vs_all_tokens": versus(-0.06, oracle_high)},
+                         "xtf_safe": {**arm, "vs_all_tokens": versus(-0.01, all_high),
+                                      "vs_random": versus(-0.01, random_high)}},
+                "0.05": {"all_tokens": {}, "xtf_safe": {**arm, "vs_all_tokens": versus(low_mean, 0.01),
+                                                        "vs_random": versus(0.0, 0.01)}},
+                "0.00": {"all_tokens": {}, "xtf_safe": {**arm, "vs_all_tokens": versus(clean_mean, 0.01)}}}
+
+    verdict = judge_replication(summary())
+    assert verdict["nll_sensitive"] is True and verdict["nll_lowered"] is True
+    assert "oracle -0.0600" in verdict["nll_why"]
+    assert judge_replication(summary(all_high=0.0))["nll_lowered"] is False  # interval touches 0
+    assert judge_replication(summary(random_high=0.001))["nll_lowered"] is False  # not below its random drop
+    assert judge_replication(summary(low_mean=MAX_CLEAN_NLL_RISE))["nll_lowered"] is True  # at the tolerance
+    assert judge_replication(summary(clean_mean=MAX_CLEAN_NLL_RISE + 1e-4))["nll_lowered"] is False
+    blind = judge_replication(summary(oracle_high=0.001))
+    assert blind["nll_sensitive"] is False and blind["nll_lowered"] is None
 
 
 def test_command_line_overrides_the_plans_seeds_and_base(monkeypatch, tmp_path):

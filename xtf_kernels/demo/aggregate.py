@@ -3,7 +3,8 @@
 For one noise level and the cells (seeds) run at it, :func:`compare` gives per arm the mean of every metric
 over seeds, and against all tokens and against the arm's matched random drop: the per-seed exact-match
 differences with a 95% t interval, the per-problem differences (pooled over seeds) with a 95% interval and a
-sign-flip permutation test, and an exact McNemar test pooled over problems. With one seed the per-seed
+sign-flip permutation test, and an exact McNemar test pooled over problems; and the per-seed differences in the
+NLL of the clean held-out responses with a 95% t interval. With one seed the per-seed
 interval is a point; the per-problem interval and the tests still apply.
 """
 
@@ -23,15 +24,20 @@ def _pooled_correct(cells: list[dict], arm: str) -> list[int]:
     return [c for cell in cells for c in cell["arms"][arm]["evaluation"]["correct"]]
 
 
+def _per_seed(cells: list[dict], arm: str, against: str, metric: str) -> list[float]:
+    return [cell["arms"][arm]["evaluation"][metric] - cell["arms"][against]["evaluation"][metric] for cell in cells]
+
+
 def paired(cells: list[dict], arm: str, against: str, *, seed: int = 0) -> dict:
-    """``arm`` minus ``against`` on held-out exact match: per seed and per problem."""
-    per_seed = [cell["arms"][arm]["evaluation"]["exact_match"] - cell["arms"][against]["evaluation"]["exact_match"]
-                for cell in cells]
+    """``arm`` minus ``against`` on held-out exact match (per seed and per problem) and on the NLL of the clean
+    held-out responses (per seed, ``"clean_nll"``; lower is better, so a filter that helps has it below 0)."""
+    per_seed = _per_seed(cells, arm, against, "exact_match")
     first, second = _pooled_correct(cells, arm), _pooled_correct(cells, against)
     per_problem = [a - b for a, b in zip(first, second)]
     return {"against": against, "per_seed": per_seed, "seeds": paired_interval(per_seed),
             "problems": paired_interval(per_problem), "permutation_p": permutation_test(per_problem, seed=seed),
-            "mcnemar": mcnemar(first, second)}
+            "mcnemar": mcnemar(first, second),
+            "clean_nll": paired_interval(_per_seed(cells, arm, against, "clean_nll"))}
 
 
 def summarise_arm(cells: list[dict], arm: str) -> dict:
