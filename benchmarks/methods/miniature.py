@@ -21,6 +21,7 @@ Run (one torch thread; nice it on a shared machine)::
     python -m benchmarks.methods.miniature --safeguards  # each safeguard alone: 5 seeds, 0% and 15%
     python -m benchmarks.methods.miniature --remaining-safeguards  # RI scores, self-evolving Token Cleaning
     python -m benchmarks.methods.miniature --replication  # the defaults on a new base and fresh seeds
+    python -m benchmarks.methods.miniature --replication --refresh  # its files again from its cells
 
 Writes ``miniature.json`` (every cell, the comparisons, the criteria's verdicts, machine and load),
 ``miniature.csv`` (one row per noise level, seed and arm), ``miniature.md`` (the tables) and
@@ -273,6 +274,26 @@ def run(plan: Plan, out_dir: str, *, cache_dir: str | None = None, log=_log) -> 
     return results
 
 
+def refresh(plan: Plan, out_dir: str) -> dict:
+    """:func:`finish` again on the cells of ``out_dir``/miniature.json, with the run's own environment record;
+    refuses results written by another plan (other seeds, base or arms)."""
+    with open(os.path.join(out_dir, "miniature.json"), encoding="utf-8") as handle:
+        stored = json.load(handle)
+    recorded = stored["plan"]
+    arms = {level: (cell["arms"], cell["random_for"]) for level, cell in recorded["cells"].items()}
+    expected = {f"{k:.2f}": (list(v.arms), list(v.random_for)) for k, v in plan.cells.items()}
+    mismatch = [name for name, same in (("seeds", recorded["seeds"] == sorted(plan.seeds)),
+                                        ("base", recorded["base"] == plan.base.to_dict()),
+                                        ("arms", arms == expected)) if not same]
+    if mismatch:
+        raise ValueError(f"{out_dir}/miniature.json was written by another plan ({', '.join(mismatch)} differ); "
+                         "give the plan flag, --seeds and --base-seed it was run with")
+    environment = stored["environment"]
+    return finish(plan, stored["cells"], out_dir, seconds=environment["seconds"],
+                  load_start=environment["load_average_start"], load_end=environment["load_average_end"],
+                  base_info=recorded["base_info"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     which = parser.add_mutually_exclusive_group()
@@ -290,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
                              "--seeds); combine files with --merge")
     parser.add_argument("--levels", type=float, nargs="+", default=None, help="noise levels to run, in order")
     parser.add_argument("--merge", nargs="+", default=None, help="partial files to combine into the results")
+    parser.add_argument("--refresh", action="store_true",
+                        help="recompute the comparisons, verdicts and files of the results in the output folder from "
+                             "their own cells (after the report or the statistics changed; nothing is trained)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     plan = OTHER_PLANS[args.plan][0]() if args.plan else full_plan()
@@ -301,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.partial:
         run_cells(plan, args.partial, levels=tuple(args.levels) if args.levels else None, cache_dir=args.cache_dir)
         return 0
-    if args.merge:
+    if args.refresh:
+        results = refresh(plan, out)
+    elif args.merge:
         cells: dict[str, list[dict]] = {}
         states = []
         for path in args.merge:

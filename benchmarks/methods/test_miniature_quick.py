@@ -20,8 +20,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    out, cache = tmp_path_factory.mktemp("quick"), tmp_path_factory.mktemp("cache")
+def quick_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory, quick_cache):
+    out, cache = tmp_path_factory.mktemp("quick"), quick_cache
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     done = subprocess.run([sys.executable, "-m", "benchmarks.methods.miniature", "--quick", "--out", str(out),
                            "--cache-dir", str(cache)], capture_output=True, text=True, env=env, timeout=1200)
@@ -57,9 +62,37 @@ def test_results_follow_from_the_cells(quick):
     assert noisy["oracle"]["vs_all_tokens"]["per_seed"] == per_seed
     assert noisy["oracle"]["selection"]["harmful"]["precision"] == 1.0
     assert results["criteria"] == judge(results["summary"])
+    nll = [c["arms"]["oracle"]["evaluation"]["clean_nll"] - c["arms"]["all_tokens"]["evaluation"]["clean_nll"]
+           for c in results["cells"]["0.15"]]
+    assert noisy["oracle"]["vs_all_tokens"]["clean_nll"]["mean"] == pytest.approx(sum(nll) / 2, abs=1e-12)
+    assert "NLL of the clean held-out responses" in (out / "miniature.md").read_text()
     rows = list(csv.DictReader((out / "miniature.csv").open()))
     assert len(rows) == sum(len(c["arms"]) for cells in results["cells"].values() for c in cells)
     assert results["environment"]["load_average_end"] and results["plan"]["base_info"]["cached"] is False
+
+
+@pytest.mark.slow
+def test_refresh_rewrites_the_files_from_the_cells(quick, tmp_path):
+    """--refresh recomputes every file from the stored cells (same cells, same files), keeps the run's own
+    environment record, and refuses results of another plan."""
+    import shutil
+
+    from benchmarks.methods import miniature
+
+    out, _done = quick
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    stored = json.loads((copy / "miniature.json").read_text())
+    (copy / "miniature.md").write_text("stale")
+    assert miniature.main(["--quick", "--refresh", "--out", str(copy)]) == 0
+    assert (copy / "miniature.md").read_text() == (out / "miniature.md").read_text()
+    refreshed = json.loads((copy / "miniature.json").read_text())
+    assert refreshed["summary"] == stored["summary"] and refreshed["cells"] == stored["cells"]
+    assert refreshed["environment"]["seconds"] == stored["environment"]["seconds"]
+    with pytest.raises(ValueError, match="another plan.*seeds"):
+        miniature.main(["--quick", "--refresh", "--seeds", "0", "--out", str(copy)])
+    with pytest.raises(ValueError, match="another plan.*base"):
+        miniature.main(["--quick", "--refresh", "--base-seed", "7", "--out", str(copy)])
 
 
 def test_criteria_on_hand_made_summaries():
@@ -339,3 +372,34 @@ def test_command_line_overrides_the_plans_seeds_and_base(monkeypatch, tmp_path):
     default = miniature.replication_plan()
     assert plan.base == dataclasses.replace(default.base, seed=2) and default.base.seed == 1
     assert plan.cells == default.cells and seen["cache_dir"] == str(tmp_path)
+
+
+@pytest.mark.slow
+def test_sft_epochs_first_epoch_is_the_miniature_cell(quick, quick_cache):
+    """The learning curve's epoch 1 reproduces the miniature's cell (all tokens and oracle: same data, order,
+    optimizer, evaluation); later epochs keep training (the loss on the pool is not what it was)."""
+    import dataclasses
+
+    from benchmarks.methods.miniature import quick_plan
+    from benchmarks.methods.sft_epochs import learning_curve
+    from benchmarks.methods.sft_epochs import report
+    from xtf_kernels.datasets.miniature import load_base
+    from xtf_kernels.demo.experiment import run_cell
+
+    plan = quick_plan()
+    base = load_base(plan.base, cache_dir=quick_cache)
+    config = dataclasses.replace(plan.cells[0.15], arms=("all_tokens", "oracle"), random_for=())
+    cell = run_cell(base.model, base.tokenizer, noise=0.15, seed=1, config=config)
+    curve = learning_curve(base.model, base.tokenizer, noise=0.15, seed=1, epochs=2, config=config)
+    assert curve["base"]["exact_match"] == cell["base"]["exact_match"]
+    for arm in ("all_tokens", "oracle"):
+        first, second = curve["arms"][arm]
+        evaluation = cell["arms"][arm]["evaluation"]
+        assert first["epoch"] == 1 and second["epoch"] == 2
+        assert first["exact_match"] == evaluation["exact_match"]
+        assert first["clean_nll"] == pytest.approx(evaluation["clean_nll"], rel=1e-6)
+        assert second["clean_nll"] != first["clean_nll"]
+    runs = [{"base_seed": 0, "seed": 1, **curve}]
+    text = report({"environment": {"machine": "m", "torch": "t", "seconds": 6.0}, "noise": 0.15, "seeds": [1],
+                   "lr": config.lr, "base_seeds": [0], "epochs": 2, "runs": runs})
+    assert text.count("\n| 0 | ") == 3  # the base, then epochs 1 and 2
