@@ -9,6 +9,7 @@ and evaluation as :func:`xtf_kernels.demo.experiment.run_cell`); every later epo
 at the same constant rate over the same pool in a new order.
 
     python -m benchmarks.methods.sft_epochs   # bases 0-3, SFT seeds 5-6, 4 epochs -> results/sft_epochs/
+    python -m benchmarks.methods.sft_epochs --refresh  # its Markdown again from its JSON
 """
 
 from __future__ import annotations
@@ -23,41 +24,30 @@ import time
 import torch
 
 from xtf_kernels._atomic import atomic_write_text
-from xtf_kernels.datasets import IGNORE_INDEX
 from xtf_kernels.datasets.miniature import BaseConfig
 from xtf_kernels.datasets.miniature import load_base
-from xtf_kernels.datasets.miniature import make_heldout
-from xtf_kernels.datasets.miniature import make_sft
 from xtf_kernels.demo.experiment import CellConfig
+from xtf_kernels.demo.experiment import cell_data
 from xtf_kernels.demo.experiment import evaluate
+from xtf_kernels.demo.experiment import without_dropped
 from xtf_kernels.demo.statistics import paired_interval
 from xtf_kernels.methods import finetune
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ARMS = ("all_tokens", "oracle")
-# The miniature's sizes (benchmarks.methods.miniature.FULL_SIZES): the pool, trusted set and held-out problems
-# are drawn exactly as in its cells, so epoch 1 reproduces them.
+# The miniature's sizes (benchmarks.methods.miniature.FULL_SIZES); the data are its cells' (cell_data), so
+# epoch 1 reproduces them.
 SIZES = CellConfig(pool=1200, trusted=160, heldout=200, retention=30)
-
-
-def _data(tokenizer, noise: float, seed: int, config: CellConfig):
-    """The pool and held-out set of the miniature's cell (noise, seed): the same draws as ``run_cell``."""
-    sft = make_sft(tokenizer, config.pool, noise=noise, seed=seed)
-    pool_prompts = {d.prompt_text for d in sft.documents}
-    trusted = make_sft(tokenizer, config.trusted, noise=0.0, seed=1_000_000 + seed, exclude=pool_prompts)
-    heldout = make_heldout(config.heldout, seed=seed, exclude=pool_prompts | {d.prompt_text for d in trusted.documents},
-                           retention=config.retention)
-    return sft.samples, heldout
 
 
 def learning_curve(base, tokenizer, *, noise: float, seed: int, epochs: int, config: CellConfig = SIZES) -> dict:
     """For each arm of :data:`ARMS`: a fresh copy of ``base`` trained ``epochs`` times over the pool, evaluated
     after each. Returns {"base": evaluation, "arms": {arm: [{"epoch", "exact_match", "clean_nll", "format",
     "retention"}, ...]}}."""
-    samples, heldout = _data(tokenizer, noise, seed, config)
+    sft, _trusted, heldout = cell_data(tokenizer, noise=noise, seed=seed, config=config)
+    samples = sft.samples
     heldout_samples = heldout.samples(tokenizer)
-    oracle = [s.with_labels(torch.where(s.noise_mask & s.response_mask, torch.full_like(s.labels, IGNORE_INDEX),
-                                        s.labels)) for s in samples]
+    oracle = without_dropped(samples, [s.noise_mask & s.response_mask for s in samples])
     out = {"base": _summary(evaluate(base, tokenizer, heldout, heldout_samples)), "arms": {}}
     for arm, arm_samples in zip(ARMS, (samples, oracle)):
         model = copy.deepcopy(base)
@@ -83,7 +73,7 @@ def report(results: dict) -> str:
     per-seed difference [95% t interval]."""
     env = results["environment"]
     lines = ["# The miniature's fine-tuning, epoch by epoch", "",
-             f"Machine: {env['machine']}, torch {env['torch']} (1 thread); {env['seconds'] / 60:.1f} minutes; "
+             f"Machine: {env['machine']}; {env['seconds'] / 60:.1f} minutes; "
              f"{results['noise']:.0%} harmful noise; SFT seeds {results['seeds']}; constant lr {results['lr']}, "
              "one AdamW across the epochs. Epoch 1 is the miniature's cell.", "",
              "| base | epoch | all tokens | oracle | oracle - all tokens [95%] | clean NLL: all tokens | oracle "
@@ -114,7 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise", type=float, default=0.15)
     parser.add_argument("--out", default=os.path.join(HERE, "results", "sft_epochs"))
     parser.add_argument("--cache-dir", default=None, help="where the pretrained bases are cached")
+    parser.add_argument("--refresh", action="store_true",
+                        help="rewrite the Markdown from the output folder's sft_epochs.json (nothing is trained)")
     args = parser.parse_args(argv)
+    if args.refresh:
+        with open(os.path.join(args.out, "sft_epochs.json"), encoding="utf-8") as handle:
+            results = json.load(handle)
+        if results.get("format") != "xtf-miniature-sft-epochs":
+            raise ValueError(f"{args.out}/sft_epochs.json is not a learning-curve result")
+        atomic_write_text(os.path.join(args.out, "sft_epochs.md"), report(results))
+        return 0
     if args.epochs < 1:
         parser.error(f"--epochs must be at least 1, got {args.epochs}")
     if not 0.0 <= args.noise < 1.0:

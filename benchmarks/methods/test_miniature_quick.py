@@ -375,11 +375,12 @@ def test_command_line_overrides_the_plans_seeds_and_base(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_sft_epochs_first_epoch_is_the_miniature_cell(quick, quick_cache):
+def test_sft_epochs_first_epoch_is_the_miniature_cell(quick, quick_cache, tmp_path):
     """The learning curve's epoch 1 reproduces the miniature's cell (all tokens and oracle: same data, order,
     optimizer, evaluation); later epochs keep training (the loss on the pool is not what it was)."""
     import dataclasses
 
+    from benchmarks.methods import sft_epochs
     from benchmarks.methods.miniature import quick_plan
     from benchmarks.methods.sft_epochs import learning_curve
     from benchmarks.methods.sft_epochs import report
@@ -399,7 +400,15 @@ def test_sft_epochs_first_epoch_is_the_miniature_cell(quick, quick_cache):
         assert first["exact_match"] == evaluation["exact_match"]
         assert first["clean_nll"] == pytest.approx(evaluation["clean_nll"], rel=1e-6)
         assert second["clean_nll"] != first["clean_nll"]
-    runs = [{"base_seed": 0, "seed": 1, **curve}]
-    text = report({"environment": {"machine": "m", "torch": "t", "seconds": 6.0}, "noise": 0.15, "seeds": [1],
-                   "lr": config.lr, "base_seeds": [0], "epochs": 2, "runs": runs})
+    results = {"format": "xtf-miniature-sft-epochs", "environment": {"machine": "m", "torch": "t", "seconds": 6.0},
+               "noise": 0.15, "seeds": [1], "lr": config.lr, "base_seeds": [0], "epochs": 2,
+               "runs": [{"base_seed": 0, "seed": 1, **curve}]}
+    text = report(results)
     assert text.count("\n| 0 | ") == 3  # the base, then epochs 1 and 2
+    assert "Machine: m; 0.1 minutes" in text
+    (tmp_path / "sft_epochs.json").write_text(json.dumps(results))
+    assert sft_epochs.main(["--refresh", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "sft_epochs.md").read_text() == text
+    (tmp_path / "sft_epochs.json").write_text(json.dumps({**results, "format": "xtf-miniature-benchmark"}))
+    with pytest.raises(ValueError, match="not a learning-curve result"):
+        sft_epochs.main(["--refresh", "--out", str(tmp_path)])

@@ -382,7 +382,8 @@ def evaluate(model, tokenizer, heldout, heldout_samples) -> dict:
             "example": responses[0]}
 
 
-def _masked(samples, dropped) -> list[TokenizedSample]:
+def without_dropped(samples, dropped) -> list[TokenizedSample]:
+    """``samples`` with the labels of the ``dropped`` tokens (per sample (L,) bool) set to the ignore index."""
     return [s.with_labels(torch.where(d, torch.full_like(s.labels, IGNORE_INDEX), s.labels))
             for s, d in zip(samples, dropped)]
 
@@ -396,6 +397,19 @@ class CellArtifacts:
     dropped: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
 
+def cell_data(tokenizer, *, noise: float, seed: int, config: CellConfig):
+    """(pool, trusted, held-out) of one cell, all drawn from ``seed`` and disjoint: the noisy SFT pool
+    (:class:`~xtf_kernels.datasets.miniature.MiniatureSFT`), the clean trusted set and the clean held-out
+    problems (:class:`~xtf_kernels.datasets.miniature.HeldOut`)."""
+    sft = make_sft(tokenizer, config.pool, noise=noise, seed=seed)
+    pool_prompts = {d.prompt_text for d in sft.documents}
+    trusted = make_sft(tokenizer, config.trusted, noise=0.0, seed=1_000_000 + seed, exclude=pool_prompts)
+    trusted_prompts = {d.prompt_text for d in trusted.documents}
+    heldout = make_heldout(config.heldout, seed=seed, exclude=pool_prompts | trusted_prompts,
+                           retention=config.retention)
+    return sft, trusted, heldout
+
+
 def run_cell(base, tokenizer, *, noise: float, seed: int, config: CellConfig,
              log: Callable[[str], None] | None = None, artifacts: CellArtifacts | None = None) -> dict:
     """Every arm of ``config`` at one noise level and seed (see the module docstring); JSON-ready results:
@@ -404,12 +418,7 @@ def run_cell(base, tokenizer, *, noise: float, seed: int, config: CellConfig,
     "seconds"}}}. ``artifacts``, if given, is filled with the pool and every arm's drop."""
     log = log or (lambda _message: None)
     start = time.perf_counter()
-    sft = make_sft(tokenizer, config.pool, noise=noise, seed=seed)
-    pool_prompts = {d.prompt_text for d in sft.documents}
-    trusted = make_sft(tokenizer, config.trusted, noise=0.0, seed=1_000_000 + seed, exclude=pool_prompts)
-    trusted_prompts = {d.prompt_text for d in trusted.documents}
-    heldout = make_heldout(config.heldout, seed=seed, exclude=pool_prompts | trusted_prompts,
-                           retention=config.retention)
+    sft, trusted, heldout = cell_data(tokenizer, noise=noise, seed=seed, config=config)
     heldout_samples = heldout.samples(tokenizer)
     samples = sft.samples
     ids_to_text = tokenizer.id_to_token
@@ -441,7 +450,7 @@ def run_cell(base, tokenizer, *, noise: float, seed: int, config: CellConfig,
                                          [(s.noise_mask & s.response_mask).float() for s in samples])
     if any(a in config.arms for a in ("tc_self_evolving", *SELF_EVOLVING_LADDER)):
         check = make_sft(tokenizer, config.check_samples, noise=0.0, seed=2_000_000 + seed,
-                         exclude=pool_prompts | trusted_prompts).samples
+                         exclude={d.prompt_text for d in (*sft.documents, *trusted.documents)}).samples
         for arm, first, k in (("tc_self_evolving", None, None), ("tc_self_evolving_trusted", trusted.samples, None),
                               ("tc_trusted_then_all_tokens", trusted.samples, 1.0)):
             if arm in config.arms:
@@ -470,7 +479,7 @@ def run_cell(base, tokenizer, *, noise: float, seed: int, config: CellConfig,
         model = selection.trained
         if model is None:
             model = copy.deepcopy(base)
-            _finetune(model, _masked(samples, selection.dropped), config, seed)
+            _finetune(model, without_dropped(samples, selection.dropped), config, seed)
         entry = {"evaluation": evaluate(model, tokenizer, heldout, heldout_samples)}
         if arm != "all_tokens":
             entry["selection"] = selection_metrics(selection, samples, sft.kinds, ids_to_text=ids_to_text)
