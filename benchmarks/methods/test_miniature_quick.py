@@ -65,6 +65,12 @@ def test_results_follow_from_the_cells(quick):
     nll = [c["arms"]["oracle"]["evaluation"]["clean_nll"] - c["arms"]["all_tokens"]["evaluation"]["clean_nll"]
            for c in results["cells"]["0.15"]]
     assert noisy["oracle"]["vs_all_tokens"]["clean_nll"]["mean"] == pytest.approx(sum(nll) / 2, abs=1e-12)
+    per_problem = [x - y for c in results["cells"]["0.15"]
+                   for x, y in zip(c["arms"]["oracle"]["evaluation"]["clean_nll_per_problem"],
+                                   c["arms"]["all_tokens"]["evaluation"]["clean_nll_per_problem"])]
+    assert len(per_problem) == 2 * 60  # two seeds of 60 held-out problems
+    assert noisy["oracle"]["vs_all_tokens"]["clean_nll_problems"]["mean"] == pytest.approx(
+        sum(per_problem) / len(per_problem), abs=1e-12)
     assert "NLL of the clean held-out responses" in (out / "miniature.md").read_text()
     rows = list(csv.DictReader((out / "miniature.csv").open()))
     assert len(rows) == sum(len(c["arms"]) for cells in results["cells"].values() for c in cells)

@@ -20,7 +20,8 @@ def _selection(drop: float, precision, recall, auroc) -> dict:
 
 
 def _paired(mean: float, half: float) -> dict:
-    return {"mean": mean, "low": mean - half, "high": mean + half, "permutation_p": 0.04, "mcnemar_p": 0.05}
+    return {"mean": mean, "low": mean - half, "high": mean + half, "permutation_p": 0.04, "mcnemar_p": 0.05,
+            "clean_nll": {"mean": -mean / 10, "low": -mean / 10 - 0.01, "high": -mean / 10 + 0.01}}
 
 
 def _arm(label: str, exact_match, selection=None, versus=None, random=None) -> dict:
@@ -35,7 +36,7 @@ def _memory_side(provider: str, extra: int) -> dict:
 
 REPORT = {
     "format": "xtf-demo-report",
-    "version": 2,
+    "version": 3,
     "config": QUICK.to_dict(),
     "environment": {"xtf_kernels": "0.1.0", "torch": "2.x", "transformers": "5.x", "device": "a CPU",
                     "device_type": "cpu", "threads": 1, "load_average": 1.5},

@@ -48,7 +48,8 @@ def test_page_is_self_contained_escaped_and_complete():
     assert "http" not in page and "<script" not in page
     assert "a &lt;b&gt;finding&lt;/b&gt;" in page and "<b>finding</b>" not in page
     for text in ("Token Cleaning (fixed)", "scored only", "torch-materialised", "40 MiB", "+15.0 [+8.0, +22.0]",
-                 "McNemar p 0.050", "wrong_number dropped / AUROC", "&lt;b&gt;"):
+                 "McNemar p 0.050", "wrong_number dropped / AUROC", "&lt;b&gt;", "vs all -0.015 [-0.025, -0.005]",
+                 "vs random -0.012 [-0.022, -0.002]"):
         assert text in page, text
     # only the noisy sample is shown, once per arm that has a drop; its garbled tokens underlined
     samples = re.findall(r'<div class="sample">.*?</div>', page)

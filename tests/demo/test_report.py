@@ -87,7 +87,7 @@ def test_the_fake_report_is_valid():
         (lambda r: _set(r, "timings.warmup", 1.0), "unknown entry 'warmup'"),
         (lambda r: _set(r, "memory.fused", []), "memory.fused must be an object"),
         (lambda r: _set(r, "format", "something-else"), "not an xtf demo report"),
-        (lambda r: _set(r, "version", 1), "not an xtf demo report of version 2"),
+        (lambda r: _set(r, "version", 2), "not an xtf demo report of version 3"),
         (lambda r: _set(r, "config.seed", -1), "config is not a valid demo config: seed"),
         (lambda r: _set(r, "config.colour", "red"), "config is not a valid demo config"),
     ],
@@ -137,9 +137,9 @@ def test_nan_is_refused_not_written(tmp_path):
 @pytest.mark.parametrize(
     ("content", "match"),
     [
-        ('{"format": "xtf-demo-report", "version": 2, ', "not valid JSON"),
+        ('{"format": "xtf-demo-report", "version": 3, ', "not valid JSON"),
         ("[]", "the report must be an object"),
-        (json.dumps({"format": "xtf-demo-report", "version": 2}), "missing fields"),
+        (json.dumps({"format": "xtf-demo-report", "version": 3}), "missing fields"),
     ],
 )
 def test_reading_a_damaged_file_names_the_file(tmp_path, content, match):

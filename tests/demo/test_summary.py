@@ -43,7 +43,10 @@ def test_findings_state_the_noise_the_selection_and_the_intervals():
     assert findings[1].startswith("The base model before fine-tuning: exact match 20.0%")
     assert ("Token Cleaning (fixed) dropped 40.0% of the response tokens (precision 35.0%, recall 90.0%, AUROC "
             "0.80); exact match 55.0%, +15.0 [+8.0, +22.0] points against all tokens and +12.0 [+7.0, +17.0] "
-            "against a random drop of the same size (95% intervals over the held-out problems).") in findings
+            "against a random drop of the same size (95% intervals over the held-out problems); NLL of the clean "
+            "held-out answers 0.800, -0.015 [-0.025, -0.005] nats per token against all tokens and -0.012 [-0.022, "
+            "-0.002] against the random drop (lower is better; over the problems of this one run, these intervals "
+            "leave out how much training seeds differ).") in findings
     assert any(f.startswith("XTF KN alone dropped 20.0% of the answer digits") and "'Ġ='" in f for f in findings)
     assert findings[-1] == ("Loss memory at 736 x 128 x 4096 float32: fused 10 MiB against 40 MiB with "
                             "materialised logits (4.0x less).")

@@ -21,8 +21,21 @@ def test_heldout_loss_matches_eager_cross_entropy_of_the_logits():
     with torch.no_grad():
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.double()
     targets = batch.labels[:, 1:]
-    total = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                            ignore_index=IGNORE_INDEX, reduction="sum")
-    expected = float(total) / int((targets != IGNORE_INDEX).sum())
-    assert heldout_loss(model, data.samples, batch_size=4) == pytest.approx(expected, rel=1e-5)
+    per_token = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                ignore_index=IGNORE_INDEX, reduction="none").view(targets.shape)
+    labelled = (targets != IGNORE_INDEX).sum(1)
+    expected = float(per_token.sum()) / int(labelled.sum())
+    mean, per_sample = heldout_loss(model, data.samples, batch_size=4)  # 9 samples: batches of 4, 4, 1
+    assert mean == pytest.approx(expected, rel=1e-5)
+    assert per_sample == pytest.approx((per_token.sum(1) / labelled).tolist(), rel=1e-5)
     assert not model.training
+
+
+def test_heldout_loss_refuses_a_sample_without_labelled_tokens():
+    data = make_arithmetic_sft(5, seed=3)
+    model = tiny_causal_lm("llama", vocab_size=len(data.tokenizer), hidden_size=16, num_layers=1, num_heads=2,
+                           num_kv_heads=1)
+    samples = list(data.samples)
+    samples[3] = samples[3].with_labels(torch.full_like(samples[3].labels, IGNORE_INDEX))
+    with pytest.raises(ValueError, match=r"samples\[3\] has no labelled token"):
+        heldout_loss(model, samples, batch_size=2)

@@ -4,8 +4,9 @@ For one noise level and the cells (seeds) run at it, :func:`compare` gives per a
 over seeds, and against all tokens and against the arm's matched random drop: the per-seed exact-match
 differences with a 95% t interval, the per-problem differences (pooled over seeds) with a 95% interval and a
 sign-flip permutation test, and an exact McNemar test pooled over problems; and the per-seed differences in the
-NLL of the clean held-out responses with a 95% t interval. With one seed the per-seed
-interval is a point; the per-problem interval and the tests still apply.
+NLL of the clean held-out responses with a 95% t interval, and its per-problem differences (each response's
+mean NLL) pooled over seeds with one. With one seed the per-seed intervals are points; the per-problem
+intervals and the tests still apply.
 """
 
 from __future__ import annotations
@@ -30,14 +31,21 @@ def _per_seed(cells: list[dict], arm: str, against: str, metric: str) -> list[fl
 
 def paired(cells: list[dict], arm: str, against: str, *, seed: int = 0) -> dict:
     """``arm`` minus ``against`` on held-out exact match (per seed and per problem) and on the NLL of the clean
-    held-out responses (per seed, ``"clean_nll"``; lower is better, so a filter that helps has it below 0)."""
+    held-out responses (per seed, ``"clean_nll"``, and per problem pooled over seeds, ``"clean_nll_problems"``,
+    where the cells recorded it; lower is better, so a filter that helps has it below 0)."""
     per_seed = _per_seed(cells, arm, against, "exact_match")
     first, second = _pooled_correct(cells, arm), _pooled_correct(cells, against)
     per_problem = [a - b for a, b in zip(first, second)]
-    return {"against": against, "per_seed": per_seed, "seeds": paired_interval(per_seed),
-            "problems": paired_interval(per_problem), "permutation_p": permutation_test(per_problem, seed=seed),
-            "mcnemar": mcnemar(first, second),
-            "clean_nll": paired_interval(_per_seed(cells, arm, against, "clean_nll"))}
+    out = {"against": against, "per_seed": per_seed, "seeds": paired_interval(per_seed),
+           "problems": paired_interval(per_problem), "permutation_p": permutation_test(per_problem, seed=seed),
+           "mcnemar": mcnemar(first, second),
+           "clean_nll": paired_interval(_per_seed(cells, arm, against, "clean_nll"))}
+    if all("clean_nll_per_problem" in cell["arms"][a]["evaluation"] for cell in cells for a in (arm, against)):
+        # cells written before the per-problem NLL was recorded have none
+        out["clean_nll_problems"] = paired_interval(
+            [x - y for cell in cells for x, y in zip(cell["arms"][arm]["evaluation"]["clean_nll_per_problem"],
+                                                     cell["arms"][against]["evaluation"]["clean_nll_per_problem"])])
+    return out
 
 
 def summarise_arm(cells: list[dict], arm: str) -> dict:

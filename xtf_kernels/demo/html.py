@@ -82,6 +82,14 @@ def _points(entry) -> str:
             f"<small>perm. p {entry['permutation_p']:.3f}, McNemar p {entry['mcnemar_p']:.3f}</small>")
 
 
+def _nats(entry: dict | None, against: str) -> str:
+    """The clean-NLL difference against ``against`` with its interval, on its own line; "" without one."""
+    if entry is None:
+        return ""
+    nll = entry["clean_nll"]
+    return f"<br><small>vs {against} {nll['mean']:+.3f} [{nll['low']:+.3f}, {nll['high']:+.3f}]</small>"
+
+
 def _arms_table(report: dict) -> str:
     rows = []
     for entry in report["arms"].values():
@@ -93,7 +101,8 @@ def _arms_table(report: dict) -> str:
             cells += ["scored only"] + [""] * 5
         else:
             cells += [_pct(e["exact_match"]), _points(entry["vs_all_tokens"]), _points(entry["vs_random"]),
-                      _pct(e["format"]), f"{e['clean_nll']:.3f}", _pct(e["retention"])]
+                      _pct(e["format"]), f"{e['clean_nll']:.3f}" + _nats(entry["vs_all_tokens"], "all")
+                      + _nats(entry["vs_random"], "random"), _pct(e["retention"])]
         rows.append("<tr>" + "".join(f"<td class=num>{c}</td>" for c in cells) + "</tr>")
     base = report["base"]
     rows.append(f"<tr><td>base model (not fine-tuned)</td><td></td><td></td><td></td><td></td>"
@@ -102,7 +111,7 @@ def _arms_table(report: dict) -> str:
                 f"<td class=num>{_pct(base['retention'])}</td></tr>")
     return ("<table><tr><th>arm</th><th>dropped</th><th>precision</th><th>recall</th><th>AUROC</th>"
             "<th>exact match</th><th>vs all tokens (points, 95%)</th><th>vs matched random</th><th>format</th>"
-            "<th>clean NLL</th><th>retention</th></tr>" + "".join(rows) + "</table>")
+            "<th>clean NLL (vs, nats, 95%)</th><th>retention</th></tr>" + "".join(rows) + "</table>")
 
 
 def _kinds_table(report: dict) -> str:

@@ -59,12 +59,21 @@ included); "harmful" tokens are the wrong-number, off-domain and garbled kinds, 
     arms.*.vs_all_tokens.high           high end
     arms.*.vs_all_tokens.permutation_p  two-sided sign-flip permutation test
     arms.*.vs_all_tokens.mcnemar_p      exact McNemar test
+    arms.*.vs_all_tokens.clean_nll      the clean held-out NLL's difference, per held-out problem (each
+                                        response's mean NLL; lower is better):
+    arms.*.vs_all_tokens.clean_nll.mean the difference (nats per token)
+    arms.*.vs_all_tokens.clean_nll.low  its 95% interval (t over the per-problem differences): low end
+    arms.*.vs_all_tokens.clean_nll.high high end
     arms.*.vs_random                    the same against the random drop of equal size (null without one)
     arms.*.vs_random.mean               the difference
     arms.*.vs_random.low                low end of its 95% interval
     arms.*.vs_random.high               high end
     arms.*.vs_random.permutation_p      two-sided sign-flip permutation test
     arms.*.vs_random.mcnemar_p          exact McNemar test
+    arms.*.vs_random.clean_nll          the clean held-out NLL's difference, per held-out problem
+    arms.*.vs_random.clean_nll.mean     the difference (nats per token)
+    arms.*.vs_random.clean_nll.low      low end of its 95% interval
+    arms.*.vs_random.clean_nll.high     high end
     arms.*.seconds                      (timing) wall time of its training and evaluation
     memory.tokens                       hidden-state rows (label positions of memory batches)
     memory.hidden                       hidden size (the demo model's)
@@ -113,7 +122,7 @@ from ..errors import CorruptFileError
 from .config import DemoConfig
 
 FORMAT = "xtf-demo-report"
-VERSION = 2
+VERSION = 3
 STAGES = ("base", "methods", "memory", "report", "total")
 
 NUMBER = (int, float)
@@ -146,7 +155,7 @@ class Each:
 _EVALUATION = {"exact_match": Leaf(NUMBER), "format": Leaf(NUMBER), "clean_nll": Leaf(NUMBER),
                "retention": Leaf(NUMBER), "noise_reappears": Each(Leaf(NUMBER), keys=NOISE_KINDS)}
 _PAIRED = {"mean": Leaf(NUMBER), "low": Leaf(NUMBER), "high": Leaf(NUMBER), "permutation_p": Leaf(NUMBER),
-           "mcnemar_p": Leaf(NUMBER)}
+           "mcnemar_p": Leaf(NUMBER), "clean_nll": {"mean": Leaf(NUMBER), "low": Leaf(NUMBER), "high": Leaf(NUMBER)}}
 _SELECTION = {
     "drop_rate": Leaf(NUMBER), "precision": Leaf(NUMBER, nullable=True), "recall": Leaf(NUMBER, nullable=True),
     "auroc": Leaf(NUMBER, nullable=True), "auprc": Leaf(NUMBER, nullable=True),

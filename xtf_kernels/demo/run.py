@@ -94,9 +94,10 @@ def _selection(entry: dict | None) -> dict | None:
 def _paired(entry: dict | None) -> dict | None:
     if entry is None:
         return None
-    problems = entry["problems"]
+    problems, nll = entry["problems"], entry["clean_nll_problems"]
     return {"mean": problems["mean"], "low": problems["low"], "high": problems["high"],
-            "permutation_p": entry["permutation_p"], "mcnemar_p": entry["mcnemar"]["p"]}
+            "permutation_p": entry["permutation_p"], "mcnemar_p": entry["mcnemar"]["p"],
+            "clean_nll": {"mean": nll["mean"], "low": nll["low"], "high": nll["high"]}}
 
 
 def arm_entries(cell: dict) -> dict:

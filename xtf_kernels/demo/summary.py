@@ -25,6 +25,13 @@ def _points(entry: dict | None) -> str:
     return f"{100 * entry['mean']:+.1f} [{100 * entry['low']:+.1f}, {100 * entry['high']:+.1f}]"
 
 
+def _nats(entry: dict | None) -> str:
+    if entry is None:
+        return "n/a"
+    nll = entry["clean_nll"]
+    return f"{nll['mean']:+.3f} [{nll['low']:+.3f}, {nll['high']:+.3f}]"
+
+
 def _beats(entry: dict | None) -> bool:
     return entry is not None and entry["low"] > 0
 
@@ -57,7 +64,10 @@ def verdict(report: dict) -> dict:
             f"{_pct(s['precision'])}, recall {_pct(s['recall'])}, AUROC "
             f"{'n/a' if s['auroc'] is None else format(s['auroc'], '.2f')}); exact match {_pct(e['exact_match'])}, "
             f"{_points(entry['vs_all_tokens'])} points against all tokens and {_points(entry['vs_random'])} against "
-            "a random drop of the same size (95% intervals over the held-out problems)."
+            "a random drop of the same size (95% intervals over the held-out problems); NLL of the clean held-out "
+            f"answers {e['clean_nll']:.3f}, {_nats(entry['vs_all_tokens'])} nats per token against all tokens and "
+            f"{_nats(entry['vs_random'])} against the random drop (lower is better; over the problems of this one "
+            "run, these intervals leave out how much training seeds differ)."
         )
     for arm, entry in arms.items():
         s = entry["selection"]
