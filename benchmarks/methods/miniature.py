@@ -168,8 +168,9 @@ def replication_plan() -> Plan:
                        0.0: CellConfig(**FULL_SIZES, arms=("all_tokens", "xtf_paper", "xtf_safe"), random_for=())},
                 title="Token filters on the miniature: the defaults replicated on a new base",
                 intro="XTF's library defaults, chosen on base seed 0 and SFT seeds 0-4, run on a base pretrained from "
-                      "another seed (in the line above; 1 unless --base-seed) with SFT seeds 5-9; judged by R0-R1 "
-                      "(miniature_criteria.py), with C0-C3 reported.")
+                      "another seed with fresh SFT seeds (both in the line above; base 1 and seeds 5-9 unless "
+                      "--base-seed / --seeds); judged by R0-R1 and N0-N1 (miniature_criteria.py), with C0-C3 "
+                      "reported.")
 
 
 def quick_plan() -> Plan:
@@ -232,9 +233,27 @@ def run_cells(plan: Plan, partial: str, *, levels: tuple[float, ...] | None = No
     return state
 
 
-def finish(plan: Plan, cells: dict[str, list[dict]], out_dir: str, *, seconds: float, load_start: list[float],
-           load_end: list[float], base_info: dict) -> dict:
-    """Comparisons, the criteria's verdicts and every output file from the cells (levels with cells only)."""
+def record(plan: Plan, cells: dict[str, list[dict]], *, seconds: float, load_start: list[float],
+           load_end: list[float], base_info: dict) -> tuple[dict, dict]:
+    """(environment, plan) records of a run of ``plan`` that computed ``cells``, as results files keep them."""
+    environment = {"machine": machine(), "python": platform.python_version(), "xtf_kernels": __version__,
+                   "load_average_start": list(load_start), "load_average_end": list(load_end), "seconds": seconds,
+                   "cell_seconds": sum(c["seconds"] for cs in cells.values() for c in cs)}
+    planned = {"seeds": sorted({c["seed"] for cs in cells.values() for c in cs}), "base": plan.base.to_dict(),
+               "base_info": base_info, "cells": _cell_records(plan)}
+    return environment, planned
+
+
+def _cell_records(plan: Plan) -> dict:
+    return {f"{k:.2f}": {**v.__dict__, "arms": list(v.arms), "random_for": list(v.random_for),
+                         "score_only": list(v.score_only)} for k, v in plan.cells.items()}
+
+
+def finish(plan: Plan, cells: dict[str, list[dict]], out_dir: str, *, environment: dict, plan_record: dict,
+           refreshed: dict | None = None) -> dict:
+    """Comparisons, the criteria's verdicts and every output file from the cells (levels with cells only);
+    ``environment`` / ``plan_record``: what :func:`record` made when the cells ran; ``refreshed``: when and by
+    which version the files were recomputed from stored cells (None for a fresh run)."""
     for level in cells:
         cells[level].sort(key=lambda cell: cell["seed"])
     summary = {level: compare(level_cells) for level, level_cells in sorted(cells.items(), reverse=True)}
@@ -244,19 +263,16 @@ def finish(plan: Plan, cells: dict[str, list[dict]], out_dir: str, *, seconds: f
                 level_summary[arm]["vs_preset"] = paired(cells[level], arm, preset)
     results = {
         "format": "xtf-miniature-benchmark", "version": 1,
-        "environment": {"machine": machine(), "python": platform.python_version(), "xtf_kernels": __version__,
-                        "load_average_start": list(load_start), "load_average_end": list(load_end),
-                        "seconds": seconds, "cell_seconds": sum(c["seconds"] for cs in cells.values() for c in cs)},
-        "plan": {"seeds": sorted({c["seed"] for cs in cells.values() for c in cs}), "base": plan.base.to_dict(),
-                 "base_info": base_info,
-                 "cells": {f"{k:.2f}": {**v.__dict__, "arms": list(v.arms), "random_for": list(v.random_for),
-                                        "score_only": list(v.score_only)} for k, v in plan.cells.items()}},
+        "environment": environment,
+        "plan": plan_record,
         "title": plan.title, "intro": plan.intro,
         "summary": summary,
         "criteria": judge(summary) if plan.decide is None else None,
         "ladder": None if plan.decide is None else plan.decide(summary),
         "cells": cells,
     }
+    if refreshed is not None:
+        results["refreshed"] = refreshed
     os.makedirs(out_dir, exist_ok=True)
     write_results(results, out_dir)
     return results
@@ -268,30 +284,35 @@ def run(plan: Plan, out_dir: str, *, cache_dir: str | None = None, log=_log) -> 
     start, load_start = time.perf_counter(), os.getloadavg()
     partial = os.path.join(out_dir, "cells.partial.json")
     state = run_cells(plan, partial, cache_dir=cache_dir, log=log)
-    results = finish(plan, state["cells"], out_dir, seconds=time.perf_counter() - start,
-                     load_start=list(load_start), load_end=list(os.getloadavg()), base_info=state["base_info"])
+    environment, planned = record(plan, state["cells"], seconds=time.perf_counter() - start,
+                                  load_start=list(load_start), load_end=list(os.getloadavg()),
+                                  base_info=state["base_info"])
+    results = finish(plan, state["cells"], out_dir, environment=environment, plan_record=planned)
     os.remove(partial)
     return results
 
 
 def refresh(plan: Plan, out_dir: str) -> dict:
-    """:func:`finish` again on the cells of ``out_dir``/miniature.json, with the run's own environment record;
-    refuses results written by another plan (other seeds, base or arms)."""
+    """:func:`finish` again on the cells of ``out_dir``/miniature.json, keeping the run's own environment and
+    plan records and stamping ``refreshed``; refuses results written by another plan (other seeds, base, or any
+    cell setting the run recorded)."""
     with open(os.path.join(out_dir, "miniature.json"), encoding="utf-8") as handle:
         stored = json.load(handle)
     recorded = stored["plan"]
-    arms = {level: (cell["arms"], cell["random_for"]) for level, cell in recorded["cells"].items()}
-    expected = {f"{k:.2f}": (list(v.arms), list(v.random_for)) for k, v in plan.cells.items()}
+    current = _cell_records(plan)
+    # Settings added to CellConfig after a run are absent from its record: compare what both have.
+    same_cells = set(recorded["cells"]) == set(current) and all(
+        recorded["cells"][level][key] == current[level][key]
+        for level in current for key in recorded["cells"][level].keys() & current[level].keys())
     mismatch = [name for name, same in (("seeds", recorded["seeds"] == sorted(plan.seeds)),
                                         ("base", recorded["base"] == plan.base.to_dict()),
-                                        ("arms", arms == expected)) if not same]
+                                        ("cells", same_cells)) if not same]
     if mismatch:
         raise ValueError(f"{out_dir}/miniature.json was written by another plan ({', '.join(mismatch)} differ); "
                          "give the plan flag, --seeds and --base-seed it was run with")
-    environment = stored["environment"]
-    return finish(plan, stored["cells"], out_dir, seconds=environment["seconds"],
-                  load_start=environment["load_average_start"], load_end=environment["load_average_end"],
-                  base_info=recorded["base_info"])
+    refreshed = {"at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "xtf_kernels": __version__}
+    return finish(plan, stored["cells"], out_dir, environment=stored["environment"], plan_record=recorded,
+                  refreshed=refreshed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -306,12 +327,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="output folder (default benchmarks/methods/results, or "
                                                     "results/<plan> with a plan flag such as --quick)")
     parser.add_argument("--cache-dir", default=None, help="where the pretrained base is cached")
-    parser.add_argument("--partial", default=None,
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--partial", default=None,
                         help="only run cells into this JSON file (resumable; split seeds across processes with "
                              "--seeds); combine files with --merge")
     parser.add_argument("--levels", type=float, nargs="+", default=None, help="noise levels to run, in order")
-    parser.add_argument("--merge", nargs="+", default=None, help="partial files to combine into the results")
-    parser.add_argument("--refresh", action="store_true",
+    source.add_argument("--merge", nargs="+", default=None, help="partial files to combine into the results")
+    source.add_argument("--refresh", action="store_true",
                         help="recompute the comparisons, verdicts and files of the results in the output folder from "
                              "their own cells (after the report or the statistics changed; nothing is trained)")
     args = parser.parse_args(argv)
@@ -338,8 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         seconds = max(s.get("finished", s["started"]) for s in states) - min(s["started"] for s in states)
         load_start = max((s["load_average_start"] for s in states), key=lambda load: load[0])
         load_end = max((s["load_average_end"] for s in states), key=lambda load: load[0])  # when the cells ended
-        results = finish(plan, cells, out, seconds=seconds, load_start=load_start, load_end=load_end,
-                         base_info=states[0]["base_info"])
+        environment, planned = record(plan, cells, seconds=seconds, load_start=load_start, load_end=load_end,
+                                      base_info=states[0]["base_info"])
+        results = finish(plan, cells, out, environment=environment, plan_record=planned)
     else:
         results = run(plan, out, cache_dir=args.cache_dir)
     with open(os.path.join(out, "miniature.md"), encoding="utf-8") as handle:

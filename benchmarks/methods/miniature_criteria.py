@@ -275,10 +275,10 @@ MAX_CLEAN_NLL_RISE = 0.005  # nats per token: a tenth of the smallest oracle gai
 
 
 def judge_replication(summary: dict) -> dict:
-    """``summary``: noise level -> :func:`compare` output of the replication. Returns {"sensitive": R0,
-    "replicates": R1 (None without R0 or a level), "why", "nll_sensitive": N0, "nll_lowered": N1 (None without
-    N0), "nll_why"} and the main criteria's verdicts ("criteria"); without a level or the random control only
-    "replicates" (None) and "why"."""
+    """``summary``: noise level -> :func:`compare` output of the replication. Returns {"criteria": the main
+    criteria's verdicts, "sensitive": R0, "replicates": R1 (None without R0), "why", "nll_sensitive": N0 (None
+    without an oracle or a clean-NLL comparison), "nll_lowered": N1 (None without N0), "nll_why"}; without a
+    level or the random control the N0-N1 keys are absent and "replicates" is None."""
     noisy, low, clean = _level(summary, NOISY), _level(summary, LOW_NOISE), _level(summary, CLEAN)
     out: dict = {"criteria": judge(summary)}
     sensitive = out["criteria"]["sensitive"]
@@ -297,16 +297,29 @@ def judge_replication(summary: dict) -> dict:
     return out
 
 
+def nats(value: float) -> str:
+    """A clean-NLL difference in nats, signed: four decimals, or two significant digits below 0.001 (so an upper
+    end of -0.00004 does not print as -0.0000)."""
+    return f"{value:+.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:+.1e}"
+
+
+def _nats_interval(entry: dict) -> str:
+    return f"{nats(entry['mean'])} [{nats(entry['low'])}, {nats(entry['high'])}]"
+
+
 def _judge_clean_nll(noisy: dict, low: dict, clean: dict, arm: str) -> dict:
-    """N0-N1 on the per-seed clean-NLL intervals (``["clean_nll"]`` of each paired comparison)."""
+    """N0-N1 on the per-seed clean-NLL intervals (``["clean_nll"]`` of each paired comparison); both None when
+    the summary has no clean-NLL comparison (computed before it was added)."""
+    comparisons = [noisy[arm]["vs_all_tokens"], noisy[arm]["vs_random"],
+                   *(level[arm]["vs_all_tokens"] for level in (low, clean))]
+    if not all("clean_nll" in c for c in comparisons):
+        return {"nll_sensitive": None, "nll_lowered": None, "nll_why": "no clean-NLL comparison in the summary"}
     oracle = noisy.get("oracle", {}).get("vs_all_tokens", {}).get("clean_nll")
     sensitive = None if oracle is None else oracle["high"] < 0
     versus_all, versus_random = (noisy[arm][key]["clean_nll"] for key in ("vs_all_tokens", "vs_random"))
     worst = max(level[arm]["vs_all_tokens"]["clean_nll"]["mean"] for level in (low, clean))
     holds = versus_all["high"] < 0 and versus_random["high"] < 0 and worst <= MAX_CLEAN_NLL_RISE
-    oracle_text = "n/a" if oracle is None else f"{oracle['mean']:+.4f} [{oracle['low']:+.4f}, {oracle['high']:+.4f}]"
     return {"nll_sensitive": sensitive, "nll_lowered": holds if sensitive else None,
-            "nll_why": f"15%: oracle {oracle_text}; defaults {versus_all['mean']:+.4f} [{versus_all['low']:+.4f}, "
-                       f"{versus_all['high']:+.4f}] vs all tokens, {versus_random['mean']:+.4f} "
-                       f"[{versus_random['low']:+.4f}, {versus_random['high']:+.4f}] vs random; highest of 5% / 0% "
-                       f"{worst:+.4f}"}
+            "nll_why": f"15%: oracle {'n/a' if oracle is None else _nats_interval(oracle)}; defaults "
+                       f"{_nats_interval(versus_all)} vs all tokens, {_nats_interval(versus_random)} vs random; "
+                       f"highest of 5% / 0% {nats(worst)}"}

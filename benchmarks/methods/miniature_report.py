@@ -8,6 +8,7 @@ import io
 import json
 import os
 
+from benchmarks.methods.miniature_criteria import nats
 from xtf_kernels._atomic import atomic_write_bytes
 from xtf_kernels._atomic import atomic_write_text
 from xtf_kernels.demo.experiment import label
@@ -97,10 +98,11 @@ def _ladder_verdicts(ladder: dict) -> list[str]:
 
 
 def _nll_interval(versus: dict | None) -> str:
+    """A paired comparison's per-seed clean-NLL difference with its interval; "n/a" without one."""
     if versus is None or "clean_nll" not in versus:  # results written before the clean NLL was compared
         return "n/a"
     d = versus["clean_nll"]
-    return f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+    return f"{nats(d['mean'])} [{nats(d['low'])}, {nats(d['high'])}]"
 
 
 def _clean_nll(summary: dict) -> list[str]:
@@ -149,6 +151,10 @@ def markdown(results: dict) -> str:
              f"{env['cell_seconds'] / 60:.1f} minutes in the cells (base pretrained in "
              f"{results['plan']['base_info']['seconds']:.0f} s, then cached); seeds {results['plan']['seeds']} on base "
              f"seed {results['plan']['base'].get('seed', 0)}.", ""]
+    if "refreshed" in results:
+        refreshed = results["refreshed"]
+        lines += [f"Tables recomputed from the stored cells on {refreshed['at']} (xtf_kernels "
+                  f"{refreshed['xtf_kernels']}); the cells and the lines above are the run's own.", ""]
     criteria = results["criteria"]
     if results["intro"]:
         lines += [results["intro"], ""]

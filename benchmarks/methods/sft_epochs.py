@@ -23,6 +23,8 @@ import time
 
 import torch
 
+from benchmarks.methods.miniature import FULL_SIZES
+from benchmarks.methods.miniature import machine
 from xtf_kernels._atomic import atomic_write_text
 from xtf_kernels.datasets.miniature import BaseConfig
 from xtf_kernels.datasets.miniature import load_base
@@ -34,10 +36,10 @@ from xtf_kernels.demo.statistics import paired_interval
 from xtf_kernels.methods import finetune
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+FORMAT, VERSION = "xtf-miniature-sft-epochs", 1
 ARMS = ("all_tokens", "oracle")
-# The miniature's sizes (benchmarks.methods.miniature.FULL_SIZES); the data are its cells' (cell_data), so
-# epoch 1 reproduces them.
-SIZES = CellConfig(pool=1200, trusted=160, heldout=200, retention=30)
+# The miniature's sizes; the data are its cells' (cell_data), so epoch 1 reproduces them.
+SIZES = CellConfig(**FULL_SIZES)
 
 
 def learning_curve(base, tokenizer, *, noise: float, seed: int, epochs: int, config: CellConfig = SIZES) -> dict:
@@ -95,8 +97,6 @@ def report(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.methods.miniature import machine
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bases", type=int, nargs="+", default=[0, 1, 2, 3], help="seeds of the pretrained bases")
     parser.add_argument("--seeds", type=int, nargs="+", default=[5, 6], help="SFT seeds (the replication's are 5-9)")
@@ -110,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.refresh:
         with open(os.path.join(args.out, "sft_epochs.json"), encoding="utf-8") as handle:
             results = json.load(handle)
-        if results.get("format") != "xtf-miniature-sft-epochs":
-            raise ValueError(f"{args.out}/sft_epochs.json is not a learning-curve result")
+        if results.get("format") != FORMAT or results.get("version") != VERSION:
+            raise ValueError(f"{args.out}/sft_epochs.json is not a learning-curve result of version {VERSION}")
         atomic_write_text(os.path.join(args.out, "sft_epochs.md"), report(results))
         return 0
     if args.epochs < 1:
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"base {base_seed} seed {seed}: all tokens "
                   f"{[round(e['exact_match'], 3) for e in curve['all_tokens']]}, oracle "
                   f"{[round(e['exact_match'], 3) for e in curve['oracle']]}", file=sys.stderr, flush=True)
-    results = {"format": "xtf-miniature-sft-epochs", "version": 1,
+    results = {"format": FORMAT, "version": VERSION,
                "environment": {"machine": machine(), "torch": torch.__version__,
                                "seconds": time.perf_counter() - start},
                "base_seeds": args.bases, "seeds": args.seeds, "epochs": args.epochs, "noise": args.noise,

@@ -65,12 +65,11 @@ def test_results_follow_from_the_cells(quick):
     nll = [c["arms"]["oracle"]["evaluation"]["clean_nll"] - c["arms"]["all_tokens"]["evaluation"]["clean_nll"]
            for c in results["cells"]["0.15"]]
     assert noisy["oracle"]["vs_all_tokens"]["clean_nll"]["mean"] == pytest.approx(sum(nll) / 2, abs=1e-12)
-    per_problem = [x - y for c in results["cells"]["0.15"]
-                   for x, y in zip(c["arms"]["oracle"]["evaluation"]["clean_nll_per_problem"],
-                                   c["arms"]["all_tokens"]["evaluation"]["clean_nll_per_problem"])]
-    assert len(per_problem) == 2 * 60  # two seeds of 60 held-out problems
-    assert noisy["oracle"]["vs_all_tokens"]["clean_nll_problems"]["mean"] == pytest.approx(
-        sum(per_problem) / len(per_problem), abs=1e-12)
+    # per problem: summed NLL over the mean response length, so the mean is the token-weighted difference
+    problems = noisy["oracle"]["vs_all_tokens"]["clean_nll_problems"]
+    assert problems["n"] == 2 * 60  # two seeds of 60 held-out problems
+    assert problems["mean"] == pytest.approx(sum(nll) / 2, rel=1e-9)
+    assert problems["low"] < problems["mean"] < problems["high"]
     assert "NLL of the clean held-out responses" in (out / "miniature.md").read_text()
     rows = list(csv.DictReader((out / "miniature.csv").open()))
     assert len(rows) == sum(len(c["arms"]) for cells in results["cells"].values() for c in cells)
@@ -89,16 +88,28 @@ def test_refresh_rewrites_the_files_from_the_cells(quick, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     stored = json.loads((copy / "miniature.json").read_text())
+    stored["environment"]["machine"] = "the machine that ran the cells"  # kept, not re-read from this one
+    (copy / "miniature.json").write_text(json.dumps(stored))
     (copy / "miniature.md").write_text("stale")
     assert miniature.main(["--quick", "--refresh", "--out", str(copy)]) == 0
-    assert (copy / "miniature.md").read_text() == (out / "miniature.md").read_text()
+    text = (copy / "miniature.md").read_text()
+    assert "Machine: the machine that ran the cells;" in text and "Tables recomputed from the stored cells" in text
+    assert text.split("Tables recomputed")[1].split("\n", 1)[1] == (out / "miniature.md").read_text().split(
+        "\n", 3)[3]  # after the header, the same tables
     refreshed = json.loads((copy / "miniature.json").read_text())
     assert refreshed["summary"] == stored["summary"] and refreshed["cells"] == stored["cells"]
-    assert refreshed["environment"]["seconds"] == stored["environment"]["seconds"]
+    assert refreshed["environment"] == stored["environment"] and refreshed["plan"] == stored["plan"]
+    assert set(refreshed["refreshed"]) == {"at", "xtf_kernels"}
     with pytest.raises(ValueError, match="another plan.*seeds"):
         miniature.main(["--quick", "--refresh", "--seeds", "0", "--out", str(copy)])
     with pytest.raises(ValueError, match="another plan.*base"):
         miniature.main(["--quick", "--refresh", "--base-seed", "7", "--out", str(copy)])
+    stored["plan"]["cells"]["0.15"]["lr"] = 1e-3  # a cell setting the run recorded differs
+    (copy / "miniature.json").write_text(json.dumps(stored))
+    with pytest.raises(ValueError, match=r"another plan \(cells differ\)"):
+        miniature.main(["--quick", "--refresh", "--out", str(copy)])
+    with pytest.raises(SystemExit):  # nothing to train and nothing to refresh at once
+        miniature.main(["--quick", "--refresh", "--partial", str(copy / "cells.json")])
 
 
 def test_criteria_on_hand_made_summaries():
@@ -164,6 +175,7 @@ def test_safeguards_plan_end_to_end_on_a_tiny_base(tmp_path):
     import dataclasses
 
     from benchmarks.methods.miniature import finish
+    from benchmarks.methods.miniature import record
     from benchmarks.methods.miniature import safeguards_plan
     from xtf_kernels.datasets.miniature import BaseConfig
     from xtf_kernels.datasets.miniature import load_base
@@ -179,8 +191,9 @@ def test_safeguards_plan_end_to_end_on_a_tiny_base(tmp_path):
         for level, config in plan.cells.items()})
     cells = {f"{level:.2f}": [run_cell(base.model, base.tokenizer, noise=level, seed=seed, config=config)
                               for seed in plan.seeds] for level, config in plan.cells.items()}
-    results = finish(plan, cells, str(tmp_path / "out"), seconds=1.0, load_start=[0.0, 0.0, 0.0],
-                     load_end=[0.0, 0.0, 0.0], base_info=base.info)
+    environment, planned = record(plan, cells, seconds=1.0, load_start=[0.0, 0.0, 0.0], load_end=[0.0, 0.0, 0.0],
+                                  base_info=base.info)
+    results = finish(plan, cells, str(tmp_path / "out"), environment=environment, plan_record=planned)
     assert results["criteria"] is None
     for level in ("0.15", "0.00"):
         summary = results["summary"][level]
@@ -264,6 +277,7 @@ def test_third_round_plan_end_to_end_on_a_tiny_base(tmp_path):
     import dataclasses
 
     from benchmarks.methods.miniature import finish
+    from benchmarks.methods.miniature import record
     from benchmarks.methods.miniature import remaining_safeguards_plan
     from benchmarks.methods.miniature_criteria import judge_remaining
     from xtf_kernels.datasets.miniature import BaseConfig
@@ -281,8 +295,9 @@ def test_third_round_plan_end_to_end_on_a_tiny_base(tmp_path):
         for level, config in plan.cells.items()})
     cells = {f"{level:.2f}": [run_cell(base.model, base.tokenizer, noise=level, seed=seed, config=config)
                               for seed in plan.seeds] for level, config in plan.cells.items()}
-    results = finish(plan, cells, str(tmp_path / "out"), seconds=1.0, load_start=[0.0, 0.0, 0.0],
-                     load_end=[0.0, 0.0, 0.0], base_info=base.info)
+    environment, planned = record(plan, cells, seconds=1.0, load_start=[0.0, 0.0, 0.0], load_end=[0.0, 0.0, 0.0],
+                                  base_info=base.info)
+    results = finish(plan, cells, str(tmp_path / "out"), environment=environment, plan_record=planned)
     for level in ("0.15", "0.05", "0.00"):
         summary = results["summary"][level]
         for arm in ("xtf_safe+ri_mean", "xtf_safe+ri_relative", "xtf_safe+ri_sum", "tc_self_evolving_trusted"):
@@ -356,6 +371,16 @@ def test_clean_nll_rule_on_hand_made_summaries():
     assert judge_replication(summary(clean_mean=MAX_CLEAN_NLL_RISE + 1e-4))["nll_lowered"] is False
     blind = judge_replication(summary(oracle_high=0.001))
     assert blind["nll_sensitive"] is False and blind["nll_lowered"] is None
+    without_oracle = summary()
+    del without_oracle["0.15"]["oracle"]
+    verdict = judge_replication(without_oracle)
+    assert verdict["nll_sensitive"] is None and verdict["nll_lowered"] is None and "oracle n/a" in verdict["nll_why"]
+    older = summary()  # a summary computed before the clean NLL was compared
+    del older["0.15"]["xtf_safe"]["vs_random"]["clean_nll"]
+    verdict = judge_replication(older)
+    assert verdict["nll_lowered"] is None and verdict["nll_why"] == "no clean-NLL comparison in the summary"
+    hair = summary(random_high=-3.5e-05)
+    assert judge_replication(hair)["nll_lowered"] is True and "-3.5e-05]" in judge_replication(hair)["nll_why"]
 
 
 def test_command_line_overrides_the_plans_seeds_and_base(monkeypatch, tmp_path):
@@ -406,8 +431,9 @@ def test_sft_epochs_first_epoch_is_the_miniature_cell(quick, quick_cache, tmp_pa
         assert first["exact_match"] == evaluation["exact_match"]
         assert first["clean_nll"] == pytest.approx(evaluation["clean_nll"], rel=1e-6)
         assert second["clean_nll"] != first["clean_nll"]
-    results = {"format": "xtf-miniature-sft-epochs", "environment": {"machine": "m", "torch": "t", "seconds": 6.0},
-               "noise": 0.15, "seeds": [1], "lr": config.lr, "base_seeds": [0], "epochs": 2,
+    results = {"format": "xtf-miniature-sft-epochs", "version": 1,
+               "environment": {"machine": "m", "torch": "t", "seconds": 6.0}, "noise": 0.15, "seeds": [1],
+               "lr": config.lr, "base_seeds": [0], "epochs": 2,
                "runs": [{"base_seed": 0, "seed": 1, **curve}]}
     text = report(results)
     assert text.count("\n| 0 | ") == 3  # the base, then epochs 1 and 2
@@ -416,5 +442,5 @@ def test_sft_epochs_first_epoch_is_the_miniature_cell(quick, quick_cache, tmp_pa
     assert sft_epochs.main(["--refresh", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "sft_epochs.md").read_text() == text
     (tmp_path / "sft_epochs.json").write_text(json.dumps({**results, "format": "xtf-miniature-benchmark"}))
-    with pytest.raises(ValueError, match="not a learning-curve result"):
+    with pytest.raises(ValueError, match="not a learning-curve result of version 1"):
         sft_epochs.main(["--refresh", "--out", str(tmp_path)])

@@ -25,10 +25,17 @@ def test_heldout_loss_matches_eager_cross_entropy_of_the_logits():
                                 ignore_index=IGNORE_INDEX, reduction="none").view(targets.shape)
     labelled = (targets != IGNORE_INDEX).sum(1)
     expected = float(per_token.sum()) / int(labelled.sum())
-    mean, per_sample = heldout_loss(model, data.samples, batch_size=4)  # 9 samples: batches of 4, 4, 1
+    mean, sums, counts = heldout_loss(model, data.samples, batch_size=4)  # 9 samples: batches of 4, 4, 1
     assert mean == pytest.approx(expected, rel=1e-5)
-    assert per_sample == pytest.approx((per_token.sum(1) / labelled).tolist(), rel=1e-5)
+    assert sums == pytest.approx(per_token.sum(1).tolist(), rel=1e-5)
+    assert counts == labelled.tolist()
     assert not model.training
+
+
+def test_heldout_loss_refuses_an_empty_list():
+    model = tiny_causal_lm("llama", vocab_size=32, hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1)
+    with pytest.raises(ValueError, match="samples must not be empty"):
+        heldout_loss(model, [])
 
 
 def test_heldout_loss_refuses_a_sample_without_labelled_tokens():

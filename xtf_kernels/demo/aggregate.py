@@ -5,7 +5,8 @@ over seeds, and against all tokens and against the arm's matched random drop: th
 differences with a 95% t interval, the per-problem differences (pooled over seeds) with a 95% interval and a
 sign-flip permutation test, and an exact McNemar test pooled over problems; and the per-seed differences in the
 NLL of the clean held-out responses with a 95% t interval, and its per-problem differences (each response's
-mean NLL) pooled over seeds with one. With one seed the per-seed intervals are points; the per-problem
+summed NLL over the mean response length, so they average to the token-weighted difference) pooled over
+seeds with one. With one seed the per-seed intervals are points; the per-problem
 intervals and the tests still apply.
 """
 
@@ -29,10 +30,23 @@ def _per_seed(cells: list[dict], arm: str, against: str, metric: str) -> list[fl
     return [cell["arms"][arm]["evaluation"][metric] - cell["arms"][against]["evaluation"][metric] for cell in cells]
 
 
+def _nll_differences(cell: dict, arm: str, against: str) -> list[float]:
+    """Per held-out problem of one cell: the summed clean NLL of ``arm`` minus ``against``'s over the mean
+    response length (tokens), so the differences average to the difference of the token-weighted clean NLLs."""
+    first, second = (cell["arms"][a]["evaluation"] for a in (arm, against))
+    tokens = first["clean_tokens_per_problem"]
+    if tokens != second["clean_tokens_per_problem"]:
+        raise ValueError(f"{arm} and {against} were scored on different held-out responses")
+    mean_length = sum(tokens) / len(tokens)
+    return [(x - y) / mean_length for x, y in zip(first["clean_nll_sum_per_problem"],
+                                                   second["clean_nll_sum_per_problem"], strict=True)]
+
+
 def paired(cells: list[dict], arm: str, against: str, *, seed: int = 0) -> dict:
     """``arm`` minus ``against`` on held-out exact match (per seed and per problem) and on the NLL of the clean
     held-out responses (per seed, ``"clean_nll"``, and per problem pooled over seeds, ``"clean_nll_problems"``,
-    where the cells recorded it; lower is better, so a filter that helps has it below 0)."""
+    where the cells recorded the per-problem sums: cells from before did not; lower is better, so a filter that
+    helps has it below 0)."""
     per_seed = _per_seed(cells, arm, against, "exact_match")
     first, second = _pooled_correct(cells, arm), _pooled_correct(cells, against)
     per_problem = [a - b for a, b in zip(first, second)]
@@ -40,11 +54,9 @@ def paired(cells: list[dict], arm: str, against: str, *, seed: int = 0) -> dict:
            "problems": paired_interval(per_problem), "permutation_p": permutation_test(per_problem, seed=seed),
            "mcnemar": mcnemar(first, second),
            "clean_nll": paired_interval(_per_seed(cells, arm, against, "clean_nll"))}
-    if all("clean_nll_per_problem" in cell["arms"][a]["evaluation"] for cell in cells for a in (arm, against)):
-        # cells written before the per-problem NLL was recorded have none
+    if all("clean_nll_sum_per_problem" in cell["arms"][a]["evaluation"] for cell in cells for a in (arm, against)):
         out["clean_nll_problems"] = paired_interval(
-            [x - y for cell in cells for x, y in zip(cell["arms"][arm]["evaluation"]["clean_nll_per_problem"],
-                                                     cell["arms"][against]["evaluation"]["clean_nll_per_problem"])])
+            [d for cell in cells for d in _nll_differences(cell, arm, against)])
     return out
 
 

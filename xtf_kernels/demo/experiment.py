@@ -373,14 +373,14 @@ def selection_metrics(selection: Selection, samples, kinds, *, ids_to_text: Call
 
 
 def evaluate(model, tokenizer, heldout, heldout_samples) -> dict:
-    """Held-out exact match (and per-problem correctness), format, noise reappearing, clean NLL (and per
-    problem), retention."""
+    """Held-out exact match (and per-problem correctness), format, noise reappearing, clean NLL (and per problem
+    its summed NLL and token count), retention."""
     responses = generate(model, tokenizer, heldout.problems)
     scored = score_responses(responses, heldout.problems)
-    clean_nll, clean_nll_per_problem = heldout_loss(model, heldout_samples)
+    clean_nll, nll_sums, token_counts = heldout_loss(model, heldout_samples)
     return {"exact_match": scored["exact_match"], "correct": scored["correct"], "format": scored["format"],
             "noise_reappears": scored["noise_reappears"], "clean_nll": clean_nll,
-            "clean_nll_per_problem": clean_nll_per_problem,
+            "clean_nll_sum_per_problem": nll_sums, "clean_tokens_per_problem": token_counts,
             "retention": retention(model, tokenizer, heldout.one_step, heldout.facts),
             "example": responses[0]}
 

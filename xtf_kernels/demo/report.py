@@ -60,7 +60,8 @@ included); "harmful" tokens are the wrong-number, off-domain and garbled kinds, 
     arms.*.vs_all_tokens.permutation_p  two-sided sign-flip permutation test
     arms.*.vs_all_tokens.mcnemar_p      exact McNemar test
     arms.*.vs_all_tokens.clean_nll      the clean held-out NLL's difference, per held-out problem (each
-                                        response's mean NLL; lower is better):
+                                        response's summed NLL over the mean response length, so the mean is
+                                        the difference of the evaluations' clean_nll; lower is better):
     arms.*.vs_all_tokens.clean_nll.mean the difference (nats per token)
     arms.*.vs_all_tokens.clean_nll.low  its 95% interval (t over the per-problem differences): low end
     arms.*.vs_all_tokens.clean_nll.high high end

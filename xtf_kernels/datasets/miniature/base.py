@@ -60,9 +60,9 @@ class BaseConfig:
     of clean SFT and to 57-64% when 15% of the response tokens are noise (78-84% with the noise tokens dropped).
     Those figures are base seed 0's (the SFT seeds were 0-2): bases pretrained from seeds 1-3 also solve every
     one-step sum and fact, but one epoch of clean SFT takes seeds 1 and 2 only to 15% and 31% on the two-step
-    task and seed 3 to 50% or 99% by SFT seed (benchmarks/methods/results/replication*); the epoch at which the
-    fine-tuning learns the task differs by base (results/sft_epochs: 1 for seed 0, 2-3 for seed 2, more than 4
-    for seed 1), so the benchmark's exact-match sensitivity rests on this base draw.
+    task and seed 3 to about 50% or 88-99% by SFT seed (benchmarks/methods/results/replication*); the epoch at
+    which the fine-tuning learns the task differs by base (results/sft_epochs: 1 for seed 0, 2-3 for seed 2,
+    more than 4 for seed 1), so the benchmark's exact-match sensitivity rests on this base draw.
     """
 
     seed: int = 0
