@@ -169,31 +169,37 @@ def test_ladder_rules_on_hand_made_summaries():
     assert ladder["default"] == "xtf_guarded-KN" and ladder["recommended"] is False
 
 
-@pytest.mark.slow
-def test_safeguards_plan_end_to_end_on_a_tiny_base(tmp_path):
-    """The ladder plan's cells through finish(): each rung compared with its preset, L1 / L2 applied, files."""
+def _run_on_a_tiny_base(plan, tmp_path, **sizes):
+    """``plan``'s cells at seeds 0-1 on a tiny base with tiny pools (``sizes`` on top), through record() and
+    finish() into tmp_path/out; its results."""
     import dataclasses
 
     from benchmarks.methods.miniature import finish
     from benchmarks.methods.miniature import record
-    from benchmarks.methods.miniature import safeguards_plan
     from xtf_kernels.datasets.miniature import BaseConfig
     from xtf_kernels.datasets.miniature import load_base
-    from xtf_kernels.demo.experiment import SAFEGUARD_LADDER
     from xtf_kernels.demo.experiment import run_cell
 
     tiny = BaseConfig(documents=300, tokenizer_documents=300, vocab_size=400, hidden_size=32, num_layers=2,
                       num_heads=2, num_kv_heads=1, intermediate_size=64)
     base = load_base(tiny, cache_dir=tmp_path / "cache")
-    plan = safeguards_plan()
     plan = dataclasses.replace(plan, seeds=(0, 1), base=tiny, cells={
-        level: dataclasses.replace(config, pool=24, trusted=8, heldout=10, retention=3, batch_size=8)
+        level: dataclasses.replace(config, pool=24, trusted=8, heldout=10, retention=3, batch_size=8, **sizes)
         for level, config in plan.cells.items()})
     cells = {f"{level:.2f}": [run_cell(base.model, base.tokenizer, noise=level, seed=seed, config=config)
                               for seed in plan.seeds] for level, config in plan.cells.items()}
     environment, planned = record(plan, cells, seconds=1.0, load_start=[0.0, 0.0, 0.0], load_end=[0.0, 0.0, 0.0],
                                   base_info=base.info)
-    results = finish(plan, cells, str(tmp_path / "out"), environment=environment, plan_record=planned)
+    return finish(plan, cells, str(tmp_path / "out"), environment=environment, plan_record=planned)
+
+
+@pytest.mark.slow
+def test_safeguards_plan_end_to_end_on_a_tiny_base(tmp_path):
+    """The ladder plan's cells through finish(): each rung compared with its preset, L1 / L2 applied, files."""
+    from benchmarks.methods.miniature import safeguards_plan
+    from xtf_kernels.demo.experiment import SAFEGUARD_LADDER
+
+    results = _run_on_a_tiny_base(safeguards_plan(), tmp_path)
     assert results["criteria"] is None
     for level in ("0.15", "0.00"):
         summary = results["summary"][level]
@@ -274,30 +280,11 @@ def test_third_round_rules_on_hand_made_summaries():
 def test_third_round_plan_end_to_end_on_a_tiny_base(tmp_path):
     """The third round's cells through finish(): each rung against its preset, the rounds pooled over seeds
     with their seed, L4-L6 applied, the round tables written."""
-    import dataclasses
-
-    from benchmarks.methods.miniature import finish
-    from benchmarks.methods.miniature import record
     from benchmarks.methods.miniature import remaining_safeguards_plan
     from benchmarks.methods.miniature_criteria import judge_remaining
-    from xtf_kernels.datasets.miniature import BaseConfig
-    from xtf_kernels.datasets.miniature import load_base
     from xtf_kernels.demo.experiment import RUNG_PRESET
-    from xtf_kernels.demo.experiment import run_cell
 
-    tiny = BaseConfig(documents=300, tokenizer_documents=300, vocab_size=400, hidden_size=32, num_layers=2,
-                      num_heads=2, num_kv_heads=1, intermediate_size=64)
-    base = load_base(tiny, cache_dir=tmp_path / "cache")
-    plan = remaining_safeguards_plan()
-    plan = dataclasses.replace(plan, seeds=(0, 1), base=tiny, cells={
-        level: dataclasses.replace(config, pool=24, trusted=8, heldout=10, retention=3, batch_size=8,
-                                   self_evolving_parts=2, check_samples=6)
-        for level, config in plan.cells.items()})
-    cells = {f"{level:.2f}": [run_cell(base.model, base.tokenizer, noise=level, seed=seed, config=config)
-                              for seed in plan.seeds] for level, config in plan.cells.items()}
-    environment, planned = record(plan, cells, seconds=1.0, load_start=[0.0, 0.0, 0.0], load_end=[0.0, 0.0, 0.0],
-                                  base_info=base.info)
-    results = finish(plan, cells, str(tmp_path / "out"), environment=environment, plan_record=planned)
+    results = _run_on_a_tiny_base(remaining_safeguards_plan(), tmp_path, self_evolving_parts=2, check_samples=6)
     for level in ("0.15", "0.05", "0.00"):
         summary = results["summary"][level]
         for arm in ("xtf_safe+ri_mean", "xtf_safe+ri_relative", "xtf_safe+ri_sum", "tc_self_evolving_trusted"):

@@ -164,6 +164,28 @@ def test_sft_token_weights_column_trains_on_the_weighted_kept_tokens(tmp_path):
                                    msg=lambda m, n=name: f"gradient {n}\n{m}")
 
 
+def _with_reference_model(tmp_path, config_class, trainer_class, dataset, *, batch_size: int):
+    """Plain TRL and a patched model (its reference model patched too) through an offline trainer that keeps a
+    reference model, two steps each: (expected, actual) runs, once xtf ops ran every step of the patched run
+    and none in the plain one."""
+
+    def factory(model, ref_model, folder):
+        def build(callbacks):
+            args = config_class(output_dir=str(tmp_path / folder), max_steps=2, per_device_train_batch_size=batch_size,
+                                gradient_accumulation_steps=1, max_length=24, **COMMON_ARGS)
+            return trainer_class(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
+                                 processing_class=tokenizer(), callbacks=callbacks)
+
+        return build
+
+    reference, patched = _pair()
+    expected = train(factory(reference, twin(reference), "reference"))
+    actual = train(factory(patched, twin(patched), "patched"))
+    assert expected.ops.total == 0
+    _assert_xtf_ran_every_step(actual, 2)
+    return expected, actual
+
+
 def test_dpo_matches_plain_trl_and_runs_xtf_every_step(tmp_path):
     dataset = datasets.Dataset.from_dict({
         "prompt": ["Tom has 3 apples .", "Anna buys 12 pens .", "How many books does Ben have ?", "Mia has 7 ."],
@@ -171,20 +193,7 @@ def test_dpo_matches_plain_trl_and_runs_xtf_every_step(tmp_path):
         "rejected": ["Anna has", "pens pens 5", "How ?", "7 7 7 7 7"],
     })
 
-    def factory(model, ref_model, folder):
-        def build(callbacks):
-            args = trl.DPOConfig(output_dir=str(tmp_path / folder), max_steps=2, per_device_train_batch_size=2,
-                                 gradient_accumulation_steps=1, max_length=24, **COMMON_ARGS)
-            return trl.DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
-                                  processing_class=tokenizer(), callbacks=callbacks)
-
-        return build
-
-    reference, patched = _pair()
-    expected = train(factory(reference, twin(reference), "reference"))
-    actual = train(factory(patched, twin(patched), "patched"))  # the reference model is patched too
-    assert expected.ops.total == 0
-    _assert_xtf_ran_every_step(actual, 2)
+    expected, actual = _with_reference_model(tmp_path, trl.DPOConfig, trl.DPOTrainer, dataset, batch_size=2)
     for calls in actual.ops.steps:  # policy (chosen + rejected in one call) and reference model
         assert calls["token_logprobs"] >= 2
     assert_same_run(actual, expected, ("entropy", "mean_token_accuracy", "num_tokens", "rewards/chosen",
@@ -294,20 +303,7 @@ def test_kto_matches_plain_trl_and_runs_xtf_every_step(tmp_path):
         "label": [True, False, True, False],
     })
 
-    def factory(model, ref_model, folder):
-        def build(callbacks):
-            args = trl.KTOConfig(output_dir=str(tmp_path / folder), max_steps=2, per_device_train_batch_size=4,
-                                 gradient_accumulation_steps=1, max_length=24, **COMMON_ARGS)
-            return trl.KTOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
-                                  processing_class=tokenizer(), callbacks=callbacks)
-
-        return build
-
-    reference, patched = _pair()
-    expected = train(factory(reference, twin(reference), "reference"))
-    actual = train(factory(patched, twin(patched), "patched"))
-    assert expected.ops.total == 0
-    _assert_xtf_ran_every_step(actual, 2)
+    expected, actual = _with_reference_model(tmp_path, trl.KTOConfig, trl.KTOTrainer, dataset, batch_size=4)
     for calls in actual.ops.steps:  # policy and reference model, on the batch and on KTO's mismatched KL pairs
         assert calls["token_logprobs"] >= 4
     assert_same_run(actual, expected, ("entropy", "kl", "num_tokens", "rewards/chosen", "rewards/margins",

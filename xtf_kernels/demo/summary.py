@@ -26,6 +26,7 @@ def _points(entry: dict | None) -> str:
 
 
 def _nats(entry: dict | None) -> str:
+    """A paired comparison's clean-NLL difference with its interval, in nats per token; "n/a" without one."""
     if entry is None:
         return "n/a"
     nll = entry["clean_nll"]
